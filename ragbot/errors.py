@@ -1,0 +1,50 @@
+"""Errors meant for people: each message says what is wrong and what to do next.
+
+The CLI prints ``str(error)`` on one line and exits non-zero; Python callers can catch
+the specific type (or ``RagbotError`` for all of them).
+"""
+
+
+class RagbotError(Exception):
+    """Base class of every error ragbot raises on purpose."""
+
+
+class ConfigError(RagbotError, ValueError):
+    """A setting has an unknown name or a bad value."""
+
+
+class IngestError(RagbotError):
+    """Nothing could be ingested (missing path, no supported files, every file bad)."""
+
+
+class DocumentError(RagbotError):
+    """One input file cannot be read: unsupported, corrupt, empty or not UTF-8."""
+
+    def __init__(self, path, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+class IndexNotFoundError(RagbotError, FileNotFoundError):
+    """No index exists at the given directory."""
+
+
+class IndexCorruptError(RagbotError):
+    """The index directory exists but its files are missing or damaged."""
+
+
+class EmbedderMismatchError(RagbotError):
+    """The index was built with another embedder than the configured one."""
+
+
+class IndexLockedError(RagbotError):
+    """Another process is writing the same index."""
+
+
+class EmbedderError(RagbotError):
+    """The embedder cannot be loaded or did not answer (missing package, endpoint down)."""
+
+
+class QueryError(RagbotError, ValueError):
+    """The query is empty or unusable."""

@@ -1,0 +1,270 @@
+"""The on-disk index: FAISS vectors, chunks as JSONL, and a manifest, swapped atomically.
+
+Layout of an index directory::
+
+    CURRENT            name of the live generation (replaced atomically with os.replace)
+    gen-<time>/        manifest.json, chunks.jsonl, vectors.npy, index.faiss, sources.json
+    .lock              held by the one process writing (filelock; released if it dies)
+
+A write builds a complete new generation in a temporary directory, renames it into place,
+then switches CURRENT. A crash at any point leaves CURRENT pointing at the previous,
+complete generation. The previous generation is kept until the next write so a reader
+that resolved CURRENT just before a swap can still open it. No pickle anywhere:
+vectors are ``.npy`` loaded with ``allow_pickle=False``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Iterator
+
+import faiss
+import numpy as np
+from filelock import FileLock, Timeout
+
+from ragbot.chunking import Chunk
+from ragbot.errors import IndexCorruptError, IndexLockedError, IndexNotFoundError
+
+FORMAT_VERSION = 1
+CURRENT = "CURRENT"
+HNSW_M = 32
+HNSW_EF_CONSTRUCTION = 80
+HNSW_EF_SEARCH = 128
+
+
+@dataclass
+class Manifest:
+    """What an index was built with: enough to refuse a wrong embedder and to rebuild."""
+
+    embedder: str
+    embedder_version: str
+    dim: int
+    threshold: float
+    index_type: str  # "flat" or "hnsw": what was actually built
+    chunk_tokens: int
+    chunk_overlap: int
+    chunks: int = 0
+    sources: int = 0
+    metric: str = "cosine (inner product of L2-normalised vectors)"
+    format_version: int = FORMAT_VERSION
+    created_at: str = ""
+    updated_at: str = ""
+    hnsw: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class SourceRecord:
+    """One ingested file: its content hash and the chunking it was cut with."""
+
+    sha256: str
+    chunk_tokens: int
+    chunk_overlap: int
+    chunk_ids: list[str]
+
+
+def _chunk_to_json(chunk: Chunk) -> str:
+    row = asdict(chunk)
+    row["headings"] = list(chunk.headings)
+    return json.dumps(row, ensure_ascii=False)
+
+
+def _chunk_from_json(line: str) -> Chunk:
+    row = json.loads(line)
+    row["headings"] = tuple(row.get("headings") or ())
+    return Chunk(**row)
+
+
+def build_faiss(vectors: np.ndarray, index_type: str) -> faiss.Index:
+    """An inner-product FAISS index over unit vectors: exact (flat) or approximate (HNSW)."""
+    dim = vectors.shape[1]
+    if index_type == "hnsw":
+        index = faiss.IndexHNSWFlat(dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+        index.hnsw.efSearch = HNSW_EF_SEARCH
+    else:
+        index = faiss.IndexFlatIP(dim)
+    if len(vectors):
+        index.add(np.ascontiguousarray(vectors, dtype=np.float32))
+    return index
+
+
+class StoredIndex:
+    """A loaded generation: manifest, chunks (row i = FAISS id i), FAISS index, sources."""
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        chunks: list[Chunk],
+        faiss_index: faiss.Index,
+        sources: dict[str, SourceRecord],
+        vectors_path: Path | None = None,
+        vectors: np.ndarray | None = None,
+    ):
+        self.manifest = manifest
+        self.chunks = chunks
+        self.faiss_index = faiss_index
+        self.sources = sources
+        self._vectors_path = vectors_path
+        self._vectors = vectors
+
+    @property
+    def vectors(self) -> np.ndarray:
+        """All chunk vectors (memory-mapped from disk for a loaded index)."""
+        if self._vectors is None:
+            assert self._vectors_path is not None
+            self._vectors = np.load(self._vectors_path, mmap_mode="r", allow_pickle=False)
+        return self._vectors
+
+    def search(self, query_vector: np.ndarray, k: int) -> list[tuple[Chunk, float]]:
+        """The k nearest chunks with their cosine scores, best first."""
+        if not self.chunks:
+            return []
+        k = min(k, len(self.chunks))
+        if isinstance(self.faiss_index, faiss.IndexHNSWFlat):
+            self.faiss_index.hnsw.efSearch = max(HNSW_EF_SEARCH, k)
+        scores, ids = self.faiss_index.search(query_vector.reshape(1, -1).astype(np.float32), k)
+        return [
+            (self.chunks[i], float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0
+        ]
+
+
+def _damaged(directory: Path, what: str) -> IndexCorruptError:
+    return IndexCorruptError(
+        f"the index at {directory} is damaged ({what}); rebuild it with "
+        f"`ragbot ingest PATH... --index {directory} --rebuild`"
+    )
+
+
+def exists(directory: Path) -> bool:
+    return (directory / CURRENT).is_file()
+
+
+def load(directory: Path) -> StoredIndex:
+    """Open the live generation of the index at ``directory``."""
+    directory = Path(directory)
+    if not exists(directory):
+        if directory.is_dir() and any(directory.iterdir()):
+            raise _damaged(directory, f"no {CURRENT} file")
+        raise IndexNotFoundError(
+            f"no index at {directory}; create one with `ragbot ingest PATH... --index {directory}`"
+        )
+    name = (directory / CURRENT).read_text(encoding="utf-8").strip()
+    gen = directory / name
+    if not name or "/" in name or not gen.is_dir():
+        raise _damaged(directory, f"{CURRENT} names a missing generation {name!r}")
+    try:
+        raw = json.loads((gen / "manifest.json").read_text(encoding="utf-8"))
+        manifest = Manifest(**raw)
+        chunks = [
+            _chunk_from_json(line)
+            for line in (gen / "chunks.jsonl").read_text(encoding="utf-8").splitlines()
+            if line
+        ]
+        sources = {
+            path: SourceRecord(**rec)
+            for path, rec in json.loads((gen / "sources.json").read_text(encoding="utf-8")).items()
+        }
+        faiss_index = faiss.read_index(str(gen / "index.faiss"))
+    except FileNotFoundError as exc:
+        raise _damaged(directory, f"missing file {Path(exc.filename).name}") from None
+    except (json.JSONDecodeError, TypeError, UnicodeDecodeError) as exc:
+        raise _damaged(directory, f"unreadable metadata: {exc}") from None
+    except RuntimeError as exc:  # FAISS reports a bad file this way
+        raise _damaged(directory, f"unreadable FAISS file: {str(exc).splitlines()[0]}") from None
+    if manifest.format_version != FORMAT_VERSION:
+        raise _damaged(directory, f"format version {manifest.format_version}, expected {FORMAT_VERSION}")
+    if faiss_index.ntotal != len(chunks) or manifest.chunks != len(chunks):
+        raise _damaged(
+            directory, f"{faiss_index.ntotal} vectors but {len(chunks)} chunks, manifest says {manifest.chunks}"
+        )
+    if not (gen / "vectors.npy").is_file():
+        raise _damaged(directory, "missing file vectors.npy")
+    return StoredIndex(manifest, chunks, faiss_index, sources, vectors_path=gen / "vectors.npy")
+
+
+@contextmanager
+def write_lock(directory: Path, timeout: float) -> Iterator[None]:
+    """Held while writing ``directory``; a second writer waits up to ``timeout`` seconds."""
+    directory.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(directory / ".lock"))
+    try:
+        lock.acquire(timeout=timeout)
+    except Timeout:
+        raise IndexLockedError(
+            f"another process is writing the index at {directory} (waited {timeout:g}s); "
+            "wait for it to finish, or raise lock_timeout"
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def save(directory: Path, stored: StoredIndex) -> None:
+    """Write ``stored`` as a new generation and make it live atomically. Hold ``write_lock``."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    for leftover in directory.glob(".tmp-*"):  # from a writer that crashed
+        shutil.rmtree(leftover, ignore_errors=True)
+    now = datetime.now(UTC).isoformat(timespec="seconds")
+    stored.manifest.updated_at = now
+    stored.manifest.created_at = stored.manifest.created_at or now
+    stored.manifest.chunks = len(stored.chunks)
+    stored.manifest.sources = len(stored.sources)
+
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=directory))
+    with open(tmp / "chunks.jsonl", "w", encoding="utf-8") as fh:
+        for chunk in stored.chunks:
+            fh.write(_chunk_to_json(chunk) + "\n")
+    with open(tmp / "vectors.npy", "wb") as fh:
+        np.save(fh, np.ascontiguousarray(stored.vectors, dtype=np.float32), allow_pickle=False)
+    faiss.write_index(stored.faiss_index, str(tmp / "index.faiss"))
+    (tmp / "sources.json").write_text(
+        json.dumps({p: asdict(r) for p, r in stored.sources.items()}, ensure_ascii=False),
+        encoding="utf-8",
+    )
+    (tmp / "manifest.json").write_text(
+        json.dumps(asdict(stored.manifest), ensure_ascii=False, indent=2), encoding="utf-8"
+    )
+    for path in tmp.iterdir():
+        _fsync(path)
+
+    previous = (directory / CURRENT).read_text().strip() if exists(directory) else None
+    name = f"gen-{time.strftime('%Y%m%dT%H%M%S')}-{time.time_ns() % 10**9:09d}"
+    os.rename(tmp, directory / name)
+    pointer = directory / f".{CURRENT}.tmp"
+    pointer.write_text(name + "\n", encoding="utf-8")
+    _fsync(pointer)
+    os.replace(pointer, directory / CURRENT)
+    _fsync(directory)
+    for old in directory.glob("gen-*"):
+        if old.name not in (name, previous):
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def write_manifest_threshold(directory: Path, threshold: float, lock_timeout: float = 60.0) -> None:
+    """Store a new default threshold in the live manifest (used by calibration)."""
+    with write_lock(directory, lock_timeout):
+        stored = load(directory)
+        stored.manifest.threshold = float(threshold)
+        save(directory, stored)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def manifest_dict(stored: StoredIndex) -> dict[str, Any]:
+    return asdict(stored.manifest)
