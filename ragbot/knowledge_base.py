@@ -153,7 +153,8 @@ class KnowledgeBase:
         **overrides: Any,
     ) -> KnowledgeBase:
         """Open the index the settings name; build the default one from the bundled knowledge
-        base if it does not exist yet. ``create=True`` allows a missing index (for ingest)."""
+        base if it does not exist yet. ``create=True`` defers loading to the first use, so a
+        missing index can be created (and a mismatched one rebuilt) by ``ingest``."""
         settings = settings or load_settings(overrides=overrides)
         if overrides and settings is not None:
             settings = settings.replace(**overrides)
@@ -163,17 +164,31 @@ class KnowledgeBase:
         else:
             directory = settings.index_dir
         kb = cls(settings, embedder, directory)
-        if store.exists(directory):
-            kb._load()
-        elif settings.uses_default_index:
-            print(
-                "Building the default index from the bundled knowledge base (first run only)...",
-                file=sys.stderr,
-            )
-            kb.ingest([settings.knowledge_dir or bundled_knowledge_dir()])
+        if settings.uses_default_index:
+            knowledge = settings.knowledge_dir or bundled_knowledge_dir()
+            if not store.exists(directory):
+                print("Building the default index from the bundled knowledge base "
+                      "(first run only)...", file=sys.stderr)
+                kb.ingest([knowledge])
+            elif kb._is_stale(knowledge):
+                print("The bundled knowledge base changed; updating the default index...",
+                      file=sys.stderr)
+                kb.ingest([knowledge])
+            else:
+                kb._load()
         elif not create:
-            kb._load()  # raises IndexNotFoundError with the fix
+            kb._load()  # fails early: missing, damaged, or built with another embedder
         return kb
+
+    def _is_stale(self, folder: Path) -> bool:
+        """Whether files under ``folder`` differ from what the index holds (cheap: hashes only)."""
+        files, _ = find_files([folder])
+        sources = self._load().sources
+        folder = folder.resolve()
+        known = {s for s in sources if Path(s).is_relative_to(folder)}
+        if known != {str(f) for f in files}:
+            return True
+        return any(sources[str(f)].sha256 != _sha256(f) for f in files)
 
     # ------------------------------------------------------------------ reading
     def _load(self) -> store.StoredIndex:

@@ -1,0 +1,5 @@
+import sys
+
+from ragbot.cli import main
+
+sys.exit(main())
