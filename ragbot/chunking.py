@@ -227,9 +227,7 @@ def chunk_document(doc: Document, chunk_tokens: int = 256, chunk_overlap: int = 
                 doc_id=doc.doc_id,
                 metadata=doc.metadata,
             )
-            digest = hashlib.sha256(
-                f"{doc.source}\0{key}\0{chunk.embedding_text}".encode()
-            ).hexdigest()[:16]
+            digest = hashlib.sha256(f"{doc.source}\0{key}\0{chunk.embedding_text}".encode()).hexdigest()[:16]
             n = seen.get(digest, 0)
             seen[digest] = n + 1
             chunk_id = digest if n == 0 else f"{digest}-{n}"

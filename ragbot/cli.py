@@ -10,7 +10,6 @@ import json
 import os
 import sys
 import textwrap
-from pathlib import Path
 
 import click
 
@@ -32,8 +31,12 @@ def _display_path(source: str) -> str:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--config", type=click.Path(dir_okay=False), default=None,
-              help="TOML settings file (default: ./ragbot.toml if present).")
+@click.option(
+    "--config",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="TOML settings file (default: ./ragbot.toml if present).",
+)
 @click.version_option(package_name="ragbot")
 @click.pass_context
 def cli(ctx: click.Context, config: str | None) -> None:
@@ -77,8 +80,10 @@ def search(ctx, query, index, as_json, **flags) -> None:
     if as_json:
         click.echo(json.dumps(result.to_dict(), ensure_ascii=False, indent=2))
         return
-    click.echo(f"{len(result.hits)} hits for {result.query!r}; threshold {result.threshold:.3f} "
-               f"({kb.manifest.embedder})")
+    click.echo(
+        f"{len(result.hits)} hits for {result.query!r}; threshold {result.threshold:.3f} "
+        f"({kb.manifest.embedder})"
+    )
     for rank, hit in enumerate(result.hits, start=1):
         mark = "above" if hit.above_threshold else "below"
         where = " > ".join([hit.title, *[h for h in hit.headings if h != hit.title]])

@@ -11,9 +11,10 @@ import dataclasses
 import difflib
 import os
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from ragbot.errors import ConfigError
 

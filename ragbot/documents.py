@@ -181,8 +181,11 @@ def read_pdf(path: Path) -> list[Document]:
     text = "\n\n".join(p for p in pages if p)
     if not text:
         raise DocumentError(path, "has no extractable text (scanned images?); run OCR on it first")
-    return [Document(text=text, source=str(path), title=meta_title.strip() or path.stem,
-                     metadata={"pages": len(pages)})]
+    return [
+        Document(
+            text=text, source=str(path), title=meta_title.strip() or path.stem, metadata={"pages": len(pages)}
+        )
+    ]
 
 
 def read_docx(path: Path) -> list[Document]:
@@ -202,7 +205,13 @@ def read_docx(path: Path) -> list[Document]:
         if not text:
             continue
         style = (para.style.name if para.style is not None else "") or ""
-        level = 1 if style == "Title" else int(style[8:]) if style.startswith("Heading ") and style[8:].isdigit() else 0
+        level = (
+            1
+            if style == "Title"
+            else int(style[8:])
+            if style.startswith("Heading ") and style[8:].isdigit()
+            else 0
+        )
         if level:
             blocks.append("#" * level + " " + text)
             title = title or text

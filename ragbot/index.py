@@ -20,11 +20,12 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import faiss
 import numpy as np
@@ -131,9 +132,7 @@ class StoredIndex:
         if isinstance(self.faiss_index, faiss.IndexHNSWFlat):
             self.faiss_index.hnsw.efSearch = max(HNSW_EF_SEARCH, k)
         scores, ids = self.faiss_index.search(query_vector.reshape(1, -1).astype(np.float32), k)
-        return [
-            (self.chunks[i], float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0
-        ]
+        return [(self.chunks[i], float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0]
 
 
 def _damaged(directory: Path, what: str) -> IndexCorruptError:
@@ -183,7 +182,8 @@ def load(directory: Path) -> StoredIndex:
         raise _damaged(directory, f"format version {manifest.format_version}, expected {FORMAT_VERSION}")
     if faiss_index.ntotal != len(chunks) or manifest.chunks != len(chunks):
         raise _damaged(
-            directory, f"{faiss_index.ntotal} vectors but {len(chunks)} chunks, manifest says {manifest.chunks}"
+            directory,
+            f"{faiss_index.ntotal} vectors but {len(chunks)} chunks, manifest says {manifest.chunks}",
         )
     if not (gen / "vectors.npy").is_file():
         raise _damaged(directory, "missing file vectors.npy")

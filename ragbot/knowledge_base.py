@@ -167,12 +167,13 @@ class KnowledgeBase:
         if settings.uses_default_index:
             knowledge = settings.knowledge_dir or bundled_knowledge_dir()
             if not store.exists(directory):
-                print("Building the default index from the bundled knowledge base "
-                      "(first run only)...", file=sys.stderr)
+                print(
+                    "Building the default index from the bundled knowledge base (first run only)...",
+                    file=sys.stderr,
+                )
                 kb.ingest([knowledge])
             elif kb._is_stale(knowledge):
-                print("The bundled knowledge base changed; updating the default index...",
-                      file=sys.stderr)
+                print("The bundled knowledge base changed; updating the default index...", file=sys.stderr)
                 kb.ingest([knowledge])
             else:
                 kb._load()
@@ -280,7 +281,9 @@ class KnowledgeBase:
                 hashes[str(path)] = digest
                 rec = sources.get(str(path))
                 if rec and (rec.sha256, rec.chunk_tokens, rec.chunk_overlap) == (
-                    digest, self.settings.chunk_tokens, self.settings.chunk_overlap
+                    digest,
+                    self.settings.chunk_tokens,
+                    self.settings.chunk_overlap,
                 ):
                     continue
                 to_read.append(path)
@@ -300,7 +303,8 @@ class KnowledgeBase:
                 )
             if report.failed and len(report.failed) == len(files):
                 raise IngestError(
-                    "nothing was ingested: " + "; ".join(str(e) for e in report.failed[:3])
+                    "nothing was ingested: "
+                    + "; ".join(str(e) for e in report.failed[:3])
                     + ("; ..." if len(report.failed) > 3 else "")
                 )
 
@@ -323,8 +327,9 @@ class KnowledgeBase:
                 rows, old_rows = zip(*reuse, strict=True)
                 vectors[list(rows)] = old.vectors[list(old_rows)]
             if missing:
-                bar = tqdm(total=len(missing), unit="chunk", desc="Embedding", disable=not show,
-                           file=sys.stderr)
+                bar = tqdm(
+                    total=len(missing), unit="chunk", desc="Embedding", disable=not show, file=sys.stderr
+                )
                 with bar:
                     new_vectors = self.embedder.embed_passages(
                         [c.embedding_text for c in missing], progress=bar.update
@@ -344,8 +349,13 @@ class KnowledgeBase:
                 chunk_tokens=self.settings.chunk_tokens,
                 chunk_overlap=self.settings.chunk_overlap,
                 created_at=old.manifest.created_at if old else "",
-                hnsw={"M": store.HNSW_M, "efConstruction": store.HNSW_EF_CONSTRUCTION,
-                      "efSearch": store.HNSW_EF_SEARCH} if index_type == "hnsw" else {},
+                hnsw={
+                    "M": store.HNSW_M,
+                    "efConstruction": store.HNSW_EF_CONSTRUCTION,
+                    "efSearch": store.HNSW_EF_SEARCH,
+                }
+                if index_type == "hnsw"
+                else {},
             )
             stored = store.StoredIndex(
                 manifest, chunks, store.build_faiss(vectors, index_type), sources, vectors=vectors

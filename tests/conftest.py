@@ -39,7 +39,11 @@ def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None) -> sub
     full_env = {**os.environ, **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "ragbot", *args],
-        capture_output=True, text=True, env=full_env, cwd=cwd, timeout=600,
+        capture_output=True,
+        text=True,
+        env=full_env,
+        cwd=cwd,
+        timeout=600,
     )
 
 
@@ -50,23 +54,47 @@ def write_sample_corpus(folder: Path) -> dict[str, Path]:
     files["md"] = folder / "nile.md"
     files["md"].write_text(
         "# 尼罗河\n\n## 概况\n\n尼罗河是非洲的一条大河。它全长约六千六百公里！\n\n"
-        "## 流经国家\n\n尼罗河干流流经乌干达、南苏丹、苏丹和埃及。\n", encoding="utf-8")
+        "## 流经国家\n\n尼罗河干流流经乌干达、南苏丹、苏丹和埃及。\n",
+        encoding="utf-8",
+    )
     files["txt"] = folder / "tea.txt"
-    files["txt"].write_text("Green tea is made from unoxidised leaves. It is popular in China and Japan.\n",
-                            encoding="utf-8")
+    files["txt"].write_text(
+        "Green tea is made from unoxidised leaves. It is popular in China and Japan.\n", encoding="utf-8"
+    )
     files["jsonl"] = folder / "films.jsonl"
-    files["jsonl"].write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in [
-        {"id": "film-1", "title": "卧虎藏龙", "text": "卧虎藏龙是李安执导的武侠电影，2000年上映。", "year": 2000},
-        {"id": "film-2", "title": "霸王别姬", "text": "霸王别姬是陈凯歌执导的电影，讲述京剧演员的故事。"},
-    ]) + "\n", encoding="utf-8")
+    files["jsonl"].write_text(
+        "\n".join(
+            json.dumps(r, ensure_ascii=False)
+            for r in [
+                {
+                    "id": "film-1",
+                    "title": "卧虎藏龙",
+                    "text": "卧虎藏龙是李安执导的武侠电影，2000年上映。",
+                    "year": 2000,
+                },
+                {
+                    "id": "film-2",
+                    "title": "霸王别姬",
+                    "text": "霸王别姬是陈凯歌执导的电影，讲述京剧演员的故事。",
+                },
+            ]
+        )
+        + "\n",
+        encoding="utf-8",
+    )
     files["csv"] = folder / "faq.csv"
-    files["csv"].write_text("id,title,text\nfaq-1,Refunds,Refunds are paid within 14 days of the request.\n"
-                            "faq-2,Shipping,Parcels ship from Rotterdam every weekday.\n", encoding="utf-8")
+    files["csv"].write_text(
+        "id,title,text\nfaq-1,Refunds,Refunds are paid within 14 days of the request.\n"
+        "faq-2,Shipping,Parcels ship from Rotterdam every weekday.\n",
+        encoding="utf-8",
+    )
     files["html"] = folder / "volcano.html"
     files["html"].write_text(
         "<html><head><title>Volcanoes</title><script>var x = 'ignored script text';</script></head>"
         "<body><nav>Home | About</nav><h1>Volcanoes</h1><h2>Eruptions</h2>"
-        "<p>Magma rises through the crust and erupts as lava.</p></body></html>", encoding="utf-8")
+        "<p>Magma rises through the crust and erupts as lava.</p></body></html>",
+        encoding="utf-8",
+    )
     files["pdf"] = folder / "glaciers.pdf"
     _write_pdf(files["pdf"], ["Glaciers are rivers of ice.", "They carve valleys over thousands of years."])
     files["docx"] = folder / "orchids.docx"

@@ -15,7 +15,12 @@ ZH = (
 
 def test_sentences_end_after_chinese_and_english_terminators():
     assert split_sentences("你好。今天好吗？很好！Yes. It is; ok") == [
-        "你好。", "今天好吗？", "很好！", "Yes.", "It is;", "ok",
+        "你好。",
+        "今天好吗？",
+        "很好！",
+        "Yes.",
+        "It is;",
+        "ok",
     ]
 
 
@@ -45,14 +50,17 @@ def test_overlap_repeats_the_previous_sentence():
     text = "".join(f"第{i}句话说的是一件事情。" for i in range(30))
     chunks = chunk_document(Document(text=text, source="s.md", title="t"), 40, 20)
     assert len(chunks) > 2
-    for before, after in zip(chunks, chunks[1:]):
+    for before, after in zip(chunks, chunks[1:], strict=False):
         last_sentence = split_sentences(before.text)[-1]
         assert after.text.startswith(last_sentence)
 
 
 def test_headings_are_kept_as_context_and_sections_split():
-    doc = Document(text="# 尼罗河\n\n## 流经国家\n\n乌干达、苏丹和埃及。\n\n## 水坝\n\n阿斯旺大坝。",
-                   source="nile.md", title="尼罗河")
+    doc = Document(
+        text="# 尼罗河\n\n## 流经国家\n\n乌干达、苏丹和埃及。\n\n## 水坝\n\n阿斯旺大坝。",
+        source="nile.md",
+        title="尼罗河",
+    )
     chunks = chunk_document(doc)
     assert [c.text for c in chunks] == ["乌干达、苏丹和埃及。", "阿斯旺大坝。"]
     assert chunks[0].context == "尼罗河 > 流经国家"
@@ -61,7 +69,9 @@ def test_headings_are_kept_as_context_and_sections_split():
 
 
 def test_hash_inside_code_fence_is_not_a_heading():
-    doc = Document(text="# Guide\n\n```\n# not a heading\n```\n\nAfter the code.", source="g.md", title="Guide")
+    doc = Document(
+        text="# Guide\n\n```\n# not a heading\n```\n\nAfter the code.", source="g.md", title="Guide"
+    )
     assert all(c.headings == ("Guide",) for c in chunk_document(doc))
 
 
@@ -69,7 +79,9 @@ def test_ids_are_stable_and_depend_on_content():
     doc = Document(text=ZH, source="a.md", title="t")
     first = [c.id for c in chunk_document(doc, 32, 8)]
     assert first == [c.id for c in chunk_document(doc, 32, 8)]
-    changed = [c.id for c in chunk_document(Document(text=ZH + "新增一句。", source="a.md", title="t"), 32, 8)]
+    changed = [
+        c.id for c in chunk_document(Document(text=ZH + "新增一句。", source="a.md", title="t"), 32, 8)
+    ]
     assert changed[:-1] == first[:-1] and changed[-1] != first[-1]
     assert len(set(first)) == len(first)
 

@@ -5,28 +5,28 @@ from ragbot.errors import DocumentError, IngestError
 
 
 def test_each_file_type_is_read_with_title_and_text(corpus):
-    md, = read_documents(corpus["md"])
+    (md,) = read_documents(corpus["md"])
     assert md.title == "尼罗河" and "乌干达" in md.text
-    txt, = read_documents(corpus["txt"])
+    (txt,) = read_documents(corpus["txt"])
     assert txt.title == "tea" and "Green tea" in txt.text
     films = read_documents(corpus["jsonl"])
     assert [(d.doc_id, d.title) for d in films] == [("film-1", "卧虎藏龙"), ("film-2", "霸王别姬")]
     assert films[0].metadata == {"year": 2000}
     faq = read_documents(corpus["csv"])
     assert [(d.doc_id, d.title) for d in faq] == [("faq-1", "Refunds"), ("faq-2", "Shipping")]
-    html, = read_documents(corpus["html"])
+    (html,) = read_documents(corpus["html"])
     assert html.title == "Volcanoes" and "## Eruptions" in html.text and "Magma rises" in html.text
     assert "ignored script" not in html.text and "Home | About" not in html.text
-    pdf, = read_documents(corpus["pdf"])
+    (pdf,) = read_documents(corpus["pdf"])
     assert pdf.title == "Glaciers" and "rivers of ice" in pdf.text
-    docx, = read_documents(corpus["docx"])
+    (docx,) = read_documents(corpus["docx"])
     assert docx.title == "Orchids" and "## Care" in docx.text and "Phalaenopsis" in docx.text
 
 
 def test_csv_without_text_column_uses_all_columns(tmp_path):
     path = tmp_path / "people.csv"
     path.write_text("name,city\nAda,London\n", encoding="utf-8")
-    doc, = read_documents(path)
+    (doc,) = read_documents(path)
     assert doc.text == "name: Ada\ncity: London"
 
 
