@@ -9,13 +9,13 @@ from __future__ import annotations
 import json
 import os
 import sys
-import textwrap
+from pathlib import Path
 
 import click
 
 from ragbot.config import load_settings
 from ragbot.errors import RagbotError
-from ragbot.knowledge_base import KnowledgeBase
+from ragbot.knowledge_base import KnowledgeBase, bundled_knowledge_dir
 
 
 def _settings(ctx: click.Context, **flags):
@@ -23,11 +23,21 @@ def _settings(ctx: click.Context, **flags):
 
 
 def _display_path(source: str) -> str:
+    """Bundled files as ``knowledge/...``, others relative to the working directory if inside it."""
     try:
+        bundled = bundled_knowledge_dir()
+        if Path(source).is_relative_to(bundled):
+            return str(Path("knowledge") / Path(source).relative_to(bundled))
         rel = os.path.relpath(source)
-    except ValueError:
+    except (ValueError, RagbotError):
         return source
     return source if rel.startswith("..") else rel
+
+
+def _snippet(text: str, width: int = 160) -> str:
+    """One line of at most ``width`` characters (works for Chinese, which has no spaces)."""
+    line = " ".join(text.split())
+    return line if len(line) <= width else line[: width - 4] + " ..."
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -89,8 +99,7 @@ def search(ctx, query, index, as_json, **flags) -> None:
         where = " > ".join([hit.title, *[h for h in hit.headings if h != hit.title]])
         click.echo(f"\n{rank}. {hit.score:.3f} [{mark} threshold] {where}")
         click.echo(f"   {_display_path(hit.source)}" + (f"  (id {hit.doc_id})" if hit.doc_id else ""))
-        snippet = textwrap.shorten(hit.text.replace("\n", " "), width=160, placeholder=" ...")
-        click.echo(textwrap.indent(snippet, "   "))
+        click.echo("   " + _snippet(hit.text))
     if not result.confident:
         click.echo("\nNothing clears the threshold: the knowledge base does not cover this query.")
 

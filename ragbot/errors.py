@@ -48,3 +48,15 @@ class EmbedderError(RagbotError):
 
 class QueryError(RagbotError, ValueError):
     """The query is empty or unusable."""
+
+
+class ModelError(RagbotError):
+    """A chat model could not answer: unreachable, bad key, unknown model, cut stream."""
+
+
+class PromptError(RagbotError):
+    """A prompt template is missing, or its variables do not match what the code provides."""
+
+
+class ConversationError(RagbotError, ValueError):
+    """A question or history that cannot be used (empty question, roles out of order)."""
