@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 from ragbot.errors import ModelError
@@ -101,9 +101,7 @@ class ChatModel:
     def _stream(self, messages: Sequence[Message], generation: GenerationSettings) -> Iterator[Delta]:
         raise NotImplementedError
 
-    def stream(
-        self, messages: Sequence[Message], generation: GenerationSettings | None = None
-    ) -> Iterator[Delta]:
+    def stream(self, messages: Sequence[Message], generation: GenerationSettings | None = None) -> Iterator[Delta]:
         """Text deltas as they are generated, then one ``Delta`` carrying the usage."""
         generation = generation or GenerationSettings()
         text, usage = [], None
@@ -115,9 +113,7 @@ class ChatModel:
                 yield Delta(text=delta.text)
         yield Delta(usage=usage or local_usage(messages, "".join(text)))
 
-    def complete(
-        self, messages: Sequence[Message], generation: GenerationSettings | None = None
-    ) -> Completion:
+    def complete(self, messages: Sequence[Message], generation: GenerationSettings | None = None) -> Completion:
         started = time.perf_counter()
         first, parts, usage = None, [], Usage()
         for delta in self.stream(messages, generation):
@@ -171,9 +167,7 @@ class OpenAIChatModel(ChatModel):
                 if chunk.choices and chunk.choices[0].delta and chunk.choices[0].delta.content:
                     yield Delta(text=chunk.choices[0].delta.content)
                 if getattr(chunk, "usage", None):
-                    yield Delta(
-                        usage=Usage(chunk.usage.prompt_tokens or 0, chunk.usage.completion_tokens or 0, 1)
-                    )
+                    yield Delta(usage=Usage(chunk.usage.prompt_tokens or 0, chunk.usage.completion_tokens or 0, 1))
         except openai.AuthenticationError:
             raise ModelError(f"{where} rejected the API key; check OPENAI_API_KEY") from None
         except openai.NotFoundError:
@@ -206,46 +200,44 @@ def _stream_cut_errors() -> tuple[type[BaseException], ...]:
 _STREAM_CUT = _stream_cut_errors()
 
 
-@dataclass
-class ScriptedReply:
-    text: str
-    error: str | None = None
+LOCAL_ALIASES = ("qwen2.5-1.5b", "qwen2.5-0.5b", "smollm2-135m")
+DEFAULT_LOCAL_MODEL = "qwen2.5-1.5b"
+DEFAULT_OPENAI_MODEL = "gpt-4o-mini"
 
 
-@dataclass
-class _Recorded:
-    messages: list[Message]
-    generation: GenerationSettings
+def _is_local(spec: str | None) -> bool:
+    return spec is not None and (spec in LOCAL_ALIASES or spec.lower().endswith(".gguf"))
 
 
-class ScriptedChatModel(ChatModel):
-    """A fake model that answers from a script, for tests and examples.
+def make_chat_model(settings, role: str = "answer") -> ChatModel:
+    """The chat model for ``role`` ("answer" or "rewrite") that the settings ask for."""
+    spec = (settings.rewrite_model if role == "rewrite" else settings.answer_model) or settings.model
+    backend = settings.llm
+    if backend == "fake":
+        from ragbot.fakes import EchoChatModel
 
-    ``replies`` are returned in order (then ``default``); a callable reply gets the
-    messages and returns the text. Every call's messages are recorded in ``calls`` so a
-    test can check what the model was shown.
-    """
+        return EchoChatModel()
+    if backend == "auto":
+        if _is_local(spec):
+            backend = "local"
+        else:
+            backend = "openai" if (settings.base_url or os.environ.get("OPENAI_API_KEY")) else "local"
+    elif _is_local(spec):
+        backend = "local"
+    if backend == "openai":
+        return OpenAIChatModel(
+            spec or DEFAULT_OPENAI_MODEL, settings.base_url, settings.request_timeout, settings.max_retries
+        )
+    from ragbot.local_models import LlamaCppChatModel
 
-    def __init__(self, replies: Sequence[str] = (), default: str = "OK", name: str = "scripted"):
-        self.replies = list(replies)
-        self.default = default
-        self.name = name
-        self.calls: list[_Recorded] = field(default_factory=list) if False else []
-
-    def enqueue(self, *replies: str) -> None:
-        self.replies.extend(replies)
-
-    def _stream(self, messages: Sequence[Message], generation: GenerationSettings) -> Iterator[Delta]:
-        self.calls.append(_Recorded(list(messages), generation))
-        reply = self.replies.pop(0) if self.replies else self.default
-        if callable(reply):
-            reply = reply(messages)
-        if isinstance(reply, BaseException):
-            raise reply
-        for piece in _pieces(reply):
-            yield Delta(text=piece)
-
-
-def _pieces(text: str, size: int = 4) -> Iterator[str]:
-    for i in range(0, len(text), size):
-        yield text[i : i + size]
+    if spec is not None and not _is_local(spec):
+        raise ModelError(
+            f"model {spec!r} is neither a local model ({', '.join(LOCAL_ALIASES)}, or a .gguf file) nor "
+            "reachable: set base_url (or OPENAI_API_KEY) to use it through an OpenAI-compatible endpoint"
+        )
+    return LlamaCppChatModel(
+        spec or DEFAULT_LOCAL_MODEL,
+        n_ctx=settings.n_ctx,
+        n_threads=settings.num_threads,
+        lora_path=str(settings.lora_path) if settings.lora_path and role == "answer" else None,
+    )

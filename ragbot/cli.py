@@ -7,31 +7,17 @@ non-zero exit status; no traceback.
 from __future__ import annotations
 
 import json
-import os
 import sys
-from pathlib import Path
 
 import click
 
 from ragbot.config import load_settings
 from ragbot.errors import RagbotError
-from ragbot.knowledge_base import KnowledgeBase, bundled_knowledge_dir
+from ragbot.knowledge_base import KnowledgeBase, display_source
 
 
 def _settings(ctx: click.Context, **flags):
     return load_settings(ctx.obj["config"], overrides=flags)
-
-
-def _display_path(source: str) -> str:
-    """Bundled files as ``knowledge/...``, others relative to the working directory if inside it."""
-    try:
-        bundled = bundled_knowledge_dir()
-        if Path(source).is_relative_to(bundled):
-            return str(Path("knowledge") / Path(source).relative_to(bundled))
-        rel = os.path.relpath(source)
-    except (ValueError, RagbotError):
-        return source
-    return source if rel.startswith("..") else rel
 
 
 def _snippet(text: str, width: int = 160) -> str:
@@ -91,14 +77,13 @@ def search(ctx, query, index, as_json, **flags) -> None:
         click.echo(json.dumps(result.to_dict(), ensure_ascii=False, indent=2))
         return
     click.echo(
-        f"{len(result.hits)} hits for {result.query!r}; threshold {result.threshold:.3f} "
-        f"({kb.manifest.embedder})"
+        f"{len(result.hits)} hits for {result.query!r}; threshold {result.threshold:.3f} ({kb.manifest.embedder})"
     )
     for rank, hit in enumerate(result.hits, start=1):
         mark = "above" if hit.above_threshold else "below"
         where = " > ".join([hit.title, *[h for h in hit.headings if h != hit.title]])
         click.echo(f"\n{rank}. {hit.score:.3f} [{mark} threshold] {where}")
-        click.echo(f"   {_display_path(hit.source)}" + (f"  (id {hit.doc_id})" if hit.doc_id else ""))
+        click.echo(f"   {display_source(hit.source)}" + (f"  (id {hit.doc_id})" if hit.doc_id else ""))
         click.echo("   " + _snippet(hit.text))
     if not result.confident:
         click.echo("\nNothing clears the threshold: the knowledge base does not cover this query.")
@@ -115,6 +100,69 @@ def info(ctx, index, **flags) -> None:
     from dataclasses import asdict
 
     click.echo(json.dumps({"index": str(kb.directory), **asdict(kb.manifest)}, ensure_ascii=False, indent=2))
+
+
+_MODEL_OPTIONS = [
+    click.option("--index", "index", default=None, help="Index directory (default: the bundled KB's)."),
+    click.option("--llm", default=None, help="auto | openai | local | fake"),
+    click.option("--model", default=None, help="Model name (endpoint) or local alias / .gguf path."),
+    click.option("--base-url", default=None, help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8080/v1"),
+    click.option("--answer-model", default=None, help="Model for answers (e.g. a fine-tuned one)."),
+    click.option("--rewrite-model", default=None, help="Model for the question rewrite."),
+    click.option("--embedder", default=None),
+    click.option("--threshold", type=float, default=None, help="Confidence threshold (cosine)."),
+    click.option("--fallback", default=None, help="Below the threshold: general | refuse | fixed."),
+]
+
+
+def _model_options(func):
+    for option in reversed(_MODEL_OPTIONS):
+        func = option(func)
+    return func
+
+
+def _load_bot(ctx, **flags):
+    from ragbot.bot import RagBot
+
+    settings = _settings(ctx, **flags)
+    click.echo("Loading the knowledge base and the model...", err=True)
+    return RagBot.load(settings)
+
+
+@cli.command()
+@click.argument("question")
+@click.option("--session", default=None, help="Continue (and save to) this named conversation.")
+@click.option("--json", "as_json", is_flag=True, help="Print the whole answer record as JSON.")
+@_model_options
+@click.pass_context
+def ask(ctx, question, session, as_json, **flags) -> None:
+    """Answer one QUESTION (streamed), then list the sources."""
+    from ragbot.bot import Answer
+    from ragbot.repl import format_sources
+
+    conversation = _load_bot(ctx, **flags).conversation(session)
+    if as_json:
+        answer = conversation.ask(question)
+        click.echo(json.dumps(answer.to_dict(), ensure_ascii=False, indent=2))
+        return
+    for item in conversation.stream(question):
+        if isinstance(item, Answer):
+            click.echo()
+            if item.sources:
+                click.echo("Sources:\n" + format_sources(item))
+        else:
+            click.echo(item, nl=False)
+
+
+@cli.command()
+@click.option("--session", default=None, help="Name of a conversation to resume and save.")
+@_model_options
+@click.pass_context
+def chat(ctx, session, **flags) -> None:
+    """Chat in the terminal; answers stream, sources are listed, /help for commands."""
+    from ragbot.repl import run_chat
+
+    run_chat(_load_bot(ctx, **flags).conversation(session))
 
 
 def main(argv: list[str] | None = None) -> int:

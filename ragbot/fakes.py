@@ -7,9 +7,12 @@ against ragbot without loading a model.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
+from ragbot.chat_models import ChatModel, Delta, GenerationSettings, Message
 from ragbot.embedders import Embedder, Kind
 
 
@@ -31,3 +34,65 @@ class HashEmbedder(Embedder):
                     h = int.from_bytes(hashlib.blake2b(gram.encode(), digest_size=4).digest(), "little")
                     out[row, h % self.dim] += 1.0
         return out
+
+
+@dataclass
+class _Recorded:
+    messages: list[Message]
+    generation: GenerationSettings
+
+
+class ScriptedChatModel(ChatModel):
+    """A fake model that answers from a script, for tests and examples.
+
+    ``replies`` are returned in order (then ``default``); a callable reply gets the
+    messages and returns the text. Every call's messages are recorded in ``calls`` so a
+    test can check what the model was shown.
+    """
+
+    def __init__(self, replies: Sequence[str] = (), default: str = "OK", name: str = "scripted"):
+        self.replies = list(replies)
+        self.default = default
+        self.name = name
+        self.calls: list[_Recorded] = []
+
+    def enqueue(self, *replies: str) -> None:
+        self.replies.extend(replies)
+
+    def _stream(self, messages: Sequence[Message], generation: GenerationSettings) -> Iterator[Delta]:
+        self.calls.append(_Recorded(list(messages), generation))
+        reply = self.replies.pop(0) if self.replies else self.default
+        if callable(reply):
+            reply = reply(messages)
+        if isinstance(reply, BaseException):
+            raise reply
+        for piece in _pieces(reply):
+            yield Delta(text=piece)
+
+
+def _pieces(text: str, size: int = 4) -> Iterator[str]:
+    for i in range(0, len(text), size):
+        yield text[i : i + size]
+
+
+class EchoChatModel(ScriptedChatModel):
+    """A fake chat model for trying the whole pipeline with no model at all (``llm = "fake"``).
+
+    Rewrite prompts get the question back unchanged (in the expected two-line format);
+    answer prompts get a reply quoting the question and citing passage [1] when there is one.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(name="fake-echo")
+        self.default = self._reply
+
+    @staticmethod
+    def _reply(messages) -> str:
+        system, user = messages[0].content, messages[-1].content
+        question = user.strip().splitlines()[-1].split("：", 1)[-1].split(": ", 1)[-1].strip()
+        if "改写：" in system:
+            return f"思考：问题已完整。\n改写：{question}"
+        if "Rewrite:" in system:
+            return f"Reasoning: already standalone.\nRewrite: {question}"
+        cite = " [1]" if "[1]" in user else ""
+        return f"(fake model) You asked: {question}{cite}"

@@ -163,9 +163,7 @@ def load(directory: Path) -> StoredIndex:
         raw = json.loads((gen / "manifest.json").read_text(encoding="utf-8"))
         manifest = Manifest(**raw)
         chunks = [
-            _chunk_from_json(line)
-            for line in (gen / "chunks.jsonl").read_text(encoding="utf-8").splitlines()
-            if line
+            _chunk_from_json(line) for line in (gen / "chunks.jsonl").read_text(encoding="utf-8").splitlines() if line
         ]
         sources = {
             path: SourceRecord(**rec)

@@ -9,6 +9,7 @@ similarity in [-1, 1], each marked with whether it clears the confidence thresho
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import sys
 import time
@@ -111,6 +112,19 @@ def bundled_knowledge_dir() -> Path:
         if candidate.is_dir():
             return candidate
     raise IngestError("the bundled knowledge base is missing from this install; reinstall ragbot")
+
+
+def display_source(source: str) -> str:
+    """Bundled files as ``knowledge/...``, others relative to the working directory if inside it."""
+    path = Path(source)
+    try:
+        bundled = bundled_knowledge_dir()
+        if path.is_relative_to(bundled):
+            return str(Path("knowledge") / path.relative_to(bundled))
+        rel = os.path.relpath(path)
+    except (ValueError, IngestError):
+        return source
+    return source if rel.startswith("..") else rel
 
 
 def _slug(text: str) -> str:
@@ -250,9 +264,7 @@ class KnowledgeBase:
         return self.search(query, k).hits
 
     # ------------------------------------------------------------------ writing
-    def ingest(
-        self, paths: Sequence[str | Path], rebuild: bool = False, progress: bool | None = None
-    ) -> IngestReport:
+    def ingest(self, paths: Sequence[str | Path], rebuild: bool = False, progress: bool | None = None) -> IngestReport:
         """Add files and folders to the index. Unchanged files are skipped, changed files
         replace their old chunks, and files gone from an ingested folder are removed.
         ``rebuild=True`` starts from an empty index (e.g. to change embedder)."""
@@ -327,13 +339,9 @@ class KnowledgeBase:
                 rows, old_rows = zip(*reuse, strict=True)
                 vectors[list(rows)] = old.vectors[list(old_rows)]
             if missing:
-                bar = tqdm(
-                    total=len(missing), unit="chunk", desc="Embedding", disable=not show, file=sys.stderr
-                )
+                bar = tqdm(total=len(missing), unit="chunk", desc="Embedding", disable=not show, file=sys.stderr)
                 with bar:
-                    new_vectors = self.embedder.embed_passages(
-                        [c.embedding_text for c in missing], progress=bar.update
-                    )
+                    new_vectors = self.embedder.embed_passages([c.embedding_text for c in missing], progress=bar.update)
                 position = {c.id: i for i, c in enumerate(chunks)}
                 vectors[[position[c.id] for c in missing]] = new_vectors
 

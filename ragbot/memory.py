@@ -96,9 +96,11 @@ class ConversationStore:
         return db
 
     def history(self, name: str) -> list[Message]:
-        rows = self._connect().execute(
-            "SELECT role, content FROM messages WHERE conversation = ? ORDER BY id", (name,)
-        ).fetchall()
+        rows = (
+            self._connect()
+            .execute("SELECT role, content FROM messages WHERE conversation = ? ORDER BY id", (name,))
+            .fetchall()
+        )
         return [Message(role, content) for role, content in rows]
 
     def append_turn(self, name: str, question: str, answer: str, meta: dict[str, Any] | None = None) -> None:
@@ -107,9 +109,7 @@ class ConversationStore:
         db = self._connect()
         with db:  # one transaction: both messages or neither
             db.execute("INSERT OR IGNORE INTO conversations(name, created_at) VALUES (?, ?)", (name, now))
-            (turn,) = db.execute(
-                "SELECT COUNT(*) / 2 FROM messages WHERE conversation = ?", (name,)
-            ).fetchone()
+            (turn,) = db.execute("SELECT COUNT(*) / 2 FROM messages WHERE conversation = ?", (name,)).fetchone()
             db.execute(
                 "INSERT INTO messages(conversation, turn, role, content, created_at) VALUES (?, ?, 'user', ?, ?)",
                 (name, turn, question, now),

@@ -51,8 +51,7 @@ class PromptTemplate:
             if unknown:
                 parts.append(f"uses {', '.join('${' + v + '}' for v in unknown)}, which ragbot does not provide")
             raise PromptError(
-                f"prompt {self.path} {' and '.join(parts)}; available variables: "
-                f"{', '.join(sorted(values))}"
+                f"prompt {self.path} {' and '.join(parts)}; available variables: {', '.join(sorted(values))}"
             )
         return [
             Message("system", self.system.substitute(values).strip()),

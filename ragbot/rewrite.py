@@ -43,8 +43,10 @@ _EN_FOLLOW_UP = re.compile(
 )
 _ZH_SMALL_TALK = re.compile(r"^(你好|您好|谢谢|多谢|再见|好的|嗯|哈哈|早上好|晚安)[啊呀吧了！!。~～]*$")
 _EN_SMALL_TALK = re.compile(r"^(hi|hello|hey|thanks|thank you|bye|goodbye|ok|okay)\b[!. ]*$", re.IGNORECASE)
-_ANSWER_LINE = re.compile(r"^\s*(?:\**)(改写|改写后的问题|rewrite|rewritten question|final question)(?:\**)\s*[:：]\s*(.+)$",
-                          re.IGNORECASE | re.MULTILINE)
+_ANSWER_LINE = re.compile(
+    r"^\s*(?:\**)(改写|改写后的问题|rewrite|rewritten question|final question)(?:\**)\s*[:：]\s*(.+)$",
+    re.IGNORECASE | re.MULTILINE,
+)
 _REASONING = re.compile(r"^\s*(思考|推理|reasoning)\s*[:：]\s*(.+)$", re.IGNORECASE | re.MULTILINE)
 
 
@@ -94,7 +96,7 @@ def parse_rewrite(text: str) -> tuple[str, str] | None:
         return None
     reasoning = text[: matches[-1].start()].strip()
     if r := _REASONING.search(reasoning):
-        reasoning = reasoning[r.start(2):].strip()
+        reasoning = reasoning[r.start(2) :].strip()
     return reasoning, final
 
 
@@ -145,9 +147,13 @@ class RewriteResult:
 
 def format_history(history: Sequence[Message], chinese: bool) -> str:
     user, assistant = ("用户", "助手") if chinese else ("User", "Assistant")
-    return "\n".join(f"{user if m.role == 'user' else assistant}：{m.content}" if chinese
-                     else f"{user if m.role == 'user' else assistant}: {m.content}"
-                     for m in history if m.role in ("user", "assistant"))
+    return "\n".join(
+        f"{user if m.role == 'user' else assistant}：{m.content}"
+        if chinese
+        else f"{user if m.role == 'user' else assistant}: {m.content}"
+        for m in history
+        if m.role in ("user", "assistant")
+    )
 
 
 def rewrite_question(

@@ -1,0 +1,353 @@
+"""The conversation engine: rewrite -> retrieve -> route -> generate -> remember.
+
+``RagBot.load()`` builds everything from settings; ``bot.conversation()`` gives a
+``Conversation`` whose ``ask`` returns an ``Answer`` and whose ``stream`` yields text as it
+is generated, then the ``Answer``. One turn:
+
+1. questions about the conversation itself ("我刚才问了什么?") are answered from memory;
+2. the question is rewritten into a standalone one when it needs it (``ragbot.rewrite``);
+3. the standalone question is searched in the knowledge base;
+4. if the best hit clears the threshold the answer is grounded in the numbered passages
+   and cites them; otherwise the fallback policy decides (a labelled general answer, a
+   refusal, or a fixed reply);
+5. the finished turn is saved (SQLite for named conversations).
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ragbot.chat_models import ChatModel, GenerationSettings, Message, Usage, make_chat_model
+from ragbot.config import Settings, load_settings
+from ragbot.errors import ConversationError
+from ragbot.knowledge_base import Hit, KnowledgeBase, display_source
+from ragbot.memory import ConversationStore, messages_from_pairs, trim_history, validate_history
+from ragbot.prompts import load_prompt
+from ragbot.rewrite import RewriteResult, is_chinese, rewrite_question
+
+MAX_QUESTION_CHARS = 4000
+CONTEXT_PASSAGES = 3  # passages put in the prompt: prompt processing dominates local latency
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+LABELS = {
+    "general": {
+        "zh": "知识库中没有找到相关内容，以下是通用回答：\n\n",
+        "en": "Not found in the knowledge base; answering from general knowledge:\n\n",
+    },
+    "refuse": {
+        "zh": "知识库中没有找到相关内容，无法根据知识库回答这个问题。",
+        "en": "Not found in the knowledge base, so I can't answer this from it.",
+    },
+}
+
+_MEMORY_LAST_QUESTION = re.compile(
+    r"我(刚才|刚刚|上一个|上个|之前|前面|最后)(一个)?问(了|的)?(什么|啥|是什么|哪个问题)|我的上一个问题|我刚才的问题"
+    r"|what (did|was it) i (just )?(ask|asked)|what was my (last|previous) question|my (last|previous) question",
+    re.IGNORECASE,
+)
+_MEMORY_ALL_QUESTIONS = re.compile(
+    r"我(都|一共|之前|刚才)?问(过|了)(哪些|几个|什么)问题|what (questions|have i asked)|which questions (did|have) i",
+    re.IGNORECASE,
+)
+_MEMORY_LAST_ANSWER = re.compile(
+    r"你(刚才|刚刚|上一句|之前|前面)(说|回答)(了|的)?(什么|啥|是什么)"
+    r"|what did you (just )?(say|answer)|repeat (that|your (last )?answer)|what was your (last )?answer",
+    re.IGNORECASE,
+)
+
+
+def clean_question(question: Any) -> str:
+    """The question without control characters; empty or oversized questions are refused."""
+    if not isinstance(question, str):
+        raise ConversationError(f"the question must be text, got {type(question).__name__}")
+    question = _CONTROL.sub(" ", question).strip()
+    if not question:
+        raise ConversationError("the question is empty; type a question")
+    if len(question) > MAX_QUESTION_CHARS:
+        raise ConversationError(
+            f"the question is {len(question):,} characters long; the limit is {MAX_QUESTION_CHARS:,}. "
+            "Shorten it, or save the text to a file and `ragbot ingest` it"
+        )
+    return question
+
+
+@dataclass
+class Answer:
+    """What one turn produced, with the evidence and the bookkeeping."""
+
+    text: str
+    route: str  # "grounded" | "fallback" | "memory"
+    question: str  # as the user typed it
+    standalone_question: str  # what retrieval used
+    hits: list[Hit] = field(default_factory=list)  # everything retrieved, best first
+    sources: list[Hit] = field(default_factory=list)  # the passages given to the model as [1], [2], ...
+    rewrite: RewriteResult | None = None
+    usage: dict[str, Usage] = field(default_factory=dict)  # per stage: "rewrite", "answer"
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+    models: dict[str, str] = field(default_factory=dict)
+    threshold: float | None = None
+
+    @property
+    def total_usage(self) -> Usage:
+        total = Usage()
+        for usage in self.usage.values():
+            total = total + usage
+        return total
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "question": self.question,
+            "standalone_question": self.standalone_question,
+            "route": self.route,
+            "answer": self.text,
+            "threshold": self.threshold,
+            "sources": [
+                {"n": i, **h.to_dict(), "source": display_source(h.source)} for i, h in enumerate(self.sources, 1)
+            ],
+            "hits": [{**h.to_dict(), "source": display_source(h.source)} for h in self.hits],
+            "rewrite": {
+                "called_model": self.rewrite.called_model if self.rewrite else False,
+                "reason": self.rewrite.reason if self.rewrite else "",
+                "reasoning": self.rewrite.reasoning if self.rewrite else "",
+            },
+            "usage": {stage: u.to_dict() for stage, u in self.usage.items()},
+            "timings": {k: round(v, 4) for k, v in self.timings.items()},
+            "models": self.models,
+        }
+
+
+def format_passages(hits: Sequence[Hit], chinese: bool) -> str:
+    """Numbered passages for the prompt; closing delimiters inside them are defused."""
+    blocks = []
+    for n, hit in enumerate(hits, start=1):
+        where = " > ".join([hit.title, *[h for h in hit.headings if h != hit.title]])
+        text = re.sub(r"</\s*(资料|passages)\s*>", "</ \\1>", hit.text, flags=re.IGNORECASE)
+        blocks.append(f"[{n}] {where} ({display_source(hit.source)})\n{text}")
+    return "\n\n".join(blocks)
+
+
+def memory_reply(question: str, history: Sequence[Message]) -> str | None:
+    """A reply about the conversation itself, or None if the question is not about it."""
+    zh = is_chinese(question)
+    asked = [m.content for m in history if m.role == "user"]
+    said = [m.content for m in history if m.role == "assistant"]
+    if _MEMORY_ALL_QUESTIONS.search(question):
+        if not asked:
+            return "我们还没有开始对话。" if zh else "We haven't talked yet."
+        listed = "\n".join(f"{i}. {q}" for i, q in enumerate(asked, 1))
+        return f"你问过这些问题：\n{listed}" if zh else f"You asked:\n{listed}"
+    if _MEMORY_LAST_QUESTION.search(question):
+        if not asked:
+            return "你还没有问过问题。" if zh else "You haven't asked anything yet."
+        return f"你刚才问的是：“{asked[-1]}”" if zh else f'You just asked: "{asked[-1]}"'
+    if _MEMORY_LAST_ANSWER.search(question):
+        if not said:
+            return "我还没有回答过问题。" if zh else "I haven't said anything yet."
+        return f"我刚才说的是：\n{said[-1]}" if zh else f"I just said:\n{said[-1]}"
+    return None
+
+
+class RagBot:
+    """The knowledge base, the models and the settings; stateless per call, so one bot can
+    serve many conversations (and threads) at once."""
+
+    def __init__(
+        self,
+        kb: KnowledgeBase,
+        answer_model: ChatModel,
+        rewrite_model: ChatModel | None = None,
+        settings: Settings | None = None,
+        store: ConversationStore | None = None,
+    ):
+        self.kb = kb
+        self.answer_model = answer_model
+        self.rewrite_model = rewrite_model or answer_model
+        self.settings = settings or kb.settings
+        self._store = store
+
+    @classmethod
+    def load(cls, settings: Settings | None = None, **overrides: Any) -> RagBot:
+        """A bot from settings (defaults < ragbot.toml < RAGBOT_* < ``overrides``)."""
+        settings = settings.replace(**overrides) if settings else load_settings(overrides=overrides)
+        kb = KnowledgeBase.open(settings)
+        answer = make_chat_model(settings, "answer")
+        same = (settings.rewrite_model or settings.model) == (settings.answer_model or settings.model)
+        rewrite = answer if same else make_chat_model(settings, "rewrite")
+        return cls(kb, answer, rewrite, settings)
+
+    @property
+    def store(self) -> ConversationStore:
+        if self._store is None:
+            self._store = ConversationStore(self.settings.sessions_path)
+        return self._store
+
+    def conversation(self, name: str | None = None) -> Conversation:
+        """A conversation; a named one is saved in SQLite and resumes where it stopped."""
+        return Conversation(self, name)
+
+    def rewrite(self, question: str, history: Sequence[Message] | Sequence[dict] = ()) -> str:
+        """The standalone form of ``question`` given the ``history`` (public for evaluation)."""
+        return self.rewrite_details(question, history).question
+
+    def rewrite_details(self, question: str, history: Sequence[Message] | Sequence[dict] = ()) -> RewriteResult:
+        question = clean_question(question)
+        history = self._history(history)
+        return rewrite_question(
+            question,
+            trim_history(history, self.settings.history_tokens),
+            self.rewrite_model,
+            self.settings.prompt_dir,
+        )
+
+    def answer(self, question: str, history: Sequence[Message] | Sequence[dict] = ()) -> Answer:
+        """Answer one question given a finished history (stateless)."""
+        *_, answer = self.stream_answer(question, history)
+        return answer
+
+    def stream_answer(self, question: str, history: Sequence[Message] | Sequence[dict] = ()) -> Iterator[str | Answer]:
+        """Text deltas of the answer as they are generated, then the ``Answer``."""
+        started = time.perf_counter()
+        question = clean_question(question)
+        history = self._history(history)
+        zh = is_chinese(question)
+        lang = "zh" if zh else "en"
+        models = {"rewrite": self.rewrite_model.name, "answer": self.answer_model.name}
+
+        remembered = memory_reply(question, history)
+        if remembered is not None:
+            yield remembered
+            yield Answer(
+                remembered, "memory", question, question, models={}, timings={"total": time.perf_counter() - started}
+            )
+            return
+
+        trimmed = trim_history(history, self.settings.history_tokens)
+        if self.settings.rewrite:
+            rewritten = rewrite_question(question, trimmed, self.rewrite_model, self.settings.prompt_dir)
+        else:
+            rewritten = RewriteResult(question, question, reason="skipped: rewrite disabled")
+        t_rewrite = time.perf_counter()
+
+        result = self.kb.search(rewritten.question, self.settings.top_k)
+        t_retrieval = time.perf_counter()
+        timings = {"rewrite": t_rewrite - started, "retrieval": t_retrieval - t_rewrite}
+        usage = {"rewrite": rewritten.usage}
+
+        sources = result.confident[:CONTEXT_PASSAGES]
+        if sources:
+            route = "grounded"
+            prompt = load_prompt(f"grounded.{lang}", self.settings.prompt_dir)
+            messages = prompt.render(passages=format_passages(sources, zh), question=rewritten.question)
+            prefix = ""
+        else:
+            route = "fallback"
+            if self.settings.fallback != "general":
+                text = LABELS["refuse"][lang] if self.settings.fallback == "refuse" else self.settings.fallback_reply
+                yield text
+                timings["total"] = time.perf_counter() - started
+                yield Answer(
+                    text,
+                    route,
+                    question,
+                    rewritten.question,
+                    result.hits,
+                    [],
+                    rewritten,
+                    usage,
+                    timings,
+                    {"rewrite": models["rewrite"]},
+                    result.threshold,
+                )
+                return
+            prompt = load_prompt(f"general.{lang}", self.settings.prompt_dir)
+            messages = prompt.render(question=rewritten.question)
+            prefix = LABELS["general"][lang]
+            yield prefix
+
+        # static system prompt first, then the (append-only) history, then this turn's part
+        messages = [messages[0], *trimmed, *messages[1:]]
+        parts: list[str] = []
+        first_token = None
+        answer_usage = Usage()
+        for delta in self.answer_model.stream(messages, self._generation()):
+            if delta.text:
+                first_token = first_token if first_token is not None else time.perf_counter()
+                parts.append(delta.text)
+                yield delta.text
+            if delta.usage is not None:
+                answer_usage = delta.usage
+        done = time.perf_counter()
+        usage["answer"] = answer_usage
+        timings["first_token"] = (first_token or done) - t_retrieval
+        timings["generation"] = done - t_retrieval
+        timings["total"] = done - started
+        yield Answer(
+            prefix + "".join(parts).strip(),
+            route,
+            question,
+            rewritten.question,
+            result.hits,
+            sources,
+            rewritten,
+            usage,
+            timings,
+            models,
+            result.threshold,
+        )
+
+    def _generation(self) -> GenerationSettings:
+        s = self.settings
+        return GenerationSettings(s.temperature, s.top_p, s.max_tokens, s.frequency_penalty, s.presence_penalty, s.stop)
+
+    @staticmethod
+    def _history(history: Sequence[Message] | Sequence[dict]) -> list[Message]:
+        messages = [m if isinstance(m, Message) else messages_from_pairs([m])[0] for m in history]
+        validate_history(messages)
+        return messages
+
+
+class Conversation:
+    """One conversation: its history, and a lock so a conversation is used by one thread at a time."""
+
+    def __init__(self, bot: RagBot, name: str | None = None):
+        self.bot = bot
+        self.name = name
+        self.history: list[Message] = bot.store.history(name) if name else []
+        self.last: Answer | None = None
+        self._lock = threading.Lock()
+
+    def ask(self, question: str) -> Answer:
+        *_, answer = self.stream(question)
+        return answer
+
+    def stream(self, question: str) -> Iterator[str | Answer]:
+        """Text deltas, then the ``Answer``; the turn is saved only once it is complete."""
+        with self._lock:
+            for item in self.bot.stream_answer(question, self.history):
+                if isinstance(item, Answer):
+                    self._remember(item)
+                yield item
+
+    def _remember(self, answer: Answer) -> None:
+        if self.name:
+            self.bot.store.append_turn(
+                self.name,
+                answer.question,
+                answer.text,
+                {"route": answer.route, "standalone_question": answer.standalone_question},
+            )
+        self.history += [Message("user", answer.question), Message("assistant", answer.text)]
+        self.last = answer
+
+    def reset(self) -> None:
+        """Forget the history (and delete it from storage for a named conversation)."""
+        with self._lock:
+            if self.name:
+                self.bot.store.clear(self.name)
+            self.history = []
+            self.last = None
