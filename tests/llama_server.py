@@ -9,7 +9,6 @@ and ``local_models_dir`` (where built-in models are joined and verified, once pe
 from __future__ import annotations
 
 import contextlib
-import os
 import socket
 import subprocess
 import sys
@@ -38,8 +37,9 @@ def run_llama_server(
 ) -> Iterator[str]:
     """Start ``python -m llama_cpp.server`` on a free port, wait until it lists its models, stop it after."""
     port = free_port()
+    # One thread: two spinning llama.cpp threads on a busy 2-core machine can crawl at <1 token/s.
     cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(model_path), "--model_alias", SERVED_ALIAS]
-    cmd += ["--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(n_ctx), "--n_threads", str(os.cpu_count())]
+    cmd += ["--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(n_ctx), "--n_threads", "1"]
     if api_key:
         cmd += ["--api_key", api_key]
     log = tempfile.TemporaryFile()  # the server's output, shown if it fails to start

@@ -152,7 +152,11 @@ def scripted_server(respond: Respond) -> Iterator[tuple[str, list[dict]]]:
 
 
 def chunk_event(content: str | None = None, finish_reason: str | None = None, usage: dict | None = None) -> bytes:
-    choices = [] if usage else [{"index": 0, "delta": {"content": content} if content else {}, "finish_reason": finish_reason}]
+    choices = (
+        []
+        if usage
+        else [{"index": 0, "delta": {"content": content} if content else {}, "finish_reason": finish_reason}]
+    )
     data = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "scripted", "choices": choices}
     if usage:
         data["usage"] = usage
