@@ -240,4 +240,5 @@ def make_chat_model(settings, role: str = "answer") -> ChatModel:
         n_ctx=settings.n_ctx,
         n_threads=settings.num_threads,
         lora_path=str(settings.lora_path) if settings.lora_path and role == "answer" else None,
+        models_dir=settings.models_dir,
     )

@@ -81,6 +81,7 @@ class Settings:
     max_retries: int = 3
     n_ctx: int = 4096  # local model context window
     lora_path: Path | None = None  # GGUF LoRA adapter applied to the local answer model
+    models_dir: Path | None = None  # where built-in local models are assembled; None: data_home()/models
 
     # Conversation.
     rewrite: bool = True  # resolve follow-ups into standalone questions
@@ -93,7 +94,7 @@ class Settings:
     def __post_init__(self) -> None:
         if isinstance(self.stop, (list, str)):
             object.__setattr__(self, "stop", (self.stop,) if isinstance(self.stop, str) else tuple(self.stop))
-        for name in ("index", "knowledge_dir", "lora_path", "prompt_dir", "sessions"):  # accept str
+        for name in ("index", "knowledge_dir", "lora_path", "prompt_dir", "sessions", "models_dir"):  # accept str
             value = getattr(self, name)
             if value is not None and not isinstance(value, Path):
                 object.__setattr__(self, name, Path(value).expanduser())

@@ -24,8 +24,16 @@ def isolated(tmp_path, monkeypatch):
             monkeypatch.delenv(key)
     monkeypatch.setenv("RAGBOT_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path / "home" / "tiktoken"))
+    # the local GGUF models (up to 1.1 GB) are assembled once per test session, not per test
+    monkeypatch.setenv("RAGBOT_MODELS_DIR", str(_shared_models_dir(tmp_path)))
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+def _shared_models_dir(tmp_path: Path) -> Path:
+    path = tmp_path.parent.parent / "ragbot-models"
+    path.mkdir(exist_ok=True)
+    return path
 
 
 @pytest.fixture

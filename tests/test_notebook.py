@@ -1,0 +1,23 @@
+"""The quickstart notebook runs top to bottom with the real default models, so it cannot rot."""
+
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+pytestmark = pytest.mark.slow
+
+NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "quickstart.ipynb"
+
+
+def test_quickstart_notebook_executes_and_shows_the_nile_follow_up(tmp_path, monkeypatch):
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    NotebookClient(nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    outputs = "\n".join(
+        o.get("text", "") for cell in nb.cells if cell.cell_type == "code" for o in cell.get("outputs", [])
+    )
+    assert "standalone question: 尼罗河流经哪些国家" in outputs
+    assert "route: grounded" in outputs
+    assert "fallback | 知识库中没有找到相关内容，以下是通用回答" in outputs
+
