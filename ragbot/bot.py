@@ -25,14 +25,13 @@ from typing import Any
 from ragbot.chat_models import ChatModel, GenerationSettings, Message, Usage, make_chat_model
 from ragbot.config import Settings, load_settings
 from ragbot.errors import ConversationError
-from ragbot.knowledge_base import Hit, KnowledgeBase, display_source
+from ragbot.knowledge_base import CONTROL_CHARS, Hit, KnowledgeBase, display_source
 from ragbot.memory import ConversationStore, messages_from_pairs, trim_history, validate_history
 from ragbot.prompts import load_prompt
 from ragbot.rewrite import RewriteResult, is_chinese, rewrite_question
 
 MAX_QUESTION_CHARS = 4000
 CONTEXT_PASSAGES = 3  # passages put in the prompt: prompt processing dominates local latency
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 LABELS = {
     "general": {
@@ -65,7 +64,7 @@ def clean_question(question: Any) -> str:
     """The question without control characters; empty or oversized questions are refused."""
     if not isinstance(question, str):
         raise ConversationError(f"the question must be text, got {type(question).__name__}")
-    question = _CONTROL.sub(" ", question).strip()
+    question = CONTROL_CHARS.sub(" ", question).strip()
     if not question:
         raise ConversationError("the question is empty; type a question")
     if len(question) > MAX_QUESTION_CHARS:

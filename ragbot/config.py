@@ -36,6 +36,16 @@ def data_home() -> Path:
     return Path(base) / "ragbot"
 
 
+def bundled_dir(name: str) -> Path | None:
+    """A folder shipped with ragbot (``knowledge``, ``prompts``): inside the installed wheel,
+    or at the top of a source checkout (editable install). None if neither exists."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "_bundled" / name, here.parent / name):
+        if candidate.is_dir():
+            return candidate
+    return None
+
+
 @dataclass(frozen=True)
 class Settings:
     """All of ragbot's knobs. ``None`` means "decide from context" (see each comment)."""

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from ragbot import index as store
 from ragbot.chunking import Chunk, chunk_document
-from ragbot.config import Settings, load_settings
+from ragbot.config import Settings, bundled_dir, load_settings
 from ragbot.documents import find_files, iter_documents
 from ragbot.embedders import Embedder, make_embedder
 from ragbot.errors import (
@@ -34,7 +34,7 @@ from ragbot.errors import (
 )
 
 MAX_QUERY_CHARS = 8000  # embedders only read the first few hundred tokens anyway
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
 @dataclass(frozen=True)
@@ -107,10 +107,9 @@ class IngestReport:
 
 def bundled_knowledge_dir() -> Path:
     """The knowledge base shipped with ragbot (inside the wheel, or the repo's ``knowledge/``)."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "_bundled" / "knowledge", here.parent / "knowledge"):
-        if candidate.is_dir():
-            return candidate
+    folder = bundled_dir("knowledge")
+    if folder is not None:
+        return folder
     raise IngestError("the bundled knowledge base is missing from this install; reinstall ragbot")
 
 
@@ -143,7 +142,7 @@ def clean_query(query: str) -> str:
     """The query without control characters and surplus length; empty raises ``QueryError``."""
     if not isinstance(query, str):
         raise QueryError(f"the query must be text, got {type(query).__name__}")
-    query = _CONTROL.sub(" ", query).strip()[:MAX_QUERY_CHARS]
+    query = CONTROL_CHARS.sub(" ", query).strip()[:MAX_QUERY_CHARS]
     if not query:
         raise QueryError("the query is empty; type a question")
     return query

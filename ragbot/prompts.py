@@ -16,16 +16,16 @@ from pathlib import Path
 from string import Template
 
 from ragbot.chat_models import Message
+from ragbot.config import bundled_dir
 from ragbot.errors import PromptError
 
 _SECTION = re.compile(r"^\[(system|user)\]\s*$", re.MULTILINE)
 
 
 def bundled_prompt_dir() -> Path:
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "_bundled" / "prompts", here.parent / "prompts"):
-        if candidate.is_dir():
-            return candidate
+    folder = bundled_dir("prompts")
+    if folder is not None:
+        return folder
     raise PromptError("the bundled prompts are missing from this install; reinstall ragbot")
 
 
