@@ -89,7 +89,9 @@ class EchoChatModel(ScriptedChatModel):
     @staticmethod
     def _reply(messages) -> str:
         system, user = messages[0].content, messages[-1].content
-        question = user.strip().splitlines()[-1].split("：", 1)[-1].split(": ", 1)[-1].strip()
+        lines = user.strip().splitlines()
+        marked = [ln for ln in lines if ln.startswith(("问题：", "Question: ", "最后的问题：", "Last question: "))]
+        question = (marked[-1] if marked else lines[-1]).split("：", 1)[-1].split(": ", 1)[-1].strip()
         if "改写：" in system:
             return f"思考：问题已完整。\n改写：{question}"
         if "Rewrite:" in system:
