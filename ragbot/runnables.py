@@ -1,10 +1,10 @@
 """LangChain interop: the bot as a Runnable, the knowledge base as a retriever.
 
-    chain = bot.as_runnable()            # {"question": ..., "history": [...]} -> Answer dict
-    chain.invoke({"question": "尼罗河是什么?"})
-    for piece in chain.stream({"question": "它流经哪些国家?", "history": [...]}): ...
+chain = bot.as_runnable()            # {"question": ..., "history": [...]} -> Answer dict
+chain.invoke({"question": "尼罗河是什么?"})
+for piece in chain.stream({"question": "它流经哪些国家?", "history": [...]}): ...
 
-    retriever = as_retriever(bot.kb)     # a BaseRetriever returning langchain Documents
+retriever = as_retriever(bot.kb)     # a BaseRetriever returning langchain Documents
 """
 
 from __future__ import annotations
@@ -75,8 +75,13 @@ class KnowledgeBaseRetriever(BaseRetriever):
             LCDocument(
                 page_content=h.text,
                 id=h.id,
-                metadata={"source": h.source, "title": h.title, "doc_id": h.doc_id, "score": h.score,
-                          "above_threshold": h.above_threshold},
+                metadata={
+                    "source": h.source,
+                    "title": h.title,
+                    "doc_id": h.doc_id,
+                    "score": h.score,
+                    "above_threshold": h.above_threshold,
+                },
             )
             for h in hits
             if h.above_threshold or not self.only_confident

@@ -97,7 +97,7 @@ def test_history_is_trimmed_to_the_token_budget_oldest_first(kb):
     for i in range(10):
         long_turns += [Message("user", f"问题{i}：" + "很长的内容。" * 30), Message("assistant", f"回答{i}")]
     trimmed = trim_history(long_turns, 300)
-    assert trimmed == long_turns[-len(trimmed):] and 0 < len(trimmed) < len(long_turns)
+    assert trimmed == long_turns[-len(trimmed) :] and 0 < len(trimmed) < len(long_turns)
     assert sum(count_tokens(m.content) + 4 for m in trimmed) <= 300
     bot, model = make_bot(kb, history_tokens=300)
     bot.answer("尼罗河流经哪些国家？", long_turns)
@@ -190,12 +190,24 @@ def test_one_bot_serves_conversations_on_several_threads(kb):
 
 def test_session_survives_a_killed_process(tmp_path, corpus):
     """A chat process killed between turns loses nothing; the resumed session continues."""
-    env = {**os.environ, "RAGBOT_EMBEDDER": "hash", "RAGBOT_LLM": "fake", "RAGBOT_INDEX": str(tmp_path / "idx"),
-           "RAGBOT_SESSIONS": str(tmp_path / "s.sqlite")}
-    subprocess.run([sys.executable, "-m", "ragbot", "ingest", str(corpus["md"].parent)], env=env, check=True,
-                   capture_output=True)
-    chat = subprocess.Popen([sys.executable, "-m", "ragbot", "chat", "--session", "k"], env=env,
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    env = {
+        **os.environ,
+        "RAGBOT_EMBEDDER": "hash",
+        "RAGBOT_LLM": "fake",
+        "RAGBOT_INDEX": str(tmp_path / "idx"),
+        "RAGBOT_SESSIONS": str(tmp_path / "s.sqlite"),
+    }
+    subprocess.run(
+        [sys.executable, "-m", "ragbot", "ingest", str(corpus["md"].parent)], env=env, check=True, capture_output=True
+    )
+    chat = subprocess.Popen(
+        [sys.executable, "-m", "ragbot", "chat", "--session", "k"],
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     chat.stdin.write("尼罗河是什么？\n")
     chat.stdin.flush()
     deadline = time.time() + 60
@@ -205,6 +217,10 @@ def test_session_survives_a_killed_process(tmp_path, corpus):
     chat.send_signal(signal.SIGKILL)
     chat.wait()
     assert [m.role for m in store.history("k")] == ["user", "assistant"]
-    out = subprocess.run([sys.executable, "-m", "ragbot", "ask", "我刚才问了什么？", "--session", "k", "--json"],
-                         env=env, capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "ragbot", "ask", "我刚才问了什么？", "--session", "k", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert json.loads(out.stdout)["answer"] == "你刚才问的是：“尼罗河是什么？”"

@@ -69,9 +69,7 @@ def test_headings_are_kept_as_context_and_sections_split():
 
 
 def test_hash_inside_code_fence_is_not_a_heading():
-    doc = Document(
-        text="# Guide\n\n```\n# not a heading\n```\n\nAfter the code.", source="g.md", title="Guide"
-    )
+    doc = Document(text="# Guide\n\n```\n# not a heading\n```\n\nAfter the code.", source="g.md", title="Guide")
     assert all(c.headings == ("Guide",) for c in chunk_document(doc))
 
 
@@ -79,9 +77,7 @@ def test_ids_are_stable_and_depend_on_content():
     doc = Document(text=ZH, source="a.md", title="t")
     first = [c.id for c in chunk_document(doc, 32, 8)]
     assert first == [c.id for c in chunk_document(doc, 32, 8)]
-    changed = [
-        c.id for c in chunk_document(Document(text=ZH + "新增一句。", source="a.md", title="t"), 32, 8)
-    ]
+    changed = [c.id for c in chunk_document(Document(text=ZH + "新增一句。", source="a.md", title="t"), 32, 8)]
     assert changed[:-1] == first[:-1] and changed[-1] != first[-1]
     assert len(set(first)) == len(first)
 

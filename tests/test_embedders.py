@@ -93,13 +93,9 @@ def embeddings_server():
 def test_openai_embedder_against_a_real_local_server(embeddings_server, monkeypatch):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     embedder = make_embedder(
-        Settings(
-            embedder="openai", embedder_model="multilingual-e5-small-q4", embedder_base_url=embeddings_server
-        )
+        Settings(embedder="openai", embedder_model="multilingual-e5-small-q4", embedder_base_url=embeddings_server)
     )
-    assert embedder.dim == 384 and embedder.name.startswith(
-        "openai:multilingual-e5-small-q4@http://127.0.0.1"
-    )
+    assert embedder.dim == 384 and embedder.name.startswith("openai:multilingual-e5-small-q4@http://127.0.0.1")
     _ranks_nile_first(embedder)
 
 

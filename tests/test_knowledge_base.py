@@ -120,9 +120,7 @@ def test_embedder_mismatch_is_refused_with_rebuild_hint(hash_settings, corpus):
         KnowledgeBase.open(hash_settings)
     # --rebuild replaces it with the configured embedder
     report = KnowledgeBase.open(hash_settings, create=True).ingest([corpus["md"]], rebuild=True)
-    assert report.added == report.chunks and KnowledgeBase.open(hash_settings).manifest.embedder.startswith(
-        "hash"
-    )
+    assert report.added == report.chunks and KnowledgeBase.open(hash_settings).manifest.embedder.startswith("hash")
 
 
 def test_missing_and_damaged_index(hash_settings, corpus):

@@ -13,8 +13,9 @@ pytestmark = pytest.mark.slow
 def test_nile_follow_up_is_resolved_grounded_and_cited_then_bread_falls_back():
     env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
     env.update({"PROMPT_TOOLKIT_NO_CPR": "1", "TERM": "xterm"})
-    child = pexpect.spawn(sys.executable, ["-m", "ragbot", "chat"], env=env, encoding="utf-8", timeout=600,
-                          dimensions=(50, 220))
+    child = pexpect.spawn(
+        sys.executable, ["-m", "ragbot", "chat"], env=env, encoding="utf-8", timeout=600, dimensions=(50, 220)
+    )
     child.expect("/help for commands")
     child.sendline("尼罗河是什么？")
     child.expect(r"Sources:\s+\[1\] 尼罗河")

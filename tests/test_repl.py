@@ -11,16 +11,24 @@ from conftest import run_cli
 
 @pytest.fixture
 def chat_env(tmp_path, corpus):
-    env = {**os.environ, "RAGBOT_EMBEDDER": "hash", "RAGBOT_LLM": "fake", "RAGBOT_INDEX": str(tmp_path / "idx"),
-           "RAGBOT_SESSIONS": str(tmp_path / "s.sqlite"), "RAGBOT_THRESHOLD": "0.35",
-           "PROMPT_TOOLKIT_NO_CPR": "1", "TERM": "xterm"}
+    env = {
+        **os.environ,
+        "RAGBOT_EMBEDDER": "hash",
+        "RAGBOT_LLM": "fake",
+        "RAGBOT_INDEX": str(tmp_path / "idx"),
+        "RAGBOT_SESSIONS": str(tmp_path / "s.sqlite"),
+        "RAGBOT_THRESHOLD": "0.35",
+        "PROMPT_TOOLKIT_NO_CPR": "1",
+        "TERM": "xterm",
+    }
     assert run_cli("ingest", str(corpus["md"].parent), env=env).returncode == 0
     return env
 
 
 def spawn(env, *args):
-    child = pexpect.spawn(sys.executable, ["-m", "ragbot", "chat", *args], env=env, encoding="utf-8", timeout=60,
-                          dimensions=(40, 200))
+    child = pexpect.spawn(
+        sys.executable, ["-m", "ragbot", "chat", *args], env=env, encoding="utf-8", timeout=60, dimensions=(40, 200)
+    )
     child.expect("/help for commands")
     return child
 

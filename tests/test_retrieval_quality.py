@@ -3,10 +3,11 @@
 import json
 
 import pytest
-from conftest import run_cli, shared_file
 
 from ragbot import KnowledgeBase, Settings
 from ragbot.retrieval_eval import RetrievalCase, retrieval_metrics
+
+from conftest import run_cli, shared_file
 
 pytestmark = pytest.mark.slow
 

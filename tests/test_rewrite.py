@@ -33,7 +33,7 @@ def test_cheap_check_decides_whether_to_call_the_model(question, history, needed
 def test_parse_keeps_only_the_final_question_and_the_reasoning():
     text = "思考：“它”指前面说的尼罗河。\n改写：尼罗河流经哪些国家？"
     assert parse_rewrite(text) == ("“它”指前面说的尼罗河。", "尼罗河流经哪些国家？")
-    assert parse_rewrite("Reasoning: they = founders.\n**Rewrite:** \"When did they leave Tesla?\"")[1] == (
+    assert parse_rewrite('Reasoning: they = founders.\n**Rewrite:** "When did they leave Tesla?"')[1] == (
         "When did they leave Tesla?"
     )
     assert parse_rewrite("I think it is about the Nile.") is None
@@ -51,7 +51,9 @@ def test_model_rewrite_is_used_and_reasoning_kept_apart():
 
 
 def test_english_prompt_for_english_questions():
-    model = ScriptedChatModel(["Reasoning: founders.\nRewrite: When did Martin Eberhard and Marc Tarpenning leave Tesla?"])
+    model = ScriptedChatModel(
+        ["Reasoning: founders.\nRewrite: When did Martin Eberhard and Marc Tarpenning leave Tesla?"]
+    )
     result = rewrite_question("When did they leave the company?", TESLA, model)
     assert result.question == "When did Martin Eberhard and Marc Tarpenning leave Tesla?"
     assert "Rewrite:" in model.calls[0].messages[0].content
@@ -89,7 +91,11 @@ def test_invented_name_is_rejected():
 def test_introduced_name_accepts_names_copied_from_history():
     assert introduced_name("尼罗河流经哪些国家？", "它流经哪些国家？", ["尼罗河是什么？"]) is None
     assert introduced_name("长江发源于哪里？", "那长江呢？", ["黄河发源于哪里？"]) is None
-    assert introduced_name("When did Marc Tarpenning leave Tesla?", "When did he leave?", ["Who founded Tesla?",
-                           "Marc Tarpenning"]) is None
+    assert (
+        introduced_name(
+            "When did Marc Tarpenning leave Tesla?", "When did he leave?", ["Who founded Tesla?", "Marc Tarpenning"]
+        )
+        is None
+    )
     assert introduced_name("尼罗河长6650公里吗", "它有多长", ["尼罗河是什么？"]) is not None
     assert introduced_name("Is the Nile 6650 km long?", "How long is it?", ["Tell me about the Nile"]) == "6650"
