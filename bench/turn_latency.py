@@ -35,25 +35,31 @@ def run(cache_bytes: int, model: str) -> list[dict]:
 
     unload_models()
     settings = load_settings(overrides={"temperature": 0.0, "max_tokens": 96})
-    llm = LlamaCppChatModel(model, n_ctx=settings.n_ctx, cache_bytes=cache_bytes, seed=1,
-                            models_dir=settings.models_dir)
-    llm.llama  # load before timing
+    llm = LlamaCppChatModel(
+        model, n_ctx=settings.n_ctx, cache_bytes=cache_bytes, seed=1, models_dir=settings.models_dir
+    )
+    _ = llm.llama  # load before timing
     bot = RagBot(KnowledgeBase.open(settings), llm, settings=settings)
     conv = bot.conversation()
     rows = []
     for question in TURNS:
         answer = conv.ask(question)
         t = answer.timings
-        rows.append({
-            "question": question, "standalone": answer.standalone_question, "route": answer.route,
-            "rewrite_s": t.get("rewrite", 0.0), "retrieval_s": t.get("retrieval", 0.0),
-            "prompt_processing_s": t.get("first_token", 0.0),
-            "generation_s": t.get("generation", 0.0) - t.get("first_token", 0.0),
-            "time_to_first_token_s": t.get("rewrite", 0.0) + t.get("retrieval", 0.0) + t.get("first_token", 0.0),
-            "rewrite_prompt_tokens": answer.usage["rewrite"].prompt_tokens,
-            "answer_prompt_tokens": answer.usage["answer"].prompt_tokens,
-            "answer_tokens": answer.usage["answer"].completion_tokens,
-        })
+        rows.append(
+            {
+                "question": question,
+                "standalone": answer.standalone_question,
+                "route": answer.route,
+                "rewrite_s": t.get("rewrite", 0.0),
+                "retrieval_s": t.get("retrieval", 0.0),
+                "prompt_processing_s": t.get("first_token", 0.0),
+                "generation_s": t.get("generation", 0.0) - t.get("first_token", 0.0),
+                "time_to_first_token_s": t.get("rewrite", 0.0) + t.get("retrieval", 0.0) + t.get("first_token", 0.0),
+                "rewrite_prompt_tokens": answer.usage["rewrite"].prompt_tokens,
+                "answer_prompt_tokens": answer.usage["answer"].prompt_tokens,
+                "answer_tokens": answer.usage["answer"].completion_tokens,
+            }
+        )
     return rows
 
 
@@ -64,16 +70,22 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("RAGBOT_HOME", tempfile.mkdtemp(prefix="ragbot-bench-"))
     results = {"cache": run(1 << 30, args.model), "no_cache": run(0, args.model)}
-    print(f"{'mode':9} {'turn':18} {'rewrite':>8} {'retrieve':>8} {'prompt':>8} {'generate':>8} {'TTFT':>7}  standalone")
+    print(
+        f"{'mode':9} {'turn':18} {'rewrite':>8} {'retrieve':>8} {'prompt':>8} {'generate':>8} {'TTFT':>7}  standalone"
+    )
     for mode, rows in results.items():
         for r in rows:
-            print(f"{mode:9} {r['question']:18} {r['rewrite_s']:8.1f} {r['retrieval_s']:8.2f} "
-                  f"{r['prompt_processing_s']:8.1f} {r['generation_s']:8.1f} {r['time_to_first_token_s']:7.1f}  "
-                  f"{r['standalone']} ({r['route']})")
+            print(
+                f"{mode:9} {r['question']:18} {r['rewrite_s']:8.1f} {r['retrieval_s']:8.2f} "
+                f"{r['prompt_processing_s']:8.1f} {r['generation_s']:8.1f} {r['time_to_first_token_s']:7.1f}  "
+                f"{r['standalone']} ({r['route']})"
+            )
     for i in (1, 2):
         c, n = results["cache"][i], results["no_cache"][i]
-        print(f"turn {i + 1}: time to first token {c['time_to_first_token_s']:.1f}s with the cache vs "
-              f"{n['time_to_first_token_s']:.1f}s without ({n['time_to_first_token_s'] / c['time_to_first_token_s']:.2f}x)")
+        print(
+            f"turn {i + 1}: time to first token {c['time_to_first_token_s']:.1f}s with the cache vs "
+            f"{n['time_to_first_token_s']:.1f}s without ({n['time_to_first_token_s'] / c['time_to_first_token_s']:.2f}x)"
+        )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, ensure_ascii=False, indent=2), encoding="utf-8")
 

@@ -90,6 +90,10 @@ def parse_rewrite(text: str) -> tuple[str, str] | None:
     """(reasoning, final question) from the model's output, or None if it has no final line."""
     matches = list(_ANSWER_LINE.finditer(text))
     if not matches:
+        # Small models sometimes answer with the rewritten question alone: one line, no label.
+        lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+        if len(lines) == 1 and not _REASONING.match(lines[0]) and len(lines[0]) <= 300:
+            return "", lines[0].strip("\"'“”‘’「」*` ")
         return None
     final = matches[-1].group(2).strip().strip("\"'“”‘’「」*` ")
     if not final:

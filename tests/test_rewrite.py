@@ -36,7 +36,9 @@ def test_parse_keeps_only_the_final_question_and_the_reasoning():
     assert parse_rewrite('Reasoning: they = founders.\n**Rewrite:** "When did they leave Tesla?"')[1] == (
         "When did they leave Tesla?"
     )
-    assert parse_rewrite("I think it is about the Nile.") is None
+    assert parse_rewrite("尼罗河流经哪些国家？") == ("", "尼罗河流经哪些国家？")  # bare one-line answer
+    assert parse_rewrite("I think it is about the Nile.\nIt flows north.") is None
+    assert parse_rewrite("思考：它指尼罗河。") is None
     assert parse_rewrite("改写：") is None
 
 
@@ -74,7 +76,7 @@ def test_model_failure_falls_back_to_the_question():
 
 
 def test_unparseable_output_falls_back_to_the_question():
-    result = rewrite_question("它流经哪些国家？", NILE, ScriptedChatModel(["尼罗河很长。"]))
+    result = rewrite_question("它流经哪些国家？", NILE, ScriptedChatModel(["尼罗河很长。\n它在非洲。"]))
     assert result.question == "它流经哪些国家？" and result.reason == "unparseable model output"
 
 
