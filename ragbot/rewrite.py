@@ -111,20 +111,20 @@ _EN_WORD = re.compile(r"[A-Za-z][A-Za-z'-]*|\d[\d.,]*")
 def introduced_name(rewrite: str, question: str, history: Sequence[str]) -> str | None:
     """A name (or number) in ``rewrite`` found neither in the question nor in the history.
 
-    Chinese: any run of 3+ Chinese characters, none of whose 2-character pieces occur in the
-    context. English and numbers: capitalised words and numbers absent from the context.
+    Chinese: a character is accounted for when it is part of a 2-character piece that occurs
+    in the context; two or more unaccounted characters in a row are a new word (a single one
+    is allowed: a joining word such as 的 between two copied spans). English and numbers:
+    capitalised words and numbers absent from the context.
     """
     context = question + "\n" + "\n".join(history)
     lowered = context.lower()
-    for run in re.findall(r"[\u4e00-\u9fff]{3,}", rewrite):
-        pieces = [run[i : i + 2] for i in range(len(run) - 1)]
-        novel = [p for p in pieces if p not in context]
-        # a span of >= 2 consecutive novel pieces is a new 3-character name or phrase
-        streak = 0
-        for p in pieces:
-            streak = streak + 1 if p in novel else 0
-            if streak >= 2:
-                return run
+    for run in re.findall(r"[\u4e00-\u9fff]+", rewrite):
+        covered = [False] * len(run)
+        for i in range(len(run) - 1):
+            if run[i : i + 2] in context:
+                covered[i] = covered[i + 1] = True
+        for match in re.finditer(r"F{2,}", "".join("T" if c else "F" for c in covered)):
+            return run[match.start() : match.end()]
     for word in _EN_WORD.findall(rewrite):
         is_name = word[0].isupper() or word[0].isdigit()
         if is_name and word.lower() not in lowered and word.lower().rstrip("'s") not in lowered:
