@@ -344,6 +344,7 @@ class KnowledgeBase:
                     new_vectors = self.embedder.embed_passages([c.embedding_text for c in missing], progress=bar.update)
                 position = {c.id: i for i, c in enumerate(chunks)}
                 vectors[[position[c.id] for c in missing]] = new_vectors
+                del new_vectors  # peak memory: one copy of the vectors besides FAISS's
 
             index_type = self.settings.index_type
             if index_type == "auto":

