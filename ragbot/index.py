@@ -133,8 +133,12 @@ class StoredIndex:
             self.faiss_index.hnsw.efSearch = max(HNSW_EF_SEARCH, k)
         # One query at a time: FAISS's OpenMP threads only add overhead (bench/query_latency.py
         # measured 6.6 ms with 1 thread vs 15.5 ms with 2 at 100k chunks).
+        threads = faiss.omp_get_max_threads()
         faiss.omp_set_num_threads(1)
-        scores, ids = self.faiss_index.search(query_vector.reshape(1, -1).astype(np.float32), k)
+        try:
+            scores, ids = self.faiss_index.search(query_vector.reshape(1, -1).astype(np.float32), k)
+        finally:
+            faiss.omp_set_num_threads(threads)
         return [(self.chunks[i], float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0]
 
 
