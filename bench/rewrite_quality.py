@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import re
 import sys
 import time
 import unicodedata
@@ -65,9 +64,17 @@ def decision_part(rows):
         tn += not pred and not gold
         fn += not pred and gold
     n = len(rows)
-    return {"rows": n, "skipped_share": (tn + fn) / n, "decision_accuracy": (tp + tn) / n,
-            "recall_of_needed": tp / max(tp + fn, 1), "precision_of_called": tp / max(tp + fp, 1),
-            "tp": tp, "fp": fp, "tn": tn, "fn": fn}
+    return {
+        "rows": n,
+        "skipped_share": (tn + fn) / n,
+        "decision_accuracy": (tp + tn) / n,
+        "recall_of_needed": tp / max(tp + fn, 1),
+        "precision_of_called": tp / max(tp + fp, 1),
+        "tp": tp,
+        "fp": fp,
+        "tn": tn,
+        "fn": fn,
+    }
 
 
 def model_part(rows, lang, bot, sample, seed):
@@ -92,14 +99,22 @@ def model_part(rows, lang, bot, sample, seed):
             standalone += 1
             unchanged += normalise(result.question) == normalise(row["question"])
         if len(examples) < 8 and row["needs_rewrite"] and needs_rewrite(row["question"], row["history"]).needed:
-            examples.append({"question": row["question"], "gold": row["rewrite"], "bot": result.question,
-                             "reason": result.reason})
+            examples.append(
+                {"question": row["question"], "gold": row["rewrite"], "bot": result.question, "reason": result.reason}
+            )
     tokenize = "zh" if lang == "zh" else "13a"
     bleu = sacrebleu.corpus_bleu(hyps, [refs], tokenize=tokenize).score
     seconds.sort()
-    return {"sample": len(picked), "exact_match": exact / len(picked), "bleu4": bleu,
-            "standalone_rows": standalone, "standalone_unchanged": unchanged / max(standalone, 1),
-            "model_calls": calls, "p50_seconds": seconds[len(seconds) // 2], "examples": examples}
+    return {
+        "sample": len(picked),
+        "exact_match": exact / len(picked),
+        "bleu4": bleu,
+        "standalone_rows": standalone,
+        "standalone_unchanged": unchanged / max(standalone, 1),
+        "model_calls": calls,
+        "p50_seconds": seconds[len(seconds) // 2],
+        "examples": examples,
+    }
 
 
 def main() -> None:
@@ -107,6 +122,7 @@ def main() -> None:
     parser.add_argument("--sample", type=int, default=100, help="rows per set for the model part (0: skip it)")
     parser.add_argument("--model", default=None, help="local alias or .gguf (default: the bot's default)")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--langs", default="zh,en", help="which sets: zh, en or both")
     parser.add_argument("--out", default=str(REPO / "bench" / "out" / "rewrite_quality.json"))
     args = parser.parse_args()
     results = {}
@@ -116,20 +132,26 @@ def main() -> None:
 
         bot = RagBot.load(**({"model": args.model} if args.model else {}))
     for lang, name in SETS.items():
+        if lang not in args.langs.split(","):
+            continue
         path = DATA / name
         if not path.exists():
             sys.exit(f"missing {path}: the dev data lives in ../shared/data")
         rows = [json.loads(line) for line in path.open(encoding="utf-8")]
         results[lang] = {"decision": decision_part(rows)}
         d = results[lang]["decision"]
-        print(f"[{lang}] cheap check on {d['rows']} rows: skipped {d['skipped_share']:.1%} of model calls, "
-              f"decision accuracy {d['decision_accuracy']:.1%} (recall of needed {d['recall_of_needed']:.1%})")
+        print(
+            f"[{lang}] cheap check on {d['rows']} rows: skipped {d['skipped_share']:.1%} of model calls, "
+            f"decision accuracy {d['decision_accuracy']:.1%} (recall of needed {d['recall_of_needed']:.1%})"
+        )
         if bot is not None:
             m = model_part(rows, lang, bot, args.sample, args.seed)
             results[lang]["model"] = m
-            print(f"[{lang}] {bot.rewrite_model.name} on {m['sample']} sampled rows: EM {m['exact_match']:.1%}, "
-                  f"BLEU-4 {m['bleu4']:.1f}, standalone left unchanged {m['standalone_unchanged']:.1%} "
-                  f"of {m['standalone_rows']}, {m['model_calls']} model calls, p50 {m['p50_seconds']:.1f}s/row")
+            print(
+                f"[{lang}] {bot.rewrite_model.name} on {m['sample']} sampled rows: EM {m['exact_match']:.1%}, "
+                f"BLEU-4 {m['bleu4']:.1f}, standalone left unchanged {m['standalone_unchanged']:.1%} "
+                f"of {m['standalone_rows']}, {m['model_calls']} model calls, p50 {m['p50_seconds']:.1f}s/row"
+            )
             for ex in m["examples"]:
                 print(f"      {ex['question']!r} -> {ex['bot']!r} (gold {ex['gold']!r})")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

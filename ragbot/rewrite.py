@@ -125,8 +125,9 @@ def introduced_name(rewrite: str, question: str, history: Sequence[str]) -> str 
                 covered[i] = covered[i + 1] = True
         for match in re.finditer(r"F{2,}", "".join("T" if c else "F" for c in covered)):
             return run[match.start() : match.end()]
-    for word in _EN_WORD.findall(rewrite):
-        is_name = word[0].isupper() or word[0].isdigit()
+    for position, word in enumerate(_EN_WORD.findall(rewrite)):
+        # capitalised words inside the sentence are names; the first word is capitalised anyway
+        is_name = (word[0].isupper() and position > 0 and word != "I") or word[0].isdigit()
         if is_name and word.lower() not in lowered and word.lower().rstrip("'s") not in lowered:
             return word
     return None
