@@ -7,7 +7,7 @@ import sys
 import pexpect
 import pytest
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 
 def test_nile_follow_up_is_resolved_grounded_and_cited_then_bread_falls_back():
