@@ -211,7 +211,7 @@ class Calibration:
                 else f"best {self.objective.replace('balanced', 'balanced accuracy')} ({c.score(self.objective):.1%})"
             )
             + (
-                f"; it sits in the gap between the scores {lo:.3f} and {hi:.3f}"
+                f"; it sits in the middle of the gap between the scores {lo:.4f} and {hi:.4f}"
                 if lo != float("-inf") and hi != float("inf")
                 else ""
             ),

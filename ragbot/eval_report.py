@@ -211,7 +211,7 @@ def report_markdown(rows: Sequence[Mapping[str, Any]], summary: Mapping[str, Any
         + (f", sample of {run['sample']} (seed {run['seed']})" if run.get("sample") else "")
         + (f", first {run['limit']}" if run.get("limit") else ""),
         f"- rows: {summary['rows']} ({summary['ok']} evaluated, {summary['failed']} failed; "
-        f"{run.get('resumed_rows', 0)} taken from an earlier interrupted run)",
+        f"{run.get('resumed_rows', 0)} already in results.jsonl from an earlier run)",
         f"- knowledge base: `{run.get('index')}`, embedder `{run.get('embedder')}`, "
         f"threshold {_num(run.get('threshold'))}",
         f"- rewrite: {run.get('rewrite_model') or 'off (question as typed)'}; generation: "
@@ -363,7 +363,7 @@ def _retrieval_section(rows, rt, plots) -> list[str]:
             continue
         lines += [f"### {title} ({min(WORST, len(chosen))} of {len(chosen)})", ""]
         lines += _md_table(
-            ["id", "question", "bot's query", "gold", "rank typed", "rank bot", "rank gold"],
+            ["id", "question", "bot's query", "gold", "rank typed", "rank bot", "rank gold", "rewrite"],
             [
                 [
                     r["id"],
@@ -373,6 +373,7 @@ def _retrieval_section(rows, rt, plots) -> list[str]:
                     _rank(r["retrieval"]["typed"]["rank"]),
                     _rank(r["retrieval"]["rewritten"]["rank"]),
                     _rank(r["retrieval"]["gold"]["rank"]),
+                    r["rewrite"]["reason"],
                 ]
                 for r in chosen[:WORST]
             ],
@@ -585,7 +586,7 @@ def plot_latency(cost: Mapping[str, Any], path: Path) -> Path:
     ax.set_xlabel("seconds per turn")
     ax.set_title("Latency per stage")
     ax.margins(x=0.25)
-    ax.legend(loc="lower right", fontsize=9)
+    ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=9)  # outside: clear of the value labels
     fig.savefig(path)
     return path
 

@@ -380,7 +380,7 @@ def _retrieval_summary(rows: Sequence[Mapping[str, Any]], ks: Sequence[int]) -> 
     for name in SUBSET_FIELDS:
         for value in (False, True):
             chosen = [r for r in with_gold if r.get("fields", {}).get(name) is value]
-            if chosen:
+            if chosen and len(chosen) < len(with_gold):  # a subset equal to all rows says nothing new
                 subsets[f"{name}={str(value).lower()}"] = {"n": len(chosen), **_ranks(chosen, ks)}
     if subsets:
         out["subsets"] = subsets
@@ -435,7 +435,7 @@ def _cost_summary(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
             seconds = [r["timings"]["rewrite"] for r in rows if r.get("rewrite", {}).get("called_model")]
         else:
             seconds = [r["timings"][stage] for r in rows if stage in r.get("timings", {})]
-        if not seconds and not usage:
+        if not seconds and not any(u["calls"] for u in usage):
             continue
         figures: dict[str, Any] = {"latency": metrics.latency_summary(seconds)}
         if usage_key:
@@ -497,9 +497,12 @@ def evaluate(
         settings = settings or load_settings()
         bot = RagBot.load(settings)
     if isinstance(judge, str):
+        import dataclasses
+
         from ragbot.chat_models import make_chat_model
 
-        judge = make_chat_model(bot.settings.replace(answer_model=judge, lora_path=None), "answer")
+        # the judge is a plain model: no LoRA adapter meant for the answers
+        judge = make_chat_model(dataclasses.replace(bot.settings, answer_model=judge, lora_path=None), "answer")
     evaluator = TurnEvaluator(bot, generate=generate, rewrite_model=rewrite_model, ks=ks, judge=judge)
 
     out_dir = Path(out).expanduser() if out is not None else None

@@ -151,6 +151,14 @@ def test_answers_are_scored_against_the_good_answers_with_an_optional_judge(kb, 
     assert cost["generation"]["completion_tokens"] > 0 and cost["generation"]["latency"]["n"] == 4
 
 
+def test_a_judge_named_in_the_settings_that_gives_no_score_is_reported(kb, questions):
+    bot = RagBot(kb, scripted(), settings=kb.settings.replace(llm="fake"))
+    run = evaluate(questions, bot, judge="any-model", where={"id": "q1"})
+    assert run.rows[0]["answer"]["judge"] is None
+    assert "no score in the judge's reply" in run.rows[0]["answer"]["judge_reason"]
+    assert run.summary["answers"]["judged"] == 0
+
+
 def test_an_interrupted_run_resumes_without_redoing_finished_rows(kb, questions, tmp_path):
     out = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):

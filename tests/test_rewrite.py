@@ -101,4 +101,7 @@ def test_introduced_name_accepts_names_copied_from_history():
     )
     assert introduced_name("尼罗河长6650公里吗", "它有多长", ["尼罗河是什么？"]) is not None
     assert introduced_name("Is the Nile 6650 km long?", "How long is it?", ["Tell me about the Nile"]) == "6650"
-    assert introduced_name("Why do Venus flytraps eat prey?", "Why do they eat prey?", ["What are Venus flytraps?"]) is None
+    assert (
+        introduced_name("Why do Venus flytraps eat prey?", "Why do they eat prey?", ["What are Venus flytraps?"])
+        is None
+    )
