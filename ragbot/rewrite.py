@@ -92,7 +92,8 @@ def parse_rewrite(text: str) -> tuple[str, str] | None:
     if not matches:
         # Small models sometimes answer with the rewritten question alone: one line, no label.
         lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
-        labelled = re.match(r"^\W*(改写|思考|推理|rewrite|reasoning)\W*[:：]", lines[0], re.IGNORECASE) if lines else None
+        label = r"^\W*(改写|思考|推理|rewrite|reasoning)\W*[:：]"
+        labelled = re.match(label, lines[0], re.IGNORECASE) if lines else None
         if len(lines) == 1 and not labelled and len(lines[0]) <= 300:
             return "", lines[0].strip("\"'“”‘’「」*` ")
         return None
