@@ -365,6 +365,11 @@ def calibrate(ctx, questions, index, out, objective, min_precision, write, **fla
     click.echo(f"Wrote {files['json']}, {files['plot']}", err=True)
 
 
+from ragbot.finetune.cli import finetune  # noqa: E402  (registers the finetune command group)
+
+cli.add_command(finetune)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the CLI, turning ragbot errors into a one-line message and exit 1."""
     try:

@@ -1,0 +1,7 @@
+"""Fine-tuning: feedback -> training files -> validation -> jobs -> swap the model in.
+
+Data flows one way: ``data`` builds training files from question sets, saved conversations
+and plain prompt/answer files; ``validate`` checks them and estimates tokens and cost;
+``jobs`` runs them on any OpenAI-compatible fine-tuning API and keeps local job records;
+``swap`` points the answer or rewrite role at the resulting model.
+"""

@@ -1,0 +1,1 @@
+"""``ragbot finetune prepare`` and ``ragbot finetune validate`` (to be built)."""

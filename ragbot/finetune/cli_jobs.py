@@ -1,0 +1,1 @@
+"""``ragbot finetune create/follow/list/metrics/cancel/use`` (to be built)."""
