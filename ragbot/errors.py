@@ -60,3 +60,11 @@ class PromptError(RagbotError):
 
 class ConversationError(RagbotError, ValueError):
     """A question or history that cannot be used (empty question, roles out of order)."""
+
+
+class FinetuneError(RagbotError):
+    """Fine-tuning could not go on: unknown job or model, a job that failed on the server."""
+
+
+class TrainingFileError(FinetuneError, ValueError):
+    """A training file that cannot be used (broken JSON on a line, wrong roles, empty file)."""
