@@ -29,7 +29,16 @@ _CJK = re.compile(r"[\u4e00-\u9fff]")
 _ZH_PRONOUN = re.compile(
     r"它|他|她|这个|那个|这些|那些|这里|那里|这儿|那儿|这位|那位|这部|那部|这首|那首|这本|那本|这家|那家"
     r"|这款|那款|这种|那种|这件|那件|这条|那条|这座|那座|这只|那只|该|其|此|前者|后者|上面|上述|刚才|同样|对方"
+    r"|这|那(?!么)"  # bare demonstratives: 这是哪年拍的? 这片子... (after the longer forms, for the log)
 )
+# An attribute asked about without saying whose ("导演是谁？", "票房怎么样？"): in a follow-up the
+# owner is almost always the topic of the history. Unless the question names something itself.
+_ZH_ATTRIBUTE = re.compile(
+    r"主演|导演|编剧|票房|上映|剧情|类型|出品|发行|制片|拍摄|演员|作者|出生|年龄|多大|身高|国籍|首都|人口|面积"
+    r"|成立|创始人|总部|价格|多少钱|生日|代表作|作品|妻子|丈夫|老婆|老公|父母|成员|毕业|职业|配音|片长|语言|对白"
+    r"|奖项|别名|原名|地址|电话|营业|门票"
+)
+_ZH_NAMED = re.compile(r"[《“「\"]|[A-Z][a-z]+")
 _ZH_COMPARISON = re.compile(r"^(那|那么|还有)|呢[？?！!。]*$")
 _EN_PRONOUN = re.compile(
     r"\b(it|its|it's|he|him|his|she|her|hers|they|them|their|theirs|this|that|these|those|there|"
@@ -74,6 +83,8 @@ def needs_rewrite(question: str, history: Sequence[str]) -> RewriteDecision:
             return RewriteDecision(True, "comparison follow-up")
         if len(_CJK.findall(q)) <= 6:
             return RewriteDecision(True, "short question, subject probably omitted")
+        if (m := _ZH_ATTRIBUTE.search(q)) and not _ZH_NAMED.search(q):
+            return RewriteDecision(True, f"asks about {m.group(0)!r} without naming whose")
         return RewriteDecision(False, "names its subject")
     if _EN_SMALL_TALK.match(q):
         return RewriteDecision(False, "small talk")
@@ -106,6 +117,7 @@ def parse_rewrite(text: str) -> tuple[str, str] | None:
     return reasoning, final
 
 
+_ZH_FUNCTION_CHARS = set("是的了吗呢吧啊呀么什哪里谁怎样如何几多少为在有和与及或被把对于从到也都还就又很最更些个这那其们能会可以要想请问知道")
 _EN_WORD = re.compile(r"[A-Za-z][A-Za-z'-]*|\d[\d.,]*")
 
 
@@ -119,13 +131,15 @@ def introduced_name(rewrite: str, question: str, history: Sequence[str]) -> str 
     """
     context = question + "\n" + "\n".join(history)
     lowered = context.lower()
-    for run in re.findall(r"[\u4e00-\u9fff]+", rewrite):
+    for run in re.findall(r"[\u4e00-\u9fff·・]+", rewrite):  # the dot inside 阿米尔·汗 is part of the name
         covered = [False] * len(run)
         for i in range(len(run) - 1):
             if run[i : i + 2] in context:
                 covered[i] = covered[i + 1] = True
         for match in re.finditer(r"F{2,}", "".join("T" if c else "F" for c in covered)):
-            return run[match.start() : match.end()]
+            piece = run[match.start() : match.end()]
+            if not set(piece) <= _ZH_FUNCTION_CHARS:  # 是什么 / 哪些 are words of the question, not names
+                return piece
     for position, word in enumerate(_EN_WORD.findall(rewrite)):
         # capitalised words inside the sentence are names; the first word is capitalised anyway
         is_name = (word[0].isupper() and position > 0 and word != "I") or word[0].isdigit()

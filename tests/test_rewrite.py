@@ -18,6 +18,9 @@ TESLA = [Message("user", "Who founded Tesla?"), Message("assistant", "Martin Ebe
         ("那长江呢？", ["黄河发源于哪里？", "巴颜喀拉山"], True),
         ("有多长？", ["尼罗河是什么？", "一条河"], True),
         ("尼罗河流经哪些国家？", ["尼罗河是什么？", "一条河"], False),
+        ("是吗，这是哪年拍摄的电影啊？", ["看过《我是山姆》吗？", "看过"], True),
+        ("上映时间是2004年07月23日，还记得是什么类型的影片吗？", ["看过《我是山姆》吗？", "看过"], True),
+        ("《泰坦尼克号》的导演是谁？你还记得吗？", ["看过《我是山姆》吗？", "看过"], False),
         ("尼罗河是什么？", [], False),
         ("谢谢", ["尼罗河是什么？", "一条河"], False),
         ("When did they leave the company?", ["Who founded Tesla?", "Eberhard"], True),
@@ -99,7 +102,11 @@ def test_introduced_name_accepts_names_copied_from_history():
         )
         is None
     )
+    # a transliterated name keeps its dot; question words are not names
+    assert introduced_name("阿米尔·汗是做学员的吗？", "他是做学员的吗？", ["你知道阿米尔·汗吗？"]) is None
+    assert introduced_name("斯科特的别名是什么？", "你知道他有个别名不？", ["斯科特·埃德希特演过什么"]) is None
     assert introduced_name("尼罗河长6650公里吗", "它有多长", ["尼罗河是什么？"]) is not None
+    assert introduced_name("黄河流经哪些国家？", "它流经哪些国家？", ["尼罗河是什么？"]) == "黄河"
     assert introduced_name("Is the Nile 6650 km long?", "How long is it?", ["Tell me about the Nile"]) == "6650"
     assert (
         introduced_name("Why do Venus flytraps eat prey?", "Why do they eat prey?", ["What are Venus flytraps?"])
