@@ -117,7 +117,10 @@ def parse_rewrite(text: str) -> tuple[str, str] | None:
     return reasoning, final
 
 
-_ZH_FUNCTION_CHARS = set("是的了吗呢吧啊呀么什哪里谁怎样如何几多少为在有和与及或被把对于从到也都还就又很最更些个这那其们能会可以要想请问知道")
+_ZH_FUNCTION_CHARS = set(
+    "是的了吗呢吧啊呀么什哪里谁怎样如何几多少为在有和与及或被把"  # question words, particles
+    "对于从到也都还就又很最更些个这那其们能会可以要想请问知道"  # prepositions, adverbs, modal verbs
+)
 _EN_WORD = re.compile(r"[A-Za-z][A-Za-z'-]*|\d[\d.,]*")
 
 
