@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from ragbot.knowledge_base import Hit, KnowledgeBase
+from ragbot.knowledge_base import Hit, KnowledgeBase, display_source
 
 
 @dataclass(frozen=True)
@@ -20,16 +20,26 @@ class RetrievalCase:
     gold_ids: frozenset[str]
 
 
+def doc_key(hit: Hit) -> str:
+    """How gold lists name a document: its ``id`` if it has one, else its source as displayed
+    (``knowledge/rivers/nile-zh.md`` for a bundled file, wherever ragbot is installed)."""
+    return hit.doc_id or display_source(hit.source)
+
+
 def doc_ranking(hits: Sequence[Hit]) -> list[str]:
-    """Distinct document ids in hit order (a document's best chunk decides its rank)."""
-    return list(dict.fromkeys(h.doc_id or h.source for h in hits))
+    """Distinct documents in hit order (a document's best chunk decides its rank)."""
+    return list(dict.fromkeys(doc_key(h) for h in hits))
 
 
 def first_gold_rank(hits: Sequence[Hit], gold: Iterable[str]) -> int | None:
-    """1-based rank of the first gold document among the hits, or None."""
+    """1-based rank of the first gold document among the hits, or None.
+
+    A gold id may also be the document's full source path, as an index stores it."""
     gold = set(gold)
-    for rank, doc in enumerate(doc_ranking(hits), start=1):
-        if doc in gold:
+    ranking: dict[str, int] = {}
+    for hit in hits:
+        rank = ranking.setdefault(doc_key(hit), len(ranking) + 1)
+        if doc_key(hit) in gold or hit.source in gold:
             return rank
     return None
 

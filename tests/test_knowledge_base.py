@@ -195,3 +195,19 @@ def test_default_index_is_built_from_the_bundled_knowledge_on_first_use():
     kb = KnowledgeBase.open(Settings(embedder="hash"))
     assert kb.manifest.sources >= 25
     assert any(h.source.endswith("nile-zh.md") for h in kb.retrieve("尼罗河流经哪些国家", k=3))
+
+
+def test_gold_documents_are_found_by_id_or_by_their_source_as_displayed():
+    from ragbot.config import Settings
+    from ragbot.retrieval_eval import doc_ranking, first_gold_rank
+
+    kb = KnowledgeBase.open(Settings(embedder="hash"))  # the bundled knowledge base: files without ids
+    hits = kb.retrieve("尼罗河流经哪些国家", k=30)
+    shown = doc_ranking(hits)
+    assert all(name.startswith("knowledge/") for name in shown)  # the same wherever ragbot is installed
+    rank = shown.index("knowledge/rivers/nile-zh.md") + 1 if "knowledge/rivers/nile-zh.md" in shown else None
+    assert rank is not None
+    assert first_gold_rank(hits, ["knowledge/rivers/nile-zh.md"]) == rank
+    nile = next(h for h in hits if h.source.endswith("nile-zh.md"))
+    assert first_gold_rank(hits, [nile.source]) == rank  # the absolute path the index stores works too
+    assert first_gold_rank(hits, ["knowledge/rivers/no-such.md"]) is None
