@@ -423,7 +423,7 @@ def _check_file(
         problems.append(
             Problem(0, "too-few", f"{len(tokens)} usable examples; fine-tuning needs at least {min_examples}")
         )
-    problems.sort(key=lambda p: p.line)
+    problems.sort(key=lambda p: (p.line == 0, p.line))  # whole-file problems last
     return fmt or "unknown", price, problems, tokens, kept, fixes
 
 
