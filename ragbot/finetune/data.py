@@ -227,7 +227,7 @@ def _rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
                 if not text.strip():
                     continue
                 try:
-                    row = json.loads(text)
+                    row = json.loads(text.rstrip("\r\n"))
                 except json.JSONDecodeError as exc:
                     raise TrainingFileError(
                         f"{path}, line {line}: not valid JSON ({exc.msg} at column {exc.colno}); "
