@@ -142,7 +142,7 @@ def session_turns(
                     passages=tuple(passages_from_meta(meta)) if "passages" in meta else None,
                 )
             # later turns see the better answer: the one a fine-tuned model should have given
-            history += [Message("user", turn.question), Message("assistant", target or turn.answer)]
+            history += [Message("user", turn.question), Message("assistant", target or without_label(turn.answer))]
 
 
 def _session_target(turn: StoredTurn, only_good: bool) -> tuple[str, str | None, str]:
@@ -171,7 +171,7 @@ def file_turns(path: Path) -> Iterator[TrainingTurn | Skipped]:
     columns = _columns(path)
     if {"prompt", "completion"} <= columns:
         yield from _prompt_completion_turns(path)
-    elif {"question", "answer"} <= columns:
+    elif "question" in columns:  # rows without an answer are skipped, each with its line
         yield from _question_set_turns(path)
     else:
         raise TrainingFileError(
@@ -206,8 +206,10 @@ def _question_set_turns(path: Path) -> Iterator[TrainingTurn | Skipped]:
 def _prompt_completion_turns(path: Path) -> Iterator[TrainingTurn | Skipped]:
     for line, row in _rows(path):
         origin = f"{path.name}, line {line}"
-        prompt = str(row.get("prompt") or "").removesuffix(SEPARATOR).strip()
-        completion = str(row.get("completion") or "").strip().removesuffix(STOP.strip()).strip()
+        prompt, completion = str(row.get("prompt") or ""), str(row.get("completion") or "")
+        if prompt.endswith(SEPARATOR):  # already in the legacy format: take its markers off
+            prompt, completion = prompt.removesuffix(SEPARATOR), completion.removesuffix(STOP)
+        prompt, completion = prompt.strip(), completion.strip()
         if not prompt or not completion:
             yield Skipped(origin, "empty prompt or completion")
             continue
