@@ -223,16 +223,15 @@ def cancel(ctx, job_id, base_url) -> None:
 def use(ctx, job_or_model, role, lora, unset, base_url) -> None:
     """Make the answer or rewrite role use a fine-tuned model (job id, model name or .gguf file),
     written into the config file (./ragbot.toml or --config)."""
+    from pathlib import Path
+
+    from ragbot.finetune.jobs import FineTuningJobs
     from ragbot.finetune.swap import use_model
 
-    change = use_model(
-        job_or_model,
-        role=role,
-        config_file=ctx.find_root().obj["config"],
-        lora=lora,
-        unset=unset,
-        jobs=_jobs(ctx, base_url),
-    )
+    config = ctx.find_root().obj["config"]
+    # A named config file that does not exist yet is created; settings come from the defaults then.
+    jobs = _jobs(ctx, base_url) if config is None or Path(config).exists() else FineTuningJobs(base_url)
+    change = use_model(job_or_model, role=role, config_file=config, lora=lora, unset=unset, jobs=jobs)
     click.echo(change.describe())
     for warning in change.warnings:
         click.echo(f"note: {warning}", err=True)

@@ -110,8 +110,11 @@ def _resolve(job_or_model: str, jobs) -> tuple[str, str | None]:
 
 
 def _existing_gguf(path: str | Path, what: str) -> Path:
-    """The absolute path of an existing GGUF file (checked by its magic bytes, as llama.cpp would)."""
-    resolved = Path(path).expanduser().resolve()
+    """The absolute path of an existing GGUF file (checked by its magic bytes, as llama.cpp would).
+
+    Symlinks are kept, not resolved: the name the user gave is the model name ragbot reports.
+    """
+    resolved = Path(os.path.abspath(Path(path).expanduser()))
     if not resolved.is_file():
         raise FinetuneError(f"{what} {path} does not exist; give the path of a .gguf file")
     try:
