@@ -207,3 +207,9 @@ def test_cli_exit_status_and_messages(tmp_path, prices):
 
     as_json = json.loads(run_cli("finetune", "validate", clean, "--prices", prices, "--json").stdout)
     assert as_json["tokens"]["total"] == as_json["billed_tokens_per_epoch"] and as_json["problems"] == []
+
+
+def test_line_separators_inside_text_do_not_split_an_example(tmp_path, prices):
+    rows = [chat(w, f"line one\u2028line two {w}") for w in WORDS]
+    report = validate_file(write(tmp_path / "train.jsonl", rows), prices=prices)
+    assert report.ok and report.examples == 10

@@ -350,7 +350,8 @@ def _read_lines(path: Path) -> list[tuple[int, str]]:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
         raise TrainingFileError(f"{path} is not UTF-8 text ({exc.reason}); save it as UTF-8") from None
-    lines = [(n, t) for n, t in enumerate(text.splitlines(), 1) if t.strip()]
+    # split on newlines only: str.splitlines() would also split inside text holding U+2028
+    lines = [(n, t.rstrip("\r")) for n, t in enumerate(text.split("\n"), 1) if t.strip()]
     if not lines:
         raise TrainingFileError(f"{path} is empty; a training file holds one JSON example per line")
     return lines
