@@ -401,3 +401,35 @@ def test_fake_server_serves_checkpoints_and_models_like_the_api(api, jobs, train
     assert reply.choices[0].message.content.startswith(f"[{record.fine_tuned_model}]")
     result = client.files.retrieve(record.result_files[0])
     assert result.purpose == "fine-tune-results" and result.filename == "step_metrics.csv"
+
+
+# --- the local records ------------------------------------------------------------------------------
+
+
+def test_a_partial_update_keeps_what_the_record_knew(tmp_path):
+    records = JobRecords(tmp_path / "jobs.sqlite")
+    records.save("ftjob-a", endpoint="http://x/v1", base_model="m", parent_job="ftjob-0", created_at=1.0)
+    records.save("ftjob-a", status="succeeded", fine_tuned_model="ft:m::a", parent_job=None)
+    record = JobRecords(tmp_path / "jobs.sqlite").get("ftjob-a")
+    assert (record.status, record.fine_tuned_model, record.parent_job, record.endpoint) == (
+        "succeeded", "ft:m::a", "ftjob-0", "http://x/v1")  # fmt: skip
+
+
+def test_concurrent_writers_lose_no_record(tmp_path):
+    import threading
+
+    path = tmp_path / "jobs.sqlite"
+
+    def write(worker: int) -> None:
+        records = JobRecords(path)
+        for n in range(15):
+            records.save(f"ftjob-{worker}-{n}", endpoint="http://x/v1", base_model="m", created_at=float(n))
+            records.save(f"ftjob-{worker}-{n}", status="running")
+
+    threads = [threading.Thread(target=write, args=(w,)) for w in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    saved = JobRecords(path).all()
+    assert len(saved) == 60 and {r.status for r in saved} == {"running"} and {r.base_model for r in saved} == {"m"}

@@ -47,15 +47,16 @@ class _EventPrinter:
         if not event.is_metrics:
             (self.bar.write if self.bar else click.echo)(f"{_when(event.created_at)}  {event.message}")
             return
+        loss = f"loss {event.train_loss:.4f}" if event.train_loss is not None else "loss -"
         accuracy = f"  token accuracy {event.train_accuracy:.3f}" if event.train_accuracy is not None else ""
         if sys.stderr.isatty() and event.total_steps:
             if self.bar is None:
                 self.bar = tqdm(total=event.total_steps, desc=record.id, unit="step", file=sys.stderr)
             self.bar.n = event.step
-            self.bar.set_postfix_str(f"loss {event.train_loss:.4f}{accuracy}")
+            self.bar.set_postfix_str(f"{loss}{accuracy}")
             return
         total = f"/{event.total_steps}" if event.total_steps else ""
-        click.echo(f"step {event.step}{total}  loss {event.train_loss:.4f}{accuracy}")
+        click.echo(f"step {event.step}{total}  {loss}{accuracy}")
 
     def close(self) -> None:
         if self.bar is not None:
