@@ -207,7 +207,7 @@ def test_eval_runs_the_fine_tuned_model(api, trained, tmp_path):
     result = run_cli("eval", str(questions), "--out", str(tmp_path / "run"), "--json")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["run"]["answer_model"] == model
-    assert f"[{model}] This answer comes from the fake" in (tmp_path / "run" / "results.jsonl").read_text()
+    assert f"[{model}] A canned answer from the fake" in (tmp_path / "run" / "results.jsonl").read_text()
 
 
 # --- local backend: another GGUF file answers -------------------------------------------------------

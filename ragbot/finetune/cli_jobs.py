@@ -160,10 +160,11 @@ def list_jobs(ctx, limit, local_only, base_url) -> None:
     if not records:
         click.echo("No fine-tuning jobs.")
         return
-    click.echo(f"{'job':<32} {'status':<16} {'created':<20} {'base model':<28} fine-tuned model")
-    for r in records:
-        model = r.fine_tuned_model or "-"
-        click.echo(f"{r.id:<32} {r.status:<16} {_when(r.created_at):<20} {r.base_model:<28} {model}")
+    rows = [("job", "status", "created", "base model", "fine-tuned model")]
+    rows += [(r.id, r.status, _when(r.created_at), r.base_model, r.fine_tuned_model or "-") for r in records]
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    for row in rows:
+        click.echo("  ".join([*(cell.ljust(w) for cell, w in zip(row[:4], widths, strict=True)), row[4]]))
 
 
 @finetune.command()

@@ -437,8 +437,7 @@ class FakeFineTuningServer:
                 404, f"The model `{model}` does not exist or you do not have access to it.", "model_not_found"
             )
         messages = body.get("messages") or []
-        question = next((m.get("content", "") for m in reversed(messages) if m.get("role") == "user"), "")
-        text = f"[{model}] This answer comes from the fake fine-tuning server. You asked: {question[-200:]}"
+        text = f"[{model}] A canned answer from the fake fine-tuning server, to a prompt of {len(messages)} messages."
         prompt_tokens = sum(max(1, len(str(m.get("content", ""))) // 4) for m in messages)
         usage = {"prompt_tokens": prompt_tokens, "completion_tokens": len(text.split()), "total_tokens": 0}
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
