@@ -213,3 +213,17 @@ def test_line_separators_inside_text_do_not_split_an_example(tmp_path, prices):
     rows = [chat(w, f"line one\u2028line two {w}") for w in WORDS]
     report = validate_file(write(tmp_path / "train.jsonl", rows), prices=prices)
     assert report.ok and report.examples == 10
+
+
+def test_cli_fix_writes_a_copy_and_exits_0_when_nothing_is_left(tmp_path, prices):
+    rows = [{"prompt": w, "completion": w} for w in WORDS]
+    path = write(tmp_path / "legacy.jsonl", rows)
+    before = run_cli("finetune", "validate", path, "--prices", prices)
+    assert before.returncode == 1
+    assert before.stderr.strip() == f"ragbot: error: 30 problem(s) remain in {path}; --fix can fix 30 of them"
+    fixed = run_cli("finetune", "validate", path, "--prices", prices, "--fix")
+    assert fixed.returncode == 0, fixed.stdout + fixed.stderr
+    assert fixed.stdout.startswith(
+        f"Fixed copy of {path}: {tmp_path / 'legacy.fixed.jsonl'} "
+        "(separator added: 10, leading space added: 10, stop sequence added: 10)"
+    )
