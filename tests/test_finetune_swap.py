@@ -125,7 +125,7 @@ def test_use_a_job_that_has_not_succeeded_is_refused(api, tmp_path):
 
 def test_use_a_gguf_file_and_a_lora_adapter(tmp_path):
     model = fake_gguf(tmp_path / "my-finetune.gguf")
-    adapter = fake_gguf(tmp_path / "adapter.gguf")
+    adapter = write_lora_adapter(tmp_path / "adapter.gguf", scale=0.0)
     (tmp_path / "ragbot.toml").write_text('model = "smollm2-135m"\n')
 
     use_model(str(model), role="answer")
@@ -231,3 +231,59 @@ def test_local_answer_model_swapped_to_another_gguf_file(tmp_path, local_models_
     assert answer["models"] == {"rewrite": "smollm2-135m", "answer": "ragbot-finetuned-smollm2.gguf"}
     assert answer["answer"].strip()
     assert answer["usage"]["answer"]["completion_tokens"] > 0
+
+
+def write_lora_adapter(path: Path, scale: float, arch: str = "llama", rank: int = 4) -> Path:
+    """A GGUF LoRA adapter on the query projections of SmolLM2-135M (30 blocks, width 576)."""
+    gguf = pytest.importorskip("gguf")
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    writer = gguf.GGUFWriter(str(path), arch=arch)
+    writer.add_string("general.type", "adapter")
+    writer.add_string("adapter.type", "lora")
+    writer.add_float32("adapter.lora.alpha", float(rank))
+    for block in range(30):
+        a = rng.standard_normal((rank, 576)) * scale  # numpy (rank, in) is GGUF ne = [in, rank]
+        b = rng.standard_normal((576, rank)) * scale
+        writer.add_tensor(f"blk.{block}.attn_q.weight.lora_a", a.astype(np.float32))
+        writer.add_tensor(f"blk.{block}.attn_q.weight.lora_b", b.astype(np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def test_lora_adapter_set_by_use_is_applied_by_llama_cpp(tmp_path):
+    from ragbot.chat_models import GenerationSettings, Message
+
+    (tmp_path / "ragbot.toml").write_text('model = "smollm2-135m"\nnum_threads = 1\nn_ctx = 512\n')
+    question = [Message("user", "What is the capital of France?")]
+    greedy = GenerationSettings(temperature=0.0, max_tokens=12)
+
+    def answer() -> str:
+        return make_chat_model(load_settings(), "answer").complete(question, greedy).text
+
+    base = answer()
+    use_model(None, lora=write_lora_adapter(tmp_path / "zero.gguf", scale=0.0))
+    assert answer() == base  # an all-zero adapter changes nothing: same model, same greedy answer
+    use_model(None, lora=write_lora_adapter(tmp_path / "random.gguf", scale=0.5))
+    assert answer() != base  # llama.cpp applied the adapter's weights
+    use_model(None, role="answer", unset=True)
+    assert answer() == base
+
+
+def test_an_adapter_for_another_model_or_a_whole_model_is_refused_as_lora(tmp_path, local_models_dir):  # noqa: F811
+    # llama-cpp-python 0.3.36 misses llama.cpp's refusal of such an adapter and then crashes while
+    # generating, so `use --lora` checks the GGUF header first.
+    from ragbot.local_models import resolve_model_path
+
+    (tmp_path / "ragbot.toml").write_text('model = "smollm2-135m"\n')
+    qwen_adapter = write_lora_adapter(tmp_path / "qwen-adapter.gguf", scale=0.5, arch="qwen2")
+    with pytest.raises(FinetuneError, match="is for qwen2 models, but the local answer model smollm2-135m is llama"):
+        use_model(None, lora=qwen_adapter)
+    whole_model = resolve_model_path("smollm2-135m", models_dir=local_models_dir)
+    with pytest.raises(FinetuneError, match=r"is not a GGUF LoRA adapter \(general.type: model\)"):
+        use_model(None, lora=whole_model)
+    assert load_settings().lora_path is None

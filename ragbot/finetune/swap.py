@@ -13,7 +13,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ragbot.config import CONFIG_FILE_NAME, load_settings
+from ragbot.config import CONFIG_FILE_NAME, Settings, load_settings
 from ragbot.errors import ConfigError, FinetuneError
 
 ROLE_KEYS = {"answer": "answer_model", "rewrite": "rewrite_model"}
@@ -82,7 +82,9 @@ def use_model(
         change.model, change.job_id = _resolve(job_or_model, jobs)
         values[key] = change.model
     if lora is not None:
-        change.lora_path = str(_existing_gguf(lora, "LoRA adapter"))
+        adapter = _existing_gguf(lora, "LoRA adapter")
+        _check_adapter(adapter, base=change.model if role == "answer" else None, config_file=path)
+        change.lora_path = str(adapter)
         values["lora_path"] = change.lora_path
     _edit_config(path, set_values=values, remove=[])
     change.warnings = _warnings(change, jobs)
@@ -125,6 +127,82 @@ def _existing_gguf(path: str | Path, what: str) -> Path:
     if magic != b"GGUF":
         raise FinetuneError(f"{what} {resolved} is not a GGUF file; llama.cpp needs .gguf (convert it first)")
     return resolved
+
+
+# The architecture (GGUF ``general.architecture``) of the built-in local models.
+_BUILT_IN_ARCHITECTURES = {"qwen2.5-1.5b": "qwen2", "qwen2.5-0.5b": "qwen2", "smollm2-135m": "llama"}
+
+
+def _check_adapter(adapter: Path, base: str | None, config_file: Path) -> None:
+    """Refuse a GGUF that is not a LoRA adapter, or one made for another architecture than the
+    local answer model: llama-cpp-python 0.3.36 does not notice when llama.cpp rejects an
+    adapter, and the process crashes at the first generation instead of reporting it."""
+    meta = gguf_metadata(adapter, ("general.type", "adapter.type", "general.architecture"))
+    if meta.get("general.type") != "adapter" or meta.get("adapter.type") != "lora":
+        kind = meta.get("general.type") or "not marked as an adapter"
+        raise FinetuneError(
+            f"{adapter} is not a GGUF LoRA adapter (general.type: {kind}); convert the adapter with "
+            "llama.cpp's convert_lora_to_gguf.py, or give a whole fine-tuned model as the model instead"
+        )
+    if base is None:
+        try:
+            settings = load_settings(config_file) if config_file.exists() else Settings()
+        except ConfigError:
+            return
+        base = settings.answer_model or settings.model or "qwen2.5-1.5b"
+    base_arch = _BUILT_IN_ARCHITECTURES.get(base)
+    if base_arch is None and base.lower().endswith(".gguf") and Path(base).expanduser().is_file():
+        base_arch = gguf_metadata(Path(base).expanduser(), ("general.architecture",)).get("general.architecture")
+    adapter_arch = meta.get("general.architecture")
+    if base_arch and adapter_arch and adapter_arch != base_arch:
+        raise FinetuneError(
+            f"LoRA adapter {adapter} is for {adapter_arch} models, but the local answer model {base} is "
+            f"{base_arch}; an adapter only fits the model it was trained on"
+        )
+
+
+_GGUF_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+
+
+def gguf_metadata(path: Path, keys: tuple[str, ...]) -> dict[str, object]:
+    """The string or number values of ``keys`` in a GGUF file's header (read until all are found)."""
+    import struct
+
+    def read(fmt: str):
+        return struct.unpack(fmt, fh.read(struct.calcsize(fmt)))[0]
+
+    def read_string() -> str:
+        return fh.read(read("<Q")).decode("utf-8", errors="replace")
+
+    def read_value(kind: int):
+        if kind == 8:
+            return read_string()
+        if kind == 9:  # array: skipped (vocabularies can hold 150k strings)
+            item_kind, count = read("<I"), read("<Q")
+            for _ in range(count):
+                read_value(item_kind)
+            return None
+        if kind not in _GGUF_SCALARS:
+            raise ValueError(f"unknown GGUF value type {kind}")
+        return read(_GGUF_SCALARS[kind])
+
+    found: dict[str, object] = {}
+    try:
+        with open(path, "rb") as fh:
+            if fh.read(4) != b"GGUF":
+                raise ValueError("no GGUF magic")
+            read("<I")  # version
+            read("<Q")  # tensor count
+            for _ in range(read("<Q")):  # key-value count
+                key = read_string()
+                value = read_value(read("<I"))
+                if key in keys:
+                    found[key] = value
+                    if len(found) == len(keys):
+                        break
+    except (OSError, ValueError, struct.error) as exc:
+        raise FinetuneError(f"cannot read the GGUF header of {path}: {exc}") from None
+    return found
 
 
 def _edit_config(path: Path, set_values: dict[str, str], remove: list[str]) -> list[str]:
