@@ -238,7 +238,7 @@ class FineTuningJobs:
                 if record.finished:
                     break
                 time.sleep(poll)
-                record = self._poll(endpoint, job_id)
+                record = self.refresh(job_id)
         except FinetuneError as exc:
             if not isinstance(exc, _ConnectionLost):
                 raise
@@ -249,11 +249,6 @@ class FineTuningJobs:
         if record.status == "failed":
             raise FinetuneError(f"job {job_id} failed on the server: {record.error or 'no reason given'}")
         return record
-
-    def _poll(self, endpoint: str, job_id: str) -> JobRecord:
-        with self._calling(endpoint, f"look up job {job_id}", job_id=job_id):
-            job = self._client(endpoint).fine_tuning.jobs.retrieve(job_id)
-        return self.records.save(job.id, endpoint=endpoint, **_record_fields(job))
 
     def events(self, job_id: str) -> list[JobEvent]:
         """All events of a job so far, oldest first."""
