@@ -51,7 +51,9 @@ class _EventPrinter:
         accuracy = f"  token accuracy {event.train_accuracy:.3f}" if event.train_accuracy is not None else ""
         if sys.stderr.isatty() and event.total_steps:
             if self.bar is None:
-                self.bar = tqdm(total=event.total_steps, desc=record.id, unit="step", file=sys.stderr)
+                # No rate or ETA: steps arrive in bursts, one burst per poll.
+                layout = "{desc}: {percentage:3.0f}%|{bar}| step {n_fmt}/{total_fmt}{postfix}"
+                self.bar = tqdm(total=event.total_steps, desc="training", bar_format=layout, file=sys.stderr)
             self.bar.n = event.step
             self.bar.set_postfix_str(f"{loss}{accuracy}")
             return
