@@ -255,7 +255,16 @@ def write_lora_adapter(path: Path, scale: float, arch: str = "llama", rank: int 
     return path
 
 
-def test_lora_adapter_set_by_use_is_applied_by_llama_cpp(tmp_path):
+@pytest.fixture
+def unload_after():
+    """Free the llama.cpp models a test loaded in this process (three copies with adapters)."""
+    from ragbot.local_models import unload_models
+
+    yield
+    unload_models()
+
+
+def test_lora_adapter_set_by_use_is_applied_by_llama_cpp(tmp_path, unload_after):
     from ragbot.chat_models import GenerationSettings, Message
 
     (tmp_path / "ragbot.toml").write_text('model = "smollm2-135m"\nnum_threads = 1\nn_ctx = 512\n')
