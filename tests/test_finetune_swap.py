@@ -210,6 +210,30 @@ def test_eval_runs_the_fine_tuned_model(api, trained, tmp_path):
     assert f"[{model}] A canned answer from the fake" in (tmp_path / "run" / "results.jsonl").read_text()
 
 
+def test_the_whole_loop_from_the_shipped_question_set(api, tmp_path):
+    """prepare -> create --follow -> use -> ask, all from the command line."""
+    questions = Path(__file__).resolve().parent.parent / "ragbot" / "data" / "qa_default_kb.jsonl"
+    (tmp_path / "ragbot.toml").write_text(USER_CONFIG.format(base_url=api.base_url))
+    prepared = run_cli("finetune", "prepare", str(questions), "--out", "out")
+    assert prepared.returncode == 0, prepared.stderr
+    created = run_cli("finetune", "create", "out/sft.train.jsonl", "--validation", "out/sft.valid.jsonl",
+                      "--model", "gpt-4o-mini", "--suffix", "kb", "--follow", "--poll-seconds", "0")  # fmt: skip
+    assert created.returncode == 0, created.stderr
+    job_id = created.stdout.split()[2]
+    model = api.jobs[job_id].fine_tuned_model
+    assert f"Fine-tuned model: {model}" in created.stdout
+    assert run_cli("finetune", "use", job_id).returncode == 0
+    answer = json.loads(run_cli("ask", "--json", "长江有多长？").stdout)
+    assert answer["models"]["answer"] == model
+
+
+def test_a_legacy_completions_model_gets_a_note(trained, tmp_path):
+    jobs, _, _ = trained
+    (tmp_path / "ragbot.toml").write_text("")
+    change = use_model("ft:babbage-002:org::abc123", jobs=jobs)
+    assert any("completions model" in w for w in change.warnings)
+
+
 # --- local backend: another GGUF file answers -------------------------------------------------------
 
 

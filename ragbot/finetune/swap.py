@@ -269,6 +269,11 @@ def _warnings(change: ModelChange, jobs) -> list[str]:
                 f"job {change.job_id} was trained at {record.endpoint} but base_url is {current}; "
                 f'set base_url = "{record.endpoint}" to reach the model'
             )
+    if change.model and any(f":{legacy}:" in change.model for legacy in ("babbage-002", "davinci-002")):
+        notes.append(
+            f"{change.model} is a completions model (legacy prompt/completion format); ragbot's chat calls the "
+            "chat completions API, which such a model does not serve on OpenAI"
+        )
     if change.lora_path and settings.answer_model and not _is_local(settings.answer_model):
         notes.append(
             f"the LoRA adapter applies to local models only; the answer model {settings.answer_model} is remote"
