@@ -20,13 +20,21 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ragbot.chat_models import ChatModel, GenerationSettings, Message, Usage, make_chat_model
 from ragbot.config import Settings, load_settings
 from ragbot.errors import ConversationError
 from ragbot.knowledge_base import CONTROL_CHARS, Hit, KnowledgeBase, display_source
-from ragbot.memory import ConversationStore, messages_from_pairs, trim_history, validate_history
+from ragbot.memory import (
+    ConversationStore,
+    Feedback,
+    make_feedback,
+    messages_from_pairs,
+    trim_history,
+    validate_history,
+)
 from ragbot.prompts import load_prompt
 from ragbot.rewrite import RewriteResult, is_chinese, rewrite_question
 
@@ -128,6 +136,27 @@ def format_passages(hits: Sequence[Hit], chinese: bool) -> str:
         text = re.sub(r"</\s*(资料|passages)\s*>", "</ \\1>", hit.text, flags=re.IGNORECASE)
         blocks.append(f"[{n}] {where} ({display_source(hit.source)})\n{text}")
     return "\n\n".join(blocks)
+
+
+def answer_messages(
+    question: str,
+    sources: Sequence[Hit],
+    history: Sequence[Message] = (),
+    *,
+    chinese: bool,
+    prompt_dir: Path | None = None,
+) -> list[Message]:
+    """What the answer model is shown: the grounded prompt with numbered passages when there
+    are any, the general one otherwise. Shared with ``ragbot.finetune`` so training examples
+    look exactly like the bot's own calls."""
+    lang = "zh" if chinese else "en"
+    if sources:
+        prompt = load_prompt(f"grounded.{lang}", prompt_dir)
+        system, user = prompt.render(passages=format_passages(sources, chinese), question=question)
+    else:
+        system, user = load_prompt(f"general.{lang}", prompt_dir).render(question=question)
+    # static system prompt first, then the (append-only) history, then this turn's part
+    return [system, *history, user]
 
 
 def memory_reply(question: str, history: Sequence[Message]) -> str | None:
@@ -246,8 +275,6 @@ class RagBot:
         sources = result.confident[:CONTEXT_PASSAGES]
         if sources:
             route = "grounded"
-            prompt = load_prompt(f"grounded.{lang}", self.settings.prompt_dir)
-            messages = prompt.render(passages=format_passages(sources, zh), question=rewritten.question)
             prefix = ""
         else:
             route = "fallback"
@@ -269,13 +296,12 @@ class RagBot:
                     result.threshold,
                 )
                 return
-            prompt = load_prompt(f"general.{lang}", self.settings.prompt_dir)
-            messages = prompt.render(question=rewritten.question)
             prefix = LABELS["general"][lang]
             yield prefix
 
-        # static system prompt first, then the (append-only) history, then this turn's part
-        messages = [messages[0], *trimmed, *messages[1:]]
+        messages = answer_messages(
+            rewritten.question, sources, trimmed, chinese=zh, prompt_dir=self.settings.prompt_dir
+        )
         parts: list[str] = []
         first_token = None
         answer_usage = Usage()
@@ -316,6 +342,44 @@ class RagBot:
         return messages
 
 
+def turn_meta(answer: Answer) -> dict[str, Any]:
+    """What a saved turn keeps besides its text: the route, the standalone question and the
+    passages the model was shown, so training data can later include the same evidence."""
+    return {
+        "route": answer.route,
+        "standalone_question": answer.standalone_question,
+        "passages": [
+            {
+                "chunk_id": h.id,
+                "doc_id": h.doc_id,
+                "title": h.title,
+                "headings": list(h.headings),
+                "source": h.source,
+                "text": h.text,
+                "score": round(h.score, 4),
+            }
+            for h in answer.sources
+        ],
+    }
+
+
+def passages_from_meta(meta: dict[str, Any]) -> list[Hit]:
+    """The passages a saved turn used, as hits that ``format_passages`` renders as the bot did."""
+    return [
+        Hit(
+            id=p.get("chunk_id", ""),
+            text=p.get("text", ""),
+            source=p.get("source", ""),
+            title=p.get("title", ""),
+            score=float(p.get("score", 0.0)),
+            above_threshold=True,
+            doc_id=p.get("doc_id"),
+            headings=tuple(p.get("headings", ())),
+        )
+        for p in meta.get("passages", [])
+    ]
+
+
 class Conversation:
     """One conversation: its history, and a lock so a conversation is used by one thread at a time."""
 
@@ -323,6 +387,7 @@ class Conversation:
         self.bot = bot
         self.name = name
         self.history: list[Message] = bot.store.history(name) if name else []
+        self.ratings: dict[int, Feedback] = bot.store.feedback(name) if name else {}  # by turn, 0-based
         self.last: Answer | None = None
         self._lock = threading.Lock()
 
@@ -338,14 +403,26 @@ class Conversation:
                     self._remember(item)
                 yield item
 
+    def feedback(self, rating: str, correction: str | None = None, turn: int = -1) -> Feedback:
+        """Mark an answer "good" or "bad" (optionally with the answer it should have been), the
+        last one by default; ``turn`` counts from 0, or from the end when negative. A named
+        conversation keeps it in SQLite, for ``ragbot finetune prepare``."""
+        marked = make_feedback(rating, correction)
+        turns = len(self.history) // 2
+        if not turns:
+            raise ConversationError("there is no answer to mark yet; ask a question first")
+        index = turn if turn >= 0 else turns + turn
+        if not 0 <= index < turns:
+            raise ConversationError(f"there is no turn {turn}; this conversation has {turns} turn(s)")
+        with self._lock:
+            if self.name:
+                self.bot.store.set_feedback(self.name, index, marked)
+            self.ratings[index] = marked
+        return marked
+
     def _remember(self, answer: Answer) -> None:
         if self.name:
-            self.bot.store.append_turn(
-                self.name,
-                answer.question,
-                answer.text,
-                {"route": answer.route, "standalone_question": answer.standalone_question},
-            )
+            self.bot.store.append_turn(self.name, answer.question, answer.text, turn_meta(answer))
         self.history += [Message("user", answer.question), Message("assistant", answer.text)]
         self.last = answer
 
@@ -355,4 +432,5 @@ class Conversation:
             if self.name:
                 self.bot.store.clear(self.name)
             self.history = []
+            self.ratings = {}
             self.last = None

@@ -12,6 +12,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +74,48 @@ CREATE TABLE IF NOT EXISTS messages (
     created_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS messages_by_conversation ON messages(conversation, id);
+CREATE TABLE IF NOT EXISTS feedback (
+    conversation TEXT NOT NULL REFERENCES conversations(name) ON DELETE CASCADE,
+    turn INTEGER NOT NULL,
+    rating TEXT NOT NULL CHECK (rating IN ('good', 'bad')),
+    correction TEXT,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (conversation, turn)
+);
 """
+RATINGS = ("good", "bad")
+
+
+@dataclass(frozen=True)
+class Feedback:
+    """A user's verdict on one answer: good, or bad with an optional corrected answer."""
+
+    rating: str
+    correction: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.rating not in RATINGS:
+            raise ConversationError(f"unknown rating {self.rating!r}; use 'good' or 'bad'")
+        if self.rating == "good" and self.correction:
+            raise ConversationError("a correction goes with a 'bad' rating; mark the answer 'bad' to correct it")
+
+
+def make_feedback(rating: str, correction: str | None = None) -> Feedback:
+    """Feedback from loose input: the rating in any case, a blank correction taken as none."""
+    correction = correction.strip() if isinstance(correction, str) else correction
+    return Feedback(str(rating).strip().lower(), correction or None)
+
+
+@dataclass(frozen=True)
+class StoredTurn:
+    """One saved turn: the question, the answer, what the turn used (``meta``) and its feedback."""
+
+    conversation: str
+    turn: int
+    question: str
+    answer: str
+    meta: dict[str, Any] = field(default_factory=dict)
+    feedback: Feedback | None = None
 
 
 class ConversationStore:
@@ -123,6 +165,49 @@ class ConversationStore:
     def clear(self, name: str) -> None:
         with self._connect() as db:
             db.execute("DELETE FROM messages WHERE conversation = ?", (name,))
+            db.execute("DELETE FROM feedback WHERE conversation = ?", (name,))
+
+    def set_feedback(self, name: str, turn: int, feedback: Feedback) -> None:
+        """Record (or replace) the feedback on turn ``turn`` (0-based) of conversation ``name``."""
+        db = self._connect()
+        with db:
+            exists = db.execute(
+                "SELECT 1 FROM messages WHERE conversation = ? AND turn = ? AND role = 'assistant'", (name, turn)
+            ).fetchone()
+            if not exists:
+                raise ConversationError(f"conversation {name!r} has no saved turn {turn + 1}; nothing to mark")
+            db.execute(
+                "INSERT OR REPLACE INTO feedback(conversation, turn, rating, correction, created_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (name, turn, feedback.rating, feedback.correction, time.time()),
+            )
+
+    def feedback(self, name: str) -> dict[int, Feedback]:
+        """The feedback of a conversation by turn (0-based)."""
+        rows = self._connect().execute("SELECT turn, rating, correction FROM feedback WHERE conversation = ?", (name,))
+        return {turn: Feedback(rating, correction) for turn, rating, correction in rows}
+
+    def turns(self, name: str) -> list[StoredTurn]:
+        """The saved turns of a conversation, in order, with their meta and feedback."""
+        rows = (
+            self._connect()
+            .execute(
+                "SELECT turn, role, content, meta FROM messages WHERE conversation = ? ORDER BY id",
+                (name,),
+            )
+            .fetchall()
+        )
+        ratings = self.feedback(name)
+        questions: dict[int, str] = {}
+        out = []
+        for turn, role, content, meta in rows:
+            if role == "user":
+                questions[turn] = content
+            elif turn in questions:
+                out.append(
+                    StoredTurn(name, turn, questions[turn], content, json.loads(meta or "{}"), ratings.get(turn))
+                )
+        return out
 
     def names(self) -> list[str]:
         return [r[0] for r in self._connect().execute("SELECT name FROM conversations ORDER BY created_at")]

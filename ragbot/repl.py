@@ -20,6 +20,9 @@ HELP = """Commands:
   /sources  the passages the last answer cited
   /history  the conversation so far
   /reset    forget the conversation (and delete it, for a named session)
+  /good     mark the last answer good (kept with a named session, for fine-tuning data)
+  /bad [corrected answer]
+            mark the last answer bad, optionally with the answer it should have been
   /help     this help
   /quit     leave (Ctrl-D works too); Ctrl-C stops an answer that is streaming"""
 
@@ -77,6 +80,21 @@ def format_why(answer: Answer | None) -> str:
     return "\n".join(lines)
 
 
+def mark_last_answer(conversation: Conversation, rating: str, correction: str = "") -> str:
+    """Mark the last answer and say what was recorded (and whether it was saved)."""
+    if not conversation.history:
+        return "Nothing to mark yet: ask a question first."
+    try:
+        marked = conversation.feedback(rating, correction or None)
+    except RagbotError as exc:
+        return f"error: {exc}"
+    turn = len(conversation.history) // 2
+    what = f"Marked answer {turn} as {marked.rating}" + (" with your correction" if marked.correction else "")
+    if conversation.name:
+        return f"{what} (saved in session '{conversation.name}')."
+    return f"{what} (kept in memory only: this chat is not saved; use --session NAME to keep feedback)."
+
+
 def run_chat(conversation: Conversation, out=None) -> int:
     out = out or sys.stdout
     read = _reader()
@@ -119,6 +137,8 @@ def run_chat(conversation: Conversation, out=None) -> int:
             elif command == "/reset":
                 conversation.reset()
                 say("Conversation reset.")
+            elif command in ("/good", "/bad"):
+                say(mark_last_answer(conversation, command[1:], line[len(command) :].strip()))
             else:
                 say(f"Unknown command {command}; /help lists the commands.")
             continue
