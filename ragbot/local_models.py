@@ -476,8 +476,9 @@ class LlamaCppChatModel(ChatModel):
                 f"local models need llama-cpp-python, which is not installed: {INSTALL_HINT} "
                 "(it compiles llama.cpp: about 10 minutes on 2 cores)"
             ) from None
+        what = f"{path} with LoRA adapter {self.lora_path}" if self.lora_path else str(path)
         try:
-            return llama_class(
+            llama = llama_class(
                 model_path=str(path),
                 n_ctx=self.n_ctx,
                 n_threads=self.n_threads,
@@ -486,11 +487,19 @@ class LlamaCppChatModel(ChatModel):
                 verbose=False,
             )
         except (ValueError, RuntimeError, OSError) as exc:
-            what = f"{path} with LoRA adapter {self.lora_path}" if self.lora_path else str(path)
             raise ModelError(
                 f"llama.cpp cannot load {what} ({exc}); check that it is a GGUF chat model (and a LoRA "
                 f"for that same model), and that {self.n_ctx} tokens of context fit in memory"
             ) from None
+        if self.lora_path and not getattr(llama, "_lora_adapter", True):
+            # llama.cpp returned a NULL adapter (e.g. made for another size of the model), which
+            # llama-cpp-python 0.3.36 does not notice: generating with it would crash the process.
+            llama.close()
+            raise ModelError(
+                f"llama.cpp rejected the LoRA adapter {self.lora_path} for {path}; it must be a GGUF LoRA "
+                "made for this exact base model"
+            )
+        return llama
 
     def _stream(self, messages: Sequence[Message], generation: GenerationSettings) -> Iterator[Delta]:
         loaded = self._loaded()

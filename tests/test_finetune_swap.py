@@ -15,7 +15,7 @@ import pytest
 from ragbot.bot import RagBot
 from ragbot.chat_models import make_chat_model
 from ragbot.config import load_settings
-from ragbot.errors import FinetuneError
+from ragbot.errors import FinetuneError, ModelError
 from ragbot.finetune.fake_server import FakeFineTuningServer
 from ragbot.finetune.jobs import FineTuningJobs
 from ragbot.finetune.swap import use_model
@@ -257,7 +257,7 @@ def test_local_answer_model_swapped_to_another_gguf_file(tmp_path, local_models_
     assert answer["usage"]["answer"]["completion_tokens"] > 0
 
 
-def write_lora_adapter(path: Path, scale: float, arch: str = "llama", rank: int = 4) -> Path:
+def write_lora_adapter(path: Path, scale: float, arch: str = "llama", rank: int = 4, width: int = 576) -> Path:
     """A GGUF LoRA adapter on the query projections of SmolLM2-135M (30 blocks, width 576)."""
     gguf = pytest.importorskip("gguf")
     import numpy as np
@@ -268,8 +268,8 @@ def write_lora_adapter(path: Path, scale: float, arch: str = "llama", rank: int 
     writer.add_string("adapter.type", "lora")
     writer.add_float32("adapter.lora.alpha", float(rank))
     for block in range(30):
-        a = rng.standard_normal((rank, 576)) * scale  # numpy (rank, in) is GGUF ne = [in, rank]
-        b = rng.standard_normal((576, rank)) * scale
+        a = rng.standard_normal((rank, width)) * scale  # numpy (rank, in) is GGUF ne = [in, rank]
+        b = rng.standard_normal((width, rank)) * scale
         writer.add_tensor(f"blk.{block}.attn_q.weight.lora_a", a.astype(np.float32))
         writer.add_tensor(f"blk.{block}.attn_q.weight.lora_b", b.astype(np.float32))
     writer.write_header_to_file()
@@ -320,3 +320,14 @@ def test_an_adapter_for_another_model_or_a_whole_model_is_refused_as_lora(tmp_pa
     with pytest.raises(FinetuneError, match=r"is not a GGUF LoRA adapter \(general.type: model\)"):
         use_model(None, lora=whole_model)
     assert load_settings().lora_path is None
+
+
+def test_an_adapter_for_another_size_of_the_model_is_an_error_not_a_crash(tmp_path, unload_after):
+    # Same architecture, other width: the header looks right; llama.cpp rejects it at load time.
+    from ragbot.chat_models import Message
+
+    (tmp_path / "ragbot.toml").write_text('model = "smollm2-135m"\nnum_threads = 1\nn_ctx = 512\n')
+    use_model(None, lora=write_lora_adapter(tmp_path / "wide.gguf", scale=0.5, width=960))
+    model = make_chat_model(load_settings(), "answer")
+    with pytest.raises(ModelError, match="rejected the LoRA adapter .*wide.gguf"):
+        model.complete([Message("user", "hi")])
