@@ -7,6 +7,7 @@ glyphs, so questions are quoted only in ``report.md``.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -604,12 +605,27 @@ def _flatten(value: Any, prefix: str = "") -> dict[str, float]:
     return out
 
 
+def _run_settings(out: Path | None) -> dict[str, Any]:
+    """The settings a run recorded in its ``run.json`` (empty for a run made in memory)."""
+    path = Path(out) / "run.json" if out else None
+    if path is None or not path.is_file():
+        return {}
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
 def compare_runs(a, b) -> str:
     """A markdown comparison of two runs (``EvalRun``s): every figure side by side with the
     change, then the rows whose outcome changed."""
     fa, fb = _flatten(a.summary), _flatten(b.summary)
     name_a, name_b = str(a.out or "A"), str(b.out or "B")
     lines = [f"# {name_a} vs {name_b}", ""]
+    settings_a, settings_b = _run_settings(a.out), _run_settings(b.out)
+    differ = [k for k in dict.fromkeys([*settings_a, *settings_b]) if settings_a.get(k) != settings_b.get(k)]
+    if differ:  # what was changed between the runs, e.g. the base vs the fine-tuned answer model
+        lines += _md_table(
+            ["setting", "A", "B"], [[k, str(settings_a.get(k, "-")), str(settings_b.get(k, "-"))] for k in differ]
+        )
+        lines.append("")
     keys = [k for k in fa if k in fb] + [k for k in fb if k not in fa] + [k for k in fa if k not in fb]
     rows = []
     for key in dict.fromkeys(keys):
@@ -618,7 +634,14 @@ def compare_runs(a, b) -> str:
         rows.append([key, "-" if va is None else f"{va:.4g}", "-" if vb is None else f"{vb:.4g}", delta])
     lines += _md_table(["figure", "A", "B", "B - A"], rows)
     by_a = {r["id"]: r for r in _ok(a.rows)}
-    changes = {"routing fixed": [], "routing broken": [], "retrieval better": [], "retrieval worse": []}
+    changes = {
+        "routing fixed": [],
+        "routing broken": [],
+        "retrieval better": [],
+        "retrieval worse": [],
+        "answer closer to the good one": [],
+        "answer further from the good one": [],
+    }
     for rb in _ok(b.rows):
         ra = by_a.get(rb["id"])
         if ra is None:
@@ -635,9 +658,15 @@ def compare_runs(a, b) -> str:
                 changes["retrieval better"].append(rb["id"])
             elif b_rank > a_rank:
                 changes["retrieval worse"].append(rb["id"])
+        fa1, fb1 = ra.get("answer", {}).get("token_f1"), rb.get("answer", {}).get("token_f1")
+        if fa1 is not None and fb1 is not None and fa1 != fb1:
+            changes["answer closer to the good one" if fb1 > fa1 else "answer further from the good one"].append(
+                rb["id"]
+            )
     lines += [
         "",
-        "Rows whose outcome changed from A to B (retrieval: rank of the gold document with the bot's query):",
+        "Rows whose outcome changed from A to B (retrieval: rank of the gold document with the bot's query;"
+        " answers: token-F1):",
         "",
     ]
     for what, ids in changes.items():

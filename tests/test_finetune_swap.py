@@ -203,11 +203,19 @@ def test_eval_runs_the_fine_tuned_model(api, trained, tmp_path):
     questions = tmp_path / "questions.jsonl"
     rows = [{"id": "en-1", "question": "How long is the Nile?", "answer": "About 6,650 km."}]
     questions.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    base = run_cli("eval", str(questions), "--out", str(tmp_path / "base"), "--json")
+    assert base.returncode == 0, base.stderr
+    base_model = json.loads(base.stdout)["run"]["answer_model"]
     assert run_cli("finetune", "use", job_id).returncode == 0
     result = run_cli("eval", str(questions), "--out", str(tmp_path / "run"), "--json")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["run"]["answer_model"] == model
     assert f"[{model}] A canned answer from the fake" in (tmp_path / "run" / "results.jsonl").read_text()
+    # base vs fine-tuned on the same questions: the comparison names the models it compares
+    compared = run_cli("eval", "--compare", str(tmp_path / "base"), str(tmp_path / "run"))
+    assert compared.returncode == 0, compared.stderr
+    assert f"| answer_model | {base_model} | {model} |" in compared.stdout
+    assert "| answers.n | 1 | 1 | +0 |" in compared.stdout
 
 
 def test_the_whole_loop_from_the_shipped_question_set(api, tmp_path):
