@@ -112,3 +112,22 @@ def test_introduced_name_accepts_names_copied_from_history():
         introduced_name("Why do Venus flytraps eat prey?", "Why do they eat prey?", ["What are Venus flytraps?"])
         is None
     )
+
+
+def _rows(name: str) -> list[dict]:
+    import json
+
+    from conftest import shared_file
+
+    return [json.loads(line) for line in shared_file(name).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def test_cheap_check_on_the_human_annotated_dev_sets():
+    """Skipping the model is only worth it if it rarely skips a follow-up that needed it:
+    KdConv turns whose film or person is named only in the history, and Su et al.'s labels."""
+    kdconv = [r for r in _rows("convqa_zh_kdconv_film.jsonl") if r["history"] and not r["entity_in_question"]]
+    skipped = [r["question"] for r in kdconv if not needs_rewrite(r["question"], r["history"]).needed]
+    assert len(skipped) / len(kdconv) <= 0.08, skipped[:10]  # 33 of 567 when written (was 201)
+    su = _rows("rewrite_zh_su2019_dev.jsonl")
+    agree = sum(needs_rewrite(r["question"], r["history"]).needed == r["needs_rewrite"] for r in su)
+    assert agree / len(su) >= 0.78  # 79.9% when written
