@@ -146,3 +146,20 @@ def shared_file(name: str) -> Path:
     if not path.exists():
         pytest.skip(f"development data {path} is not present (see ../shared/data/README.md)")
     return path
+
+
+@pytest.fixture
+def chat_env(tmp_path, corpus):
+    """Environment for a `ragbot chat` subprocess: hash embedder, fake model, an ingested corpus."""
+    env = {
+        **os.environ,
+        "RAGBOT_EMBEDDER": "hash",
+        "RAGBOT_LLM": "fake",
+        "RAGBOT_INDEX": str(tmp_path / "idx"),
+        "RAGBOT_SESSIONS": str(tmp_path / "s.sqlite"),
+        "RAGBOT_THRESHOLD": "0.35",
+        "PROMPT_TOOLKIT_NO_CPR": "1",
+        "TERM": "xterm",
+    }
+    assert run_cli("ingest", str(corpus["md"].parent), env=env).returncode == 0
+    return env

@@ -1,7 +1,6 @@
 """Feedback on answers (/good, /bad, ``Conversation.feedback``), kept with the conversation in SQLite."""
 
 import io
-import os
 import sqlite3
 import sys
 
@@ -14,8 +13,6 @@ from ragbot.errors import ConversationError
 from ragbot.fakes import EchoChatModel
 from ragbot.memory import ConversationStore, Feedback
 from ragbot.repl import HELP, run_chat
-
-from conftest import run_cli
 
 
 @pytest.fixture
@@ -124,26 +121,10 @@ def test_unsaved_chat_marks_in_memory_and_says_so(bot, monkeypatch):
     assert "/good" in HELP and "/bad [corrected answer]" in HELP
 
 
-def test_chat_good_and_bad_are_saved_with_the_session(tmp_path, corpus):
-    env = {
-        "RAGBOT_EMBEDDER": "hash",
-        "RAGBOT_LLM": "fake",
-        "RAGBOT_INDEX": str(tmp_path / "idx"),
-        "RAGBOT_SESSIONS": str(tmp_path / "s.sqlite"),
-        "RAGBOT_THRESHOLD": "0.35",
-        "PROMPT_TOOLKIT_NO_CPR": "1",
-        "TERM": "xterm",
-    }
-    assert run_cli("ingest", str(corpus["md"].parent), env=env).returncode == 0
-    child = pexpect.spawn(
-        sys.executable,
-        ["-m", "ragbot", "chat", "--session", "demo"],
-        env={**os.environ, **env},
-        encoding="utf-8",
-        timeout=60,
-        dimensions=(40, 200),
-    )
-    child.expect("/help for commands")
+def test_chat_good_and_bad_are_saved_with_the_session(chat_env, tmp_path):
+    from test_repl import spawn
+
+    child = spawn(chat_env, "--session", "demo")
     child.sendline("/help")
     child.expect(r"/bad \[corrected answer\]")
     child.sendline("尼罗河是什么？")

@@ -1,28 +1,8 @@
 """``ragbot chat`` driven through a pseudo-terminal, as a user types, with the fake model."""
 
-import os
 import sys
 
 import pexpect
-import pytest
-
-from conftest import run_cli
-
-
-@pytest.fixture
-def chat_env(tmp_path, corpus):
-    env = {
-        **os.environ,
-        "RAGBOT_EMBEDDER": "hash",
-        "RAGBOT_LLM": "fake",
-        "RAGBOT_INDEX": str(tmp_path / "idx"),
-        "RAGBOT_SESSIONS": str(tmp_path / "s.sqlite"),
-        "RAGBOT_THRESHOLD": "0.35",
-        "PROMPT_TOOLKIT_NO_CPR": "1",
-        "TERM": "xterm",
-    }
-    assert run_cli("ingest", str(corpus["md"].parent), env=env).returncode == 0
-    return env
 
 
 def spawn(env, *args):
