@@ -340,7 +340,7 @@ def test_cli_network_drop_while_following_then_follow_resumes(api, train_file):
 
 
 def test_cli_ctrl_c_stops_following_not_the_job(api, train_file):
-    api.steps_per_poll = 1
+    api.steps_per_poll = 0  # the job runs until cancelled: only Ctrl-C ends the following
     created = cli(api, "create", str(train_file), "--model", "gpt-4o-mini", "--epochs", "20")
     job_id = created.stdout.split()[2]
     cmd = [sys.executable, "-m", "ragbot", "finetune", "follow", job_id, "--base-url", api.base_url]
@@ -352,7 +352,7 @@ def test_cli_ctrl_c_stops_following_not_the_job(api, train_file):
     time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=30)
-    assert proc.returncode == 130
+    assert proc.returncode == 130, out + err
     assert f"Stopped following {job_id}; the job goes on on the server." in err
     assert "Traceback" not in err
     assert api.jobs[job_id].status in ("queued", "running")  # not cancelled
