@@ -346,7 +346,13 @@ def test_cli_ctrl_c_stops_following_not_the_job(api, train_file):
     cmd = [sys.executable, "-m", "ragbot", "finetune", "follow", job_id, "--base-url", api.base_url]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
-        cmd + ["--poll-seconds", "0.2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+        cmd + ["--poll-seconds", "0.2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        # as from a terminal: a test run started in the background inherits SIGINT ignored
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     assert "Created fine-tuning job" in proc.stdout.readline()
     time.sleep(0.5)

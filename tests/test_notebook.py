@@ -17,6 +17,6 @@ def test_quickstart_notebook_executes_and_shows_the_nile_follow_up(tmp_path, mon
     outputs = "\n".join(
         o.get("text", "") for cell in nb.cells if cell.cell_type == "code" for o in cell.get("outputs", [])
     )
-    assert "standalone question: 尼罗河流经哪些国家" in outputs
-    assert "route: grounded" in outputs
-    assert "fallback | 知识库中没有找到相关内容，以下是通用回答" in outputs
+    assert "standalone question: 尼罗河流经哪些国家" in outputs, outputs
+    assert "route: grounded" in outputs, outputs
+    assert "fallback | 知识库中没有找到相关内容，以下是通用回答" in outputs, outputs
