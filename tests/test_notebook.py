@@ -1,5 +1,6 @@
 """The quickstart notebook runs top to bottom with the real default models, so it cannot rot."""
 
+import re
 from pathlib import Path
 
 import nbformat
@@ -17,6 +18,7 @@ def test_quickstart_notebook_executes_and_shows_the_nile_follow_up(tmp_path, mon
     outputs = "\n".join(
         o.get("text", "") for cell in nb.cells if cell.cell_type == "code" for o in cell.get("outputs", [])
     )
-    assert "standalone question: 尼罗河流经哪些国家" in outputs, outputs
+    # the pronoun resolved (the wording may vary: 尼罗河流经了哪些国家 / 尼罗河经过哪些国家)
+    assert re.search(r"standalone question: .*尼罗河.*国家", outputs), outputs
     assert "route: grounded" in outputs, outputs
     assert "fallback | 知识库中没有找到相关内容，以下是通用回答" in outputs, outputs
