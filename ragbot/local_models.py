@@ -13,6 +13,7 @@ rewrite prompt, then the answer prompt) only evaluate what follows the shared pr
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import hashlib
 import importlib
@@ -22,6 +23,7 @@ import logging
 import os
 import tempfile
 import threading
+import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -302,6 +304,7 @@ class _LoadedModel:
 
     def __init__(self, llama: Any, cache_bytes: int):
         self.llama = llama
+        _EVERY_LLAMA.add(llama)
         self.cache_bytes = cache_bytes
         self.lock = threading.Lock()
         self.owner: int | None = None
@@ -323,6 +326,7 @@ class _LoadedModel:
 
 _LOADED: dict[tuple[str, int, str | None], _LoadedModel] = {}
 _LOADED_LOCK = threading.Lock()
+_EVERY_LLAMA: weakref.WeakSet = weakref.WeakSet()  # loaded, and unloaded but still referenced
 
 
 def unload_models() -> None:
@@ -330,6 +334,16 @@ def unload_models() -> None:
     chat models load theirs again on next use."""
     with _LOADED_LOCK:
         _LOADED.clear()
+
+
+@atexit.register
+def _close_models() -> None:
+    """Free every llama.cpp model while the interpreter is still whole: left to llama-cpp-python's
+    ``__del__`` at shutdown, freeing runs after its modules are torn down and prints
+    "TypeError: 'NoneType' object is not callable" for each model."""
+    for llama in list(_EVERY_LLAMA):
+        with contextlib.suppress(Exception):
+            llama.close()
 
 
 def _llama_class() -> type:
