@@ -174,7 +174,7 @@ def read_questions(path: str | Path) -> QuestionSet:
         if suffix == ".csv":
             numbered = list(_csv_rows(path))
         elif suffix in (".jsonl", ".json", ".ndjson"):
-            numbered = list(_jsonl_rows(path))
+            numbered = list(jsonl_objects(path))
         else:
             raise QuestionFileError(
                 f"question file {path} has an unsupported type {suffix or '(none)'!r}; use .jsonl or .csv"
@@ -285,22 +285,22 @@ def _case(row: Mapping[str, Any], rid: str, line: int) -> EvalCase:
     )
 
 
-def _jsonl_rows(path: Path):
+def jsonl_objects(path: Path, error: type[RagbotError] = QuestionFileError, example: str = '{"question": ...}'):
+    """(line, object) for each non-blank line of a JSONL file; a line that is not a JSON object
+    raises ``error`` naming the file and the line (also used for training files)."""
     with open(path, encoding="utf-8-sig") as fh:
         for line, text in enumerate(fh, start=1):
             if not text.strip():
                 continue
             try:
-                row = json.loads(text)
+                row = json.loads(text.rstrip("\r\n"))  # else a line cut short is blamed on the next line
             except json.JSONDecodeError as exc:
-                raise QuestionFileError(
+                raise error(
                     f"{path}, line {line}: not valid JSON ({exc.msg} at column {exc.colno}); "
                     "each line must be one JSON object"
                 ) from None
             if not isinstance(row, dict):
-                raise QuestionFileError(
-                    f'{path}, line {line}: expected a JSON object like {{"question": ...}}, got {type(row).__name__}'
-                )
+                raise error(f"{path}, line {line}: expected a JSON object like {example}, got {type(row).__name__}")
             yield line, row
 
 

@@ -28,7 +28,7 @@ from ragbot.config import Settings, load_settings
 from ragbot.errors import FinetuneError, TrainingFileError
 from ragbot.knowledge_base import Hit, KnowledgeBase, display_source
 from ragbot.memory import ConversationStore, StoredTurn, trim_history
-from ragbot.question_sets import QuestionFileError, read_questions
+from ragbot.question_sets import QuestionFileError, jsonl_objects, read_questions
 from ragbot.rewrite import is_chinese
 
 # The legacy prompt/completion format: the model learns to answer after the separator and to
@@ -219,25 +219,13 @@ def _prompt_completion_turns(path: Path) -> Iterator[TrainingTurn | Skipped]:
 def _rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line, row) of a .csv or .jsonl file; a broken line stops with its number."""
     try:
+        if path.suffix.lower() != ".csv":
+            yield from jsonl_objects(path, TrainingFileError, example='{"prompt": ..., "completion": ...}')
+            return
         with open(path, encoding="utf-8-sig", newline="") as fh:
-            if path.suffix.lower() == ".csv":
-                reader = csv.DictReader(fh)
-                for row in reader:
-                    yield reader.line_num, row
-                return
-            for line, text in enumerate(fh, start=1):
-                if not text.strip():
-                    continue
-                try:
-                    row = json.loads(text.rstrip("\r\n"))
-                except json.JSONDecodeError as exc:
-                    raise TrainingFileError(
-                        f"{path}, line {line}: not valid JSON ({exc.msg} at column {exc.colno}); "
-                        "each line must be one JSON object"
-                    ) from None
-                if not isinstance(row, dict):
-                    raise TrainingFileError(f"{path}, line {line}: expected a JSON object, got {type(row).__name__}")
-                yield line, row
+            reader = csv.DictReader(fh)
+            for row in reader:
+                yield reader.line_num, row
     except UnicodeDecodeError as exc:
         raise TrainingFileError(f"{path} is not UTF-8 text ({exc.reason}); save it as UTF-8") from None
 
