@@ -84,7 +84,8 @@ def main() -> None:
         c, n = results["cache"][i], results["no_cache"][i]
         print(
             f"turn {i + 1}: time to first token {c['time_to_first_token_s']:.1f}s with the cache vs "
-            f"{n['time_to_first_token_s']:.1f}s without ({n['time_to_first_token_s'] / c['time_to_first_token_s']:.2f}x)"
+            f"{n['time_to_first_token_s']:.1f}s without "
+            f"({n['time_to_first_token_s'] / c['time_to_first_token_s']:.2f}x)"
         )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, ensure_ascii=False, indent=2), encoding="utf-8")
