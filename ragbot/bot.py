@@ -20,13 +20,14 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from ragbot.chat_models import ChatModel, GenerationSettings, Message, Usage, make_chat_model
 from ragbot.config import Settings, load_settings
 from ragbot.errors import ConversationError
-from ragbot.knowledge_base import CONTROL_CHARS, Hit, KnowledgeBase, display_source
+from ragbot.knowledge_base import CONTROL_CHARS, Hit, KnowledgeBase, SearchResult, display_source
 from ragbot.memory import (
     ConversationStore,
     Feedback,
@@ -83,12 +84,40 @@ def clean_question(question: Any) -> str:
     return question
 
 
+class Route(StrEnum):
+    """How a turn is answered; a ``str``, so ``answer.route == "grounded"`` and JSON keep working."""
+
+    GROUNDED = "grounded"  # from the confident passages, which it cites
+    FALLBACK = "fallback"  # nothing confident: a labelled general answer, a refusal or a fixed reply
+    MEMORY = "memory"  # a question about the conversation itself, answered from the history
+
+
 @dataclass
+class Turn:
+    """A turn prepared for the answer model (``RagBot.prepare``): the question, the history it is
+    shown, the rewrite, the search and the route. ``reply`` is set when no generation is needed
+    (a memory question, a refusal, a fixed reply); ``prefix`` is the label put before a general answer."""
+
+    question: str
+    started: float
+    language: str  # "zh" | "en": which prompts and labels
+    history: list[Message] = field(default_factory=list)  # trimmed to ``history_tokens``
+    rewrite: RewriteResult | None = None
+    standalone_question: str = ""
+    search: SearchResult | None = None
+    route: Route = Route.FALLBACK
+    sources: list[Hit] = field(default_factory=list)  # the passages shown as [1], [2], ...
+    reply: str | None = None
+    prefix: str = ""
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(kw_only=True)
 class Answer:
     """What one turn produced, with the evidence and the bookkeeping."""
 
     text: str
-    route: str  # "grounded" | "fallback" | "memory"
+    route: Route
     question: str  # as the user typed it
     standalone_question: str  # what retrieval used
     hits: list[Hit] = field(default_factory=list)  # everything retrieved, best first
@@ -245,90 +274,112 @@ class RagBot:
 
     def stream_answer(self, question: str, history: Sequence[Message] | Sequence[dict] = ()) -> Iterator[str | Answer]:
         """Text deltas of the answer as they are generated, then the ``Answer``."""
+        yield from self.generate(self.prepare(question, history))
+
+    # ------------------------------------------------------------------ the steps of a turn
+    def prepare(self, question: str, history: Sequence[Message] | Sequence[dict] = (), *, k: int | None = None) -> Turn:
+        """Everything decided before the answer model is called: memory, rewrite, retrieval, route.
+
+        ``k`` searches more hits than ``top_k`` (evaluation ranks deeper); the answer still sees
+        the same passages."""
         started = time.perf_counter()
         question = clean_question(question)
         history = self._history(history)
-        zh = is_chinese(question)
-        lang = "zh" if zh else "en"
-        models = {"rewrite": self.rewrite_model.name, "answer": self.answer_model.name}
+        turn = Turn(question=question, started=started, language="zh" if is_chinese(question) else "en")
 
         remembered = memory_reply(question, history)
         if remembered is not None:
-            yield remembered
-            yield Answer(
-                remembered, "memory", question, question, models={}, timings={"total": time.perf_counter() - started}
-            )
-            return
+            turn.route, turn.reply = Route.MEMORY, remembered
+            return turn
 
-        trimmed = trim_history(history, self.settings.history_tokens)
-        if self.settings.rewrite:
-            rewritten = rewrite_question(question, trimmed, self.rewrite_model, self.settings.prompt_dir)
-        else:
-            rewritten = RewriteResult(question, question, reason="skipped: rewrite disabled")
+        turn.history = trim_history(history, self.settings.history_tokens)
+        turn.rewrite = self.rewrite_step(question, turn.history)
+        turn.standalone_question = turn.rewrite.question
         t_rewrite = time.perf_counter()
+        turn.timings["rewrite"] = t_rewrite - started
 
-        result = self.kb.search(rewritten.question, self.settings.top_k, self.settings.threshold)
-        t_retrieval = time.perf_counter()
-        timings = {"rewrite": t_rewrite - started, "retrieval": t_retrieval - t_rewrite}
-        usage = {"rewrite": rewritten.usage}
+        turn.search = self.retrieve(turn.standalone_question, k)
+        turn.timings["retrieval"] = time.perf_counter() - t_rewrite
+        turn.route, turn.sources = self.route(turn.search)
+        if turn.route is Route.FALLBACK:
+            if self.settings.fallback == "general":
+                turn.prefix = LABELS["general"][turn.language]
+            elif self.settings.fallback == "refuse":
+                turn.reply = LABELS["refuse"][turn.language]
+            else:
+                turn.reply = self.settings.fallback_reply
+        return turn
 
-        sources = result.confident[:CONTEXT_PASSAGES]
-        if sources:
-            route = "grounded"
-            prefix = ""
-        else:
-            route = "fallback"
-            if self.settings.fallback != "general":
-                text = LABELS["refuse"][lang] if self.settings.fallback == "refuse" else self.settings.fallback_reply
-                yield text
-                timings["total"] = time.perf_counter() - started
-                yield Answer(
-                    text,
-                    route,
-                    question,
-                    rewritten.question,
-                    result.hits,
-                    [],
-                    rewritten,
-                    usage,
-                    timings,
-                    {"rewrite": models["rewrite"]},
-                    result.threshold,
-                )
-                return
-            prefix = LABELS["general"][lang]
-            yield prefix
+    def rewrite_step(self, question: str, history: Sequence[Message]) -> RewriteResult:
+        """The standalone question (``history`` already trimmed), or the question itself when
+        the rewrite is switched off."""
+        if not self.settings.rewrite:
+            return RewriteResult(question, question, reason="skipped: rewrite disabled")
+        return rewrite_question(question, history, self.rewrite_model, self.settings.prompt_dir)
 
+    def retrieve(self, query: str, k: int | None = None) -> SearchResult:
+        """The knowledge-base hits for the standalone question, scored against the threshold."""
+        return self.kb.search(query, max(k or 0, self.settings.top_k), self.settings.threshold)
+
+    def route(self, result: SearchResult) -> tuple[Route, list[Hit]]:
+        """Grounded on the confident passages when there are any, else the fallback."""
+        sources = result.confident[: min(CONTEXT_PASSAGES, self.settings.top_k)]
+        return (Route.GROUNDED, sources) if sources else (Route.FALLBACK, [])
+
+    def generate(self, turn: Turn) -> Iterator[str | Answer]:
+        """Text deltas of the answer to a prepared ``turn``, then its ``Answer``."""
+        if turn.reply is not None:  # decided without the answer model
+            yield turn.reply
+            yield self._finish(turn, turn.reply)
+            return
+        if turn.prefix:
+            yield turn.prefix
         messages = answer_messages(
-            rewritten.question, sources, trimmed, chinese=zh, prompt_dir=self.settings.prompt_dir
+            turn.standalone_question,
+            turn.sources,
+            turn.history,
+            chinese=turn.language == "zh",
+            prompt_dir=self.settings.prompt_dir,
         )
+        begun = time.perf_counter()
         parts: list[str] = []
         first_token = None
-        answer_usage = Usage()
+        usage = Usage()
         for delta in self.answer_model.stream(messages, self._generation()):
             if delta.text:
                 first_token = first_token if first_token is not None else time.perf_counter()
                 parts.append(delta.text)
                 yield delta.text
             if delta.usage is not None:
-                answer_usage = delta.usage
+                usage = delta.usage
         done = time.perf_counter()
-        usage["answer"] = answer_usage
-        timings["first_token"] = (first_token or done) - t_retrieval
-        timings["generation"] = done - t_retrieval
-        timings["total"] = done - started
-        yield Answer(
-            prefix + "".join(parts).strip(),
-            route,
-            question,
-            rewritten.question,
-            result.hits,
-            sources,
-            rewritten,
-            usage,
-            timings,
-            models,
-            result.threshold,
+        turn.timings["first_token"] = (first_token or done) - begun
+        turn.timings["generation"] = done - begun
+        yield self._finish(turn, turn.prefix + "".join(parts).strip(), usage)
+
+    def _finish(self, turn: Turn, text: str, answer_usage: Usage | None = None) -> Answer:
+        """The ``Answer`` of a turn: its text with the evidence and the bookkeeping."""
+        usage: dict[str, Usage] = {}
+        models: dict[str, str] = {}
+        if turn.rewrite is not None:
+            usage["rewrite"] = turn.rewrite.usage
+            models["rewrite"] = self.rewrite_model.name
+        if answer_usage is not None:
+            usage["answer"] = answer_usage
+            models["answer"] = self.answer_model.name
+        search = turn.search
+        return Answer(
+            text=text,
+            route=turn.route,
+            question=turn.question,
+            standalone_question=turn.standalone_question or turn.question,
+            hits=search.hits[: self.settings.top_k] if search else [],
+            sources=list(turn.sources),
+            rewrite=turn.rewrite,
+            usage=usage,
+            timings={**turn.timings, "total": time.perf_counter() - turn.started},
+            models=models,
+            threshold=search.threshold if search else None,
         )
 
     def _generation(self) -> GenerationSettings:
@@ -337,6 +388,20 @@ class RagBot:
 
     @staticmethod
     def _history(history: Sequence[Message] | Sequence[dict]) -> list[Message]:
+        if isinstance(history, (str, bytes)) or not isinstance(history, Sequence):
+            raise ConversationError(
+                f"the history must be a list of messages, got {type(history).__name__}; "
+                'pass [{"role": "user", "content": ...}, {"role": "assistant", "content": ...}, ...]'
+            )
+        for i, m in enumerate(history, 1):
+            shapeless = isinstance(m, dict) and not {"role", "content"} <= m.keys()
+            if shapeless or not isinstance(m, (Message, dict, tuple, list)):
+                raise ConversationError(
+                    f"history item {i} is {type(m).__name__} {str(m)[:40]!r}; each item must be a "
+                    '{"role": ..., "content": ...} dict, a (role, content) pair or a Message'
+                )
+            if isinstance(m, (tuple, list)) and len(m) != 2:
+                raise ConversationError(f"history item {i} has {len(m)} parts; a (role, content) pair has 2")
         messages = [m if isinstance(m, Message) else messages_from_pairs([m])[0] for m in history]
         validate_history(messages)
         return messages

@@ -20,16 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from ragbot import index as store
-from ragbot.errors import RagbotError
+from ragbot.errors import CalibrationError, RagbotError
 from ragbot.knowledge_base import KnowledgeBase
 from ragbot.question_sets import QuestionSet, questions_from_rows, read_questions
 
 OBJECTIVES = ("balanced", "accuracy", "f1")
 SHIPPED_SET = "data/calibration_default_kb.jsonl"
-
-
-class CalibrationError(RagbotError, ValueError):
-    """The labelled set cannot calibrate a threshold (one class missing, bad objective)."""
 
 
 @dataclass(frozen=True)

@@ -68,3 +68,16 @@ class FinetuneError(RagbotError):
 
 class TrainingFileError(FinetuneError, ValueError):
     """A training file that cannot be used (broken JSON on a line, wrong roles, empty file)."""
+
+
+class CalibrationError(RagbotError, ValueError):
+    """The labelled set cannot calibrate a threshold (one class missing, bad objective)."""
+
+
+class QuestionFileError(RagbotError, ValueError):
+    """A question file that cannot be read: missing, not UTF-8, or with a malformed line."""
+
+
+class EvaluationError(RagbotError):
+    """An evaluation that cannot run as asked (options that conflict, an output folder of
+    another run)."""

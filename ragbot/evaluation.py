@@ -33,10 +33,10 @@ from typing import Any
 from tqdm import tqdm
 
 from ragbot import metrics
-from ragbot.bot import LABELS, RagBot, memory_reply
+from ragbot.bot import LABELS, RagBot
 from ragbot.chat_models import ChatModel, GenerationSettings, Message
 from ragbot.config import Settings, load_settings
-from ragbot.errors import ModelError, RagbotError
+from ragbot.errors import EvaluationError, ModelError, RagbotError
 from ragbot.knowledge_base import SearchResult
 from ragbot.prompts import load_prompt
 from ragbot.question_sets import BadRow, EvalCase, QuestionSet, questions_from_rows, read_questions, select
@@ -50,11 +50,6 @@ RESULTS_FILE, SUMMARY_FILE, RUN_FILE = "results.jsonl", "summary.json", "run.jso
 # turns whose entity is only reachable through the history).
 SUBSET_FIELDS = ("entity_in_question",)
 _JUDGE_SCORE = re.compile(r"(?:score|评分)\s*[:：]\s*\**\s*([1-5])", re.IGNORECASE)
-
-
-class EvaluationError(RagbotError):
-    """An evaluation that cannot run as asked (options that conflict, an output folder of
-    another run)."""
 
 
 @dataclass
@@ -85,8 +80,8 @@ class TurnEvaluator:
     ):
         if not ks or min(ks) < 1:
             raise EvaluationError(f"every k must be at least 1; got ks={list(ks)}")
-        if generate and not rewrite_model and bot.settings.rewrite:
-            # the engine itself must skip the rewrite, so the answer uses the typed question
+        if not rewrite_model and bot.settings.rewrite:
+            # the engine itself skips the rewrite, so retrieval and the answer use the typed question
             bot = RagBot(bot.kb, bot.answer_model, bot.rewrite_model, bot.settings.replace(rewrite=False), bot._store)
         self.bot = bot
         self.generate = generate
@@ -112,39 +107,23 @@ class TurnEvaluator:
         row: dict[str, Any] = _row_head(case)
         row["history_turns"] = len(history) // 2
 
+        # the same steps as the chat: prepare (memory, rewrite, retrieval, route), then generate
+        turn = self.bot.prepare(question, history, k=self.depth * 3)
+        if turn.search is not None:
+            searches[turn.standalone_question] = turn.search
+        answer = None
         if self.generate:
-            answer = self.bot.answer(question, history)
-            rewritten = answer.rewrite or RewriteResult(question, question, reason="memory question")
-            route, standalone = answer.route, answer.standalone_question
+            *_, answer = self.bot.generate(turn)
+        rewritten = turn.rewrite or RewriteResult(question, question, reason="memory question")
+        route, standalone = turn.route, turn.standalone_question or question
+        top_hits = turn.search.hits if turn.search else []
+        threshold = turn.search.threshold if turn.search else self.kb.threshold
+        if answer is not None:
             timings = {k: v for k, v in answer.timings.items() if k in (*STAGES, "total", "first_token")}
             usage = {stage: u.to_dict() for stage, u in answer.usage.items()}
-            top_hits = answer.hits
-            threshold = answer.threshold if answer.threshold is not None else self.kb.threshold
         else:
-            started = time.perf_counter()
-            memory = memory_reply(question, history)
-            if memory is not None:
-                rewritten = RewriteResult(question, question, reason="memory question")
-            elif self.rewrite_model:
-                rewritten = self.bot.rewrite_details(question, history)
-            else:
-                rewritten = RewriteResult(question, question, reason="not rewritten (rewrite model switched off)")
-            t_rewrite = time.perf_counter()
-            standalone = rewritten.question
-            result = self._search(standalone, searches)
-            t_retrieval = time.perf_counter()
-            top_hits, threshold = result.hits, result.threshold
-            if memory is not None:
-                route = "memory"
-            else:
-                route = "grounded" if result.hits and result.hits[0].above_threshold else "fallback"
-            timings = {
-                "rewrite": t_rewrite - started,
-                "retrieval": t_retrieval - t_rewrite,
-                "total": t_retrieval - started,
-            }
-            usage = {"rewrite": rewritten.usage.to_dict()}
-            answer = None
+            timings = {**turn.timings, "total": time.perf_counter() - turn.started}
+            usage = {"rewrite": rewritten.usage.to_dict()} if turn.rewrite else {}
 
         row["rewrite"] = self._rewrite_part(case, rewritten, check)
         row["retrieval"] = self._retrieval_part(case, standalone, searches)

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ragbot.chat_models import Message
-from ragbot.errors import RagbotError
+from ragbot.errors import QuestionFileError, RagbotError
 
 ROUTES = ("grounded", "fallback")
 # Standing in for a turn the data does not hold (CAsT keeps only the user's side), so that
@@ -50,10 +50,6 @@ _KNOWN = {
     "lang",
     *_LIST_FIELDS,
 }
-
-
-class QuestionFileError(RagbotError, ValueError):
-    """A question file that cannot be read: missing, not UTF-8, or with a malformed line."""
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,6 @@ def _parse_input(value: Any) -> tuple[str, list]:
 def bot_runnable(bot: RagBot):
     """A Runnable: ``invoke`` returns the answer record (``Answer.to_dict()``); ``stream``
     yields text pieces as they are generated."""
-    from ragbot.bot import Answer
 
     def invoke(value: Any) -> dict[str, Any]:
         question, history = _parse_input(value)
@@ -44,7 +43,7 @@ def bot_runnable(bot: RagBot):
         for value in inputs:
             question, history = _parse_input(value)
             for item in bot.stream_answer(question, history):
-                if not isinstance(item, Answer):
+                if isinstance(item, str):  # the text pieces; the final Answer is not text
                     yield item
 
     return _StreamingLambda(invoke, stream)
