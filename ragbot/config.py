@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import numbers
 import os
 import tomllib
 from collections.abc import Mapping
@@ -117,7 +118,7 @@ class Settings:
             if isinstance(value, (str, os.PathLike)) and not isinstance(value, Path):
                 object.__setattr__(self, name, Path(value).expanduser())
         for f in fields(self):
-            _check_type(f.name, getattr(self, f.name))
+            object.__setattr__(self, f.name, _checked_type(f.name, getattr(self, f.name)))
         _check_choice("embedder", self.embedder, EMBEDDERS)
         _check_choice("index_type", self.index_type, INDEX_TYPES)
         _check_choice("llm", self.llm, LLMS)
@@ -273,23 +274,25 @@ def _coerce(key: str, value: Any, where: str, env: bool) -> Any:
         raise ConfigError(f"bad value for {shown} in {where}: {value!r} is not {kind}") from None
 
 
-def _check_type(name: str, value: Any) -> None:
-    """A value given in Python (not parsed from text) must already have its field's type."""
+def _checked_type(name: str, value: Any) -> Any:
+    """A value given in Python (not parsed from text) must already have its field's type;
+    numbers are normalised (numpy's included) so later comparisons cannot raise ``TypeError``."""
     base, optional = _field_type(name)
     if value is None and optional:
-        return
-    if base is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    elif base is int:
-        ok = isinstance(value, int) and not isinstance(value, bool)
+        return value
+    if base in (int, float) and isinstance(value, numbers.Real) and not isinstance(value, bool):
+        if base is float:
+            return float(value)
+        if isinstance(value, numbers.Integral):
+            return int(value)
     elif base is tuple:
-        ok = isinstance(value, tuple) and all(isinstance(v, str) for v in value)
-    else:
-        ok = isinstance(value, base)
-    if not ok:
-        raise ConfigError(
-            f"bad value for {name}: {value!r} is not {_KINDS.get(base, 'a string')}" + (" or None" if optional else "")
-        )
+        if isinstance(value, tuple) and all(isinstance(v, str) for v in value):
+            return value
+    elif base not in (int, float) and isinstance(value, base):
+        return value
+    raise ConfigError(
+        f"bad value for {name}: {value!r} is not {_KINDS.get(base, 'a string')}" + (" or None" if optional else "")
+    )
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:

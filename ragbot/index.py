@@ -255,6 +255,9 @@ def write_lock(directory: Path, timeout: float) -> Iterator[None]:
     lock = FileLock(str(directory / ".lock"))
     try:
         directory.mkdir(parents=True, exist_ok=True)
+        for path in (directory, directory / ".lock"):  # else filelock may wait for a lock it can never take
+            if os.path.exists(path) and not os.access(path, os.W_OK):
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
         lock.acquire(timeout=timeout)
     except Timeout:
         raise IndexLockedError(

@@ -316,6 +316,10 @@ class KnowledgeBase:
 
             to_read, hashes = [], {}
             for path in files:
+                if not_utf8(str(path)):  # its name could not be stored as JSON text
+                    shown = str(path).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+                    report.failed.append(DocumentError(shown, "its name is not valid UTF-8 text; rename it"))
+                    continue
                 try:
                     digest = _sha256(path)
                 except OSError as exc:  # e.g. no read permission: skipped like any bad file

@@ -280,6 +280,14 @@ def test_question_with_bytes_that_are_not_utf8(index, tmp_path):
     assert conversation.ask("café?").text  # the same words in UTF-8 are answered
 
 
+def test_file_name_that_is_not_utf8_is_skipped(tmp_path, docs):
+    (docs / "caf\udce9.txt").write_text("Coffee is roasted.\n", encoding="utf-8")  # the name is b"caf\xe9.txt"
+    result = ragbot("ingest", docs, "--index", tmp_path / "idx")
+    assert result.exit_code == 0, result.output
+    assert f"skipped {docs}/caf\ufffd.txt: its name is not valid UTF-8 text; rename it" in result.output
+    assert sources_in(tmp_path / "idx") == {"tea.txt", "nile.md"}
+
+
 # --------------------------------------------------------------------------- 7. nothing to ingest
 def test_empty_folder_is_an_error_and_the_index_is_left_alone(index, tmp_path):
     before = (index / "CURRENT").read_bytes()
@@ -356,6 +364,7 @@ def test_settings_of_the_wrong_type_name_the_field_and_value(field, value, kind)
 def test_settings_of_the_right_type_are_still_accepted(tmp_path):
     settings = Settings(temperature=1, threshold=0, index=str(tmp_path), stop="END", lock_timeout=5)
     assert (settings.temperature, settings.threshold, settings.index, settings.stop) == (1, 0, tmp_path, ("END",))
+    assert type(Settings(top_k=np.int64(3)).top_k) is int  # e.g. a k chosen with numpy
 
 
 def test_settings_refuse_nan():
