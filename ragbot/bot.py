@@ -27,7 +27,7 @@ from typing import Any
 from ragbot.chat_models import ChatModel, GenerationSettings, Message, Usage, make_chat_model
 from ragbot.config import Settings, load_settings
 from ragbot.errors import ConversationError
-from ragbot.knowledge_base import CONTROL_CHARS, Hit, KnowledgeBase, SearchResult, display_source
+from ragbot.knowledge_base import CONTROL_CHARS, Hit, KnowledgeBase, SearchResult, display_source, not_utf8
 from ragbot.memory import (
     ConversationStore,
     Feedback,
@@ -73,6 +73,12 @@ def clean_question(question: Any) -> str:
     """The question without control characters; empty or oversized questions are refused."""
     if not isinstance(question, str):
         raise ConversationError(f"the question must be text, got {type(question).__name__}")
+    problem = not_utf8(question)
+    if problem:
+        raise ConversationError(
+            f"the question is not valid UTF-8 text ({problem}); set your terminal or file encoding to UTF-8 "
+            "and retype it"
+        )
     question = CONTROL_CHARS.sub(" ", question).strip()
     if not question:
         raise ConversationError("the question is empty; type a question")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import numbers
 import os
 import tomllib
 from collections.abc import Mapping
@@ -31,7 +32,13 @@ INDEX_TYPES = ("auto", "flat", "hnsw")
 def data_home() -> Path:
     """Where ragbot keeps its own files (the default index): ``$RAGBOT_HOME`` or XDG data dir."""
     if os.environ.get("RAGBOT_HOME"):
-        return Path(os.environ["RAGBOT_HOME"]).expanduser()
+        home = Path(os.environ["RAGBOT_HOME"]).expanduser()
+        if home.exists() and not home.is_dir():
+            raise ConfigError(
+                f"RAGBOT_HOME={home} is a file, not a directory; point RAGBOT_HOME at a directory "
+                "(it is created if missing)"
+            )
+        return home
     base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
     return Path(base) / "ragbot"
 
@@ -106,8 +113,12 @@ class Settings:
             object.__setattr__(self, "stop", (self.stop,) if isinstance(self.stop, str) else tuple(self.stop))
         for name in ("index", "knowledge_dir", "lora_path", "prompt_dir", "sessions", "models_dir"):  # accept str
             value = getattr(self, name)
-            if value is not None and not isinstance(value, Path):
+            if isinstance(value, str) and not value.strip():
+                raise ConfigError(f"bad value for {name}: {value!r} is not a path; give a path or None")
+            if isinstance(value, (str, os.PathLike)) and not isinstance(value, Path):
                 object.__setattr__(self, name, Path(value).expanduser())
+        for f in fields(self):
+            object.__setattr__(self, f.name, _checked_type(f.name, getattr(self, f.name)))
         _check_choice("embedder", self.embedder, EMBEDDERS)
         _check_choice("index_type", self.index_type, INDEX_TYPES)
         _check_choice("llm", self.llm, LLMS)
@@ -188,6 +199,7 @@ def load_settings(
 _ENV_NOT_SETTINGS = {"RAGBOT_HOME"}
 _FIELDS = {f.name: f for f in fields(Settings)}
 _TYPES: dict[str, tuple[type, bool]] = {}  # name -> (base type, optional)
+_KINDS = {int: "an integer", float: "a number", bool: "true or false", Path: "a path", tuple: "a list of strings"}
 
 
 def _field_type(name: str) -> tuple[type, bool]:
@@ -258,14 +270,29 @@ def _coerce(key: str, value: Any, where: str, env: bool) -> Any:
             raise ValueError
         return value
     except (TypeError, ValueError):
-        kind = {
-            int: "an integer",
-            float: "a number",
-            bool: "true or false",
-            Path: "a path",
-            tuple: "a list of strings",
-        }.get(base, "a string")
+        kind = _KINDS.get(base, "a string")
         raise ConfigError(f"bad value for {shown} in {where}: {value!r} is not {kind}") from None
+
+
+def _checked_type(name: str, value: Any) -> Any:
+    """A value given in Python (not parsed from text) must already have its field's type;
+    numbers are normalised (numpy's included) so later comparisons cannot raise ``TypeError``."""
+    base, optional = _field_type(name)
+    if value is None and optional:
+        return value
+    if base in (int, float) and isinstance(value, numbers.Real) and not isinstance(value, bool):
+        if base is float:
+            return float(value)
+        if isinstance(value, numbers.Integral):
+            return int(value)
+    elif base is tuple:
+        if isinstance(value, tuple) and all(isinstance(v, str) for v in value):
+            return value
+    elif base not in (int, float) and isinstance(value, base):
+        return value
+    raise ConfigError(
+        f"bad value for {name}: {value!r} is not {_KINDS.get(base, 'a string')}" + (" or None" if optional else "")
+    )
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
@@ -274,7 +301,7 @@ def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
 
 
 def _check_range(name: str, value: float, low: float) -> None:
-    if value < low:
+    if not value >= low:  # also refuses NaN
         raise ConfigError(f"bad value for {name}: {value!r}; it must be at least {low}")
 
 

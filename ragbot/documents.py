@@ -10,8 +10,11 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import re
+import warnings
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -164,6 +167,20 @@ def read_html(path: Path) -> list[Document]:
     return [Document(text="\n\n".join(blocks), source=str(path), title=title or path.stem)]
 
 
+@contextmanager
+def _pypdf_quiet() -> Iterator[None]:
+    """pypdf logs and warns about every oddity of a damaged PDF; ragbot's one line says it all."""
+    logger = logging.getLogger("pypdf")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL + 1)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
 def read_pdf(path: Path) -> list[Document]:
     from pypdf import PdfReader
     from pypdf.errors import PyPdfError
@@ -171,9 +188,10 @@ def read_pdf(path: Path) -> list[Document]:
     if path.stat().st_size == 0:
         raise DocumentError(path, "the file is empty; add text to it or remove it")
     try:
-        reader = PdfReader(str(path), strict=False)
-        pages = [(page.extract_text() or "").strip() for page in reader.pages]
-        meta_title = (reader.metadata.title if reader.metadata else None) or ""
+        with _pypdf_quiet():
+            reader = PdfReader(str(path), strict=False)
+            pages = [(page.extract_text() or "").strip() for page in reader.pages]
+            meta_title = (reader.metadata.title if reader.metadata else None) or ""
     except (PyPdfError, ValueError, KeyError, TypeError, OSError, AttributeError) as exc:
         raise DocumentError(
             path, f"is not a readable PDF (truncated or damaged: {exc}); re-export or re-download it"
@@ -271,6 +289,12 @@ def find_files(paths: list[str | Path]) -> tuple[list[Path], list[Path]]:
             if any(part.startswith(".") for part in rel.parts) or not child.is_file():
                 continue
             (found if child.suffix.lower() in READERS else skipped).append(child.resolve())
+    if not found:  # only folders were named, and they hold nothing to read
+        folders = ", ".join(str(Path(raw).expanduser()) for raw in paths)
+        others = f" ({len(skipped)} file(s) of other types)" if skipped else ""
+        raise IngestError(
+            f"no supported files in {folders}{others}; add files of a supported type: {', '.join(READERS)}"
+        )
     unique = list(dict.fromkeys(found))
     return unique, skipped
 

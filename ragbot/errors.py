@@ -42,6 +42,10 @@ class IndexLockedError(RagbotError):
     """Another process is writing the same index."""
 
 
+class IndexAccessError(RagbotError):
+    """The index directory cannot be created, read or written (a file in the way, no permission)."""
+
+
 class EmbedderError(RagbotError):
     """The embedder cannot be loaded or did not answer (missing package, endpoint down)."""
 

@@ -15,10 +15,11 @@ vectors are ``.npy`` loaded with ``allow_pickle=False``.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import secrets
 import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -32,7 +33,7 @@ import numpy as np
 from filelock import FileLock, Timeout
 
 from ragbot.chunking import Chunk
-from ragbot.errors import IndexCorruptError, IndexLockedError, IndexNotFoundError
+from ragbot.errors import IndexAccessError, IndexCorruptError, IndexLockedError, IndexNotFoundError
 
 FORMAT_VERSION = 1
 CURRENT = "CURRENT"
@@ -121,7 +122,7 @@ class StoredIndex:
         """All chunk vectors (memory-mapped from disk for a loaded index)."""
         if self._vectors is None:
             assert self._vectors_path is not None
-            self._vectors = np.load(self._vectors_path, mmap_mode="r", allow_pickle=False)
+            self._vectors = _load_vectors(self._vectors_path, len(self.chunks), self.manifest.dim)
         return self._vectors
 
     def search(self, query_vector: np.ndarray, k: int) -> list[tuple[Chunk, float]]:
@@ -149,6 +150,48 @@ def _damaged(directory: Path, what: str) -> IndexCorruptError:
     )
 
 
+def _file_in_the_way(directory: Path) -> Path | None:
+    """The file (if any) standing where ``directory`` or one of its parents should be."""
+    for path in (directory, *directory.parents):
+        if os.path.exists(path):
+            return None if os.path.isdir(path) else path
+    return None
+
+
+def _refused(directory: Path, exc: OSError, doing: str) -> IndexAccessError:
+    """The operating system's refusal as one line: which path, why, and what to do."""
+    in_the_way = _file_in_the_way(directory)
+    if in_the_way is not None:
+        return IndexAccessError(
+            f"cannot use {directory} as an index directory: {in_the_way} is a file, not a directory; "
+            "choose a directory for the index (--index)"
+        )
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        advice = "free some disk space and try again; the index is unchanged"
+    else:
+        advice = "check its permissions (ask its owner for access) or choose another index directory (--index)"
+    return IndexAccessError(
+        f"cannot {doing} the index at {directory} ({exc.strerror or exc}: {exc.filename or directory}); {advice}"
+    )
+
+
+def _load_vectors(path: Path, rows: int, dim: int) -> np.ndarray:
+    """``vectors.npy`` memory-mapped, checked against the chunks; never unpickled."""
+    directory = path.parent.parent
+    try:
+        vectors = np.load(path, mmap_mode="r", allow_pickle=False)
+    except FileNotFoundError:
+        raise _damaged(directory, "missing file vectors.npy") from None
+    except PermissionError as exc:
+        raise _refused(directory, exc, "read") from None
+    except (OSError, ValueError, EOFError):  # numpy calls a bad header "pickled (object) data"
+        raise _damaged(directory, "vectors.npy is not a valid array file") from None
+    if vectors.dtype != np.float32 or vectors.shape != (rows, dim):
+        found = f"{vectors.dtype} {vectors.shape}"
+        raise _damaged(directory, f"vectors.npy holds {found}, expected float32 ({rows}, {dim})")
+    return vectors
+
+
 def exists(directory: Path) -> bool:
     return (directory / CURRENT).is_file()
 
@@ -156,13 +199,25 @@ def exists(directory: Path) -> bool:
 def load(directory: Path) -> StoredIndex:
     """Open the live generation of the index at ``directory``."""
     directory = Path(directory)
+    try:
+        return _load(directory)
+    except PermissionError as exc:
+        raise _refused(directory, exc, "read") from None
+
+
+def _load(directory: Path) -> StoredIndex:
     if not exists(directory):
         if directory.is_dir() and any(directory.iterdir()):
             raise _damaged(directory, f"no {CURRENT} file")
+        if _file_in_the_way(directory) is not None:
+            raise _refused(directory, NotADirectoryError(errno.ENOTDIR, "Not a directory"), "read")
         raise IndexNotFoundError(
             f"no index at {directory}; create one with `ragbot ingest PATH... --index {directory}`"
         )
-    name = (directory / CURRENT).read_text(encoding="utf-8").strip()
+    try:
+        name = (directory / CURRENT).read_text(encoding="utf-8").strip()
+    except UnicodeDecodeError:
+        raise _damaged(directory, f"{CURRENT} is not text") from None
     gen = directory / name
     if not name or "/" in name or not gen.is_dir():
         raise _damaged(directory, f"{CURRENT} names a missing generation {name!r}")
@@ -177,9 +232,9 @@ def load(directory: Path) -> StoredIndex:
             for path, rec in json.loads((gen / "sources.json").read_text(encoding="utf-8")).items()
         }
         faiss_index = faiss.read_index(str(gen / "index.faiss"))
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, IsADirectoryError) as exc:
         raise _damaged(directory, f"missing file {Path(exc.filename).name}") from None
-    except (json.JSONDecodeError, TypeError, UnicodeDecodeError) as exc:
+    except (ValueError, TypeError, AttributeError) as exc:  # bad JSON, bad UTF-8, wrong fields
         raise _damaged(directory, f"unreadable metadata: {exc}") from None
     except RuntimeError as exc:  # FAISS reports a bad file this way
         raise _damaged(directory, f"unreadable FAISS file: {str(exc).splitlines()[0]}") from None
@@ -190,23 +245,27 @@ def load(directory: Path) -> StoredIndex:
             directory,
             f"{faiss_index.ntotal} vectors but {len(chunks)} chunks, manifest says {manifest.chunks}",
         )
-    if not (gen / "vectors.npy").is_file():
-        raise _damaged(directory, "missing file vectors.npy")
-    return StoredIndex(manifest, chunks, faiss_index, sources, vectors_path=gen / "vectors.npy")
+    vectors = _load_vectors(gen / "vectors.npy", len(chunks), manifest.dim)
+    return StoredIndex(manifest, chunks, faiss_index, sources, vectors_path=gen / "vectors.npy", vectors=vectors)
 
 
 @contextmanager
 def write_lock(directory: Path, timeout: float) -> Iterator[None]:
     """Held while writing ``directory``; a second writer waits up to ``timeout`` seconds."""
-    directory.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(directory / ".lock"))
     try:
+        directory.mkdir(parents=True, exist_ok=True)
+        for path in (directory, directory / ".lock"):  # else filelock may wait for a lock it can never take
+            if os.path.exists(path) and not os.access(path, os.W_OK):
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
         lock.acquire(timeout=timeout)
     except Timeout:
         raise IndexLockedError(
             f"another process is writing the index at {directory} (waited {timeout:g}s); "
             "wait for it to finish, or raise lock_timeout"
         ) from None
+    except OSError as exc:
+        raise _refused(directory, exc, "write") from None
     try:
         yield
     finally:
@@ -216,6 +275,13 @@ def write_lock(directory: Path, timeout: float) -> Iterator[None]:
 def save(directory: Path, stored: StoredIndex) -> None:
     """Write ``stored`` as a new generation and make it live atomically. Hold ``write_lock``."""
     directory = Path(directory)
+    try:
+        _save(directory, stored)
+    except OSError as exc:  # the live generation is untouched until the final rename
+        raise _refused(directory, exc, "write") from None
+
+
+def _save(directory: Path, stored: StoredIndex) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     for leftover in directory.glob(".tmp-*"):  # from a writer that crashed
         shutil.rmtree(leftover, ignore_errors=True)
@@ -225,7 +291,9 @@ def save(directory: Path, stored: StoredIndex) -> None:
     stored.manifest.chunks = len(stored.chunks)
     stored.manifest.sources = len(stored.sources)
 
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=directory))
+    # A plain mkdir, not mkdtemp: its 0700 would hide a shared index from the other users.
+    tmp = directory / f".tmp-{secrets.token_hex(6)}"
+    tmp.mkdir()
     with open(tmp / "chunks.jsonl", "w", encoding="utf-8") as fh:
         for chunk in stored.chunks:
             fh.write(_chunk_to_json(chunk) + "\n")
@@ -242,7 +310,7 @@ def save(directory: Path, stored: StoredIndex) -> None:
     for path in tmp.iterdir():
         _fsync(path)
 
-    previous = (directory / CURRENT).read_text().strip() if exists(directory) else None
+    previous = (directory / CURRENT).read_text("utf-8", errors="replace").strip() if exists(directory) else None
     name = f"gen-{time.strftime('%Y%m%dT%H%M%S')}-{time.time_ns() % 10**9:09d}"
     os.rename(tmp, directory / name)
     pointer = directory / f".{CURRENT}.tmp"

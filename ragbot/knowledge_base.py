@@ -35,6 +35,7 @@ from ragbot.errors import (
 
 MAX_QUERY_CHARS = 8000  # embedders only read the first few hundred tokens anyway
 CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
@@ -138,10 +139,27 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def not_utf8(text: str) -> str | None:
+    """Where ``text`` stops being valid UTF-8, or None if it is. The shell hands Python bytes that
+    are not UTF-8 as lone surrogates (``"caf\\xe9"`` arrives as ``"caf\\udce9"``), which no embedder,
+    model or file can take."""
+    match = LONE_SURROGATE.search(text)
+    if match is None:
+        return None
+    code = ord(match.group())
+    what = f"byte 0x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"lone surrogate U+{code:04X}"
+    return f"{what} at character {match.start() + 1}"
+
+
 def clean_query(query: str) -> str:
     """The query without control characters and surplus length; empty raises ``QueryError``."""
     if not isinstance(query, str):
         raise QueryError(f"the query must be text, got {type(query).__name__}")
+    problem = not_utf8(query)
+    if problem:
+        raise QueryError(
+            f"the query is not valid UTF-8 text ({problem}); set your terminal or file encoding to UTF-8 and retype it"
+        )
     query = CONTROL_CHARS.sub(" ", query).strip()[:MAX_QUERY_CHARS]
     if not query:
         raise QueryError("the query is empty; type a question")
@@ -202,7 +220,10 @@ class KnowledgeBase:
         known = {s for s in sources if Path(s).is_relative_to(folder)}
         if known != {str(f) for f in files}:
             return True
-        return any(sources[str(f)].sha256 != _sha256(f) for f in files)
+        try:
+            return any(sources[str(f)].sha256 != _sha256(f) for f in files)
+        except OSError:
+            return True  # an unreadable file: ingest reports it
 
     # ------------------------------------------------------------------ reading
     def _load(self) -> store.StoredIndex:
@@ -238,9 +259,15 @@ class KnowledgeBase:
         """Top-k hits for ``query`` (best first), each judged against ``threshold`` (default:
         ``self.threshold``)."""
         query = clean_query(query)
-        k = k or self.settings.top_k
+        k = self.settings.top_k if k is None else k
+        if isinstance(k, bool) or not isinstance(k, int):
+            raise QueryError(f"k must be a whole number, got {k!r}")
         if k < 1:
-            raise QueryError(f"k must be at least 1; got k={k}")
+            raise QueryError(f"k must be at least 1, got {k}")
+        if threshold is not None and (
+            isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not -1 <= threshold <= 1
+        ):
+            raise QueryError(f"threshold must be a cosine similarity between -1 and 1, got {threshold!r}")
         vector = self.embedder.embed_query(query)
         threshold = self.threshold if threshold is None else threshold
         hits = [
@@ -289,7 +316,15 @@ class KnowledgeBase:
 
             to_read, hashes = [], {}
             for path in files:
-                digest = _sha256(path)
+                if not_utf8(str(path)):  # its name could not be stored as JSON text
+                    shown = str(path).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+                    report.failed.append(DocumentError(shown, "its name is not valid UTF-8 text; rename it"))
+                    continue
+                try:
+                    digest = _sha256(path)
+                except OSError as exc:  # e.g. no read permission: skipped like any bad file
+                    report.failed.append(DocumentError(path, f"cannot be read ({exc.strerror}); check its permissions"))
+                    continue
                 hashes[str(path)] = digest
                 rec = sources.get(str(path))
                 if rec and (rec.sha256, rec.chunk_tokens, rec.chunk_overlap) == (
