@@ -164,9 +164,9 @@ class ConversationStore:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self._local = threading.local()
-        self._generation = 0  # bumped to make every thread reconnect (the file at the path changed)
-        self._identity: tuple[int, int] | None = None
+        self._lock = threading.RLock()  # one connection, used by one thread at a time
+        self._db: sqlite3.Connection | None = None
+        self._identity: tuple[int, int] | None = None  # the file the connection has open
         self._open()
 
     def _open(self) -> None:
@@ -177,66 +177,71 @@ class ConversationStore:
                 f"cannot create the folder of the conversations file {self.path} ({exc.strerror}): "
                 "set `sessions` (RAGBOT_SESSIONS) to another file"
             ) from None
-        with self._errors():
-            MIGRATIONS.apply(self._connect(), self.path, ConversationStoreError)
-        self._identity = _identity(self.path)
+        with self._use() as db:
+            MIGRATIONS.apply(db, self.path, ConversationStoreError)
+            self._identity = _identity(self.path)
 
     @contextlib.contextmanager
-    def _errors(self) -> Iterator[None]:
-        try:
-            yield
-        except sqlite3.Error as exc:
-            raise store_error(self.path, exc) from None
-
-    def _connect(self) -> sqlite3.Connection:
-        db = getattr(self._local, "db", None)
-        if db is not None and self._local.generation != self._generation:
-            # The file at the path changed. The old file's -wal is still there under the path's name
-            # (SQLite keeps it when its file was unlinked); emptied, it cannot leak into the new file.
-            with contextlib.suppress(sqlite3.Error):
-                db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            db.close()
-            db = None
-        if db is None:
-            db = sqlite3.connect(self.path, timeout=30)
+    def _use(self) -> Iterator[sqlite3.Connection]:
+        """The connection, for one thread at a time, with SQLite's errors turned into one line for the user."""
+        with self._lock:
             try:
-                db.execute("PRAGMA journal_mode=WAL")
-                db.execute("PRAGMA foreign_keys=ON")
-            except sqlite3.Error:
-                db.close()
-                raise
-            self._local.db, self._local.generation = db, self._generation
-        return db
+                if self._db is None:
+                    db = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
+                    try:
+                        db.execute("PRAGMA journal_mode=WAL")
+                        db.execute("PRAGMA foreign_keys=ON")
+                    except sqlite3.Error:
+                        db.close()
+                        raise
+                    self._db = db
+                yield self._db
+            except sqlite3.Error as exc:
+                raise store_error(self.path, exc) from None
+
+    def close(self) -> None:
+        """Close the connection (the next call opens it again)."""
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+    def _reopen(self) -> None:
+        """Let go of the old file and open the one now at the path (creating it if it is gone)."""
+        if self._db is not None:
+            # SQLite leaves an unlinked file's -wal at the path's name; emptied, it cannot leak into the new file.
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                self._db.close()
+            self._db = None
+        self._open()
 
     def check(self) -> bool:
         """Make sure the next turn can be saved: raise ``ConversationStoreError`` if the file cannot be
         written. A file deleted or replaced since it was opened is opened again at the path (created
         if missing); returns True then, so the caller can save again what the old file held."""
-        reopened = _identity(self.path) != self._identity
-        if reopened:
-            self._generation += 1
-            self._open()
-        with self._errors():
-            db = self._connect()
-            db.execute("BEGIN IMMEDIATE")  # succeeds on a read-only file; the write below does not
-            try:
-                (version,) = db.execute("PRAGMA user_version").fetchone()
-                db.execute(f"PRAGMA user_version = {int(version)}")
-            finally:
-                db.rollback()
+        with self._lock:
+            reopened = _identity(self.path) != self._identity
+            if reopened:
+                self._reopen()
+            with self._use() as db:
+                db.execute("BEGIN IMMEDIATE")  # succeeds on a read-only file; the write below does not
+                try:
+                    (version,) = db.execute("PRAGMA user_version").fetchone()
+                    db.execute(f"PRAGMA user_version = {int(version)}")
+                finally:
+                    db.rollback()
         return reopened
 
     def history(self, name: str) -> list[Message]:
-        with self._errors():
-            rows = self._connect().execute(
-                "SELECT role, content FROM messages WHERE conversation = ? ORDER BY id", (name,)
-            )
+        with self._use() as db:
+            rows = db.execute("SELECT role, content FROM messages WHERE conversation = ? ORDER BY id", (name,))
             return [Message(role, content) for role, content in rows]
 
     def append_turn(self, name: str, question: str, answer: str, meta: dict[str, Any] | None = None) -> None:
         """Save one finished turn atomically."""
         now = time.time()
-        with self._errors(), self._connect() as db:  # one transaction: both messages or neither
+        with self._use() as db, db:  # one transaction: both messages or neither
             db.execute("INSERT OR IGNORE INTO conversations(name, created_at) VALUES (?, ?)", (name, now))
             (turn,) = db.execute("SELECT COUNT(*) / 2 FROM messages WHERE conversation = ?", (name,)).fetchone()
             db.execute(
@@ -250,13 +255,13 @@ class ConversationStore:
             )
 
     def clear(self, name: str) -> None:
-        with self._errors(), self._connect() as db:
+        with self._use() as db, db:
             db.execute("DELETE FROM messages WHERE conversation = ?", (name,))
             db.execute("DELETE FROM feedback WHERE conversation = ?", (name,))
 
     def set_feedback(self, name: str, turn: int, feedback: Feedback) -> None:
         """Record (or replace) the feedback on turn ``turn`` (0-based) of conversation ``name``."""
-        with self._errors(), self._connect() as db:
+        with self._use() as db, db:
             exists = db.execute(
                 "SELECT 1 FROM messages WHERE conversation = ? AND turn = ? AND role = 'assistant'", (name, turn)
             ).fetchone()
@@ -270,16 +275,14 @@ class ConversationStore:
 
     def feedback(self, name: str) -> dict[int, Feedback]:
         """The feedback of a conversation by turn (0-based)."""
-        with self._errors():
-            rows = self._connect().execute(
-                "SELECT turn, rating, correction FROM feedback WHERE conversation = ?", (name,)
-            )
+        with self._use() as db:
+            rows = db.execute("SELECT turn, rating, correction FROM feedback WHERE conversation = ?", (name,))
             return {turn: Feedback(rating, correction) for turn, rating, correction in rows}
 
     def turns(self, name: str) -> list[StoredTurn]:
         """The saved turns of a conversation, in order, with their meta and feedback."""
-        with self._errors():
-            rows = self._connect().execute(
+        with self._use() as db:
+            rows = db.execute(
                 "SELECT turn, role, content, meta FROM messages WHERE conversation = ? ORDER BY id", (name,)
             )
             rows = rows.fetchall()
@@ -296,5 +299,5 @@ class ConversationStore:
         return out
 
     def names(self) -> list[str]:
-        with self._errors():
-            return [r[0] for r in self._connect().execute("SELECT name FROM conversations ORDER BY created_at")]
+        with self._use() as db:
+            return [r[0] for r in db.execute("SELECT name FROM conversations ORDER BY created_at")]

@@ -5,7 +5,6 @@ Read-only files are made two ways: ``chmod`` (skipped as root, who ignores file 
 """
 
 import builtins
-import gc
 import os
 import sqlite3
 import subprocess
@@ -222,8 +221,7 @@ def damage(path, how):
     store = ConversationStore(path)  # a real file with several pages, then one page overwritten
     for n in range(40):
         store.append_turn("trip", f"question {n}", "answer " * 50)
-    del store
-    gc.collect()  # closes the connection: the WAL is folded into the file
+    store.close()  # the WAL is folded into the file
     with open(path, "r+b") as f:
         f.seek(4096 * 2)
         f.write(b"\xff" * 4096)
@@ -275,8 +273,7 @@ def saved_session(path, *turns):
     store = ConversationStore(path)
     for question, answer in turns:
         store.append_turn("trip", question, answer)
-    del store
-    gc.collect()  # closed: as a file left by an earlier ragbot run
+    store.close()  # as a file left by an earlier ragbot run
 
 
 def test_a_read_only_file_stops_ask_before_the_model_is_called(read_only, tmp_path, monkeypatch, capsys, corpus):
@@ -342,3 +339,22 @@ def test_a_file_replaced_by_another_session_file_is_not_mixed_in(bot, sessions, 
     ):
         conversation.ask("怎么烤面包？")
     assert [m.content for m in ConversationStore(sessions).history("trip")] == ["Something else?", "Yes."]
+
+
+def test_threads_sharing_one_store_lose_no_turn(tmp_path):
+    import threading
+
+    store = ConversationStore(tmp_path / "conversations.sqlite")
+
+    def talk(worker):
+        for n in range(10):
+            store.append_turn(f"c{worker}", f"question {n}", f"answer {n}")
+            store.check()
+
+    threads = [threading.Thread(target=talk, args=(w,)) for w in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    reopened = ConversationStore(tmp_path / "conversations.sqlite")
+    assert [len(reopened.turns(f"c{w}")) for w in range(4)] == [10, 10, 10, 10]
