@@ -144,6 +144,11 @@ def store_error(path: Path, exc: sqlite3.Error) -> ConversationStoreError:
         return ConversationStoreError(
             f"the conversations file {path} is busy ({text}): another program holds it; try again"
         )
+    if "unable to open" in text:
+        return ConversationStoreError(
+            f"cannot open the conversations file {path} ({text}): make sure it and its folder can be read and "
+            f"written, {other}"
+        )
     return ConversationStoreError(f"cannot use the conversations file {path} ({text}): check it {other}")
 
 

@@ -249,14 +249,14 @@ def test_a_damaged_conversations_file_is_one_line_and_exit_1_in_ask_and_chat(
 
 @pytest.fixture(params=["chmod", "immutable"])
 def read_only(request):
-    """A function making a file read-only, for this user (chmod) or for root too (chattr +i)."""
+    """A function making a file or folder read-only, for this user (chmod) or for root too (chattr +i)."""
     made = []
 
     def make(path):
         if request.param == "chmod":
             if os.geteuid() == 0:
                 pytest.skip("root ignores file modes; the 'immutable' variant covers root")
-            path.chmod(0o444)
+            path.chmod(0o555 if path.is_dir() else 0o444)
             path.parent.chmod(0o555)
         elif subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode:
             pytest.skip("chattr +i is not allowed here")
@@ -266,7 +266,7 @@ def read_only(request):
     for path in made:
         subprocess.run(["chattr", "-i", str(path)], capture_output=True)
         path.parent.chmod(0o755)
-        path.chmod(0o644)
+        path.chmod(0o755 if path.is_dir() else 0o644)
 
 
 def saved_session(path, *turns):
@@ -288,6 +288,22 @@ def test_a_read_only_file_stops_ask_before_the_model_is_called(read_only, tmp_pa
     (line,) = [x for x in err.splitlines() if x.startswith("ragbot:")]
     assert line.startswith(f"ragbot: error: the conversations file {sessions} is read-only (")
     assert line.endswith("make it and its folder writable, or set `sessions` (RAGBOT_SESSIONS) to another file")
+
+
+def test_a_read_only_folder_stops_ask_with_one_line(read_only, tmp_path, monkeypatch, capsys, corpus):
+    sessions = tmp_path / "sessions" / "conversations.sqlite"
+    saved_session(sessions, ("What is the Nile?", "A river."))
+    read_only(sessions.parent)  # SQLite cannot make the file's -wal and -shm next to it
+    use_fake_models(monkeypatch, tmp_path, corpus, sessions)
+    capsys.readouterr()
+    assert main(["ask", "--session", "trip", "Which countries does it flow through?"]) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    (line,) = [x for x in err.splitlines() if x.startswith("ragbot:")]
+    assert line == (
+        f"ragbot: error: cannot open the conversations file {sessions} (unable to open database file): make sure "
+        "it and its folder can be read and written, or set `sessions` (RAGBOT_SESSIONS) to another file"
+    )
 
 
 def test_a_read_only_file_in_chat_says_so_and_the_chat_goes_on_unsaved(read_only, bot, sessions, monkeypatch):
