@@ -134,7 +134,7 @@ def store_error(path: Path, exc: sqlite3.Error) -> ConversationStoreError:
     """One line saying what is wrong with the conversations file and what to do about it."""
     text = str(exc)
     other = "or set `sessions` (RAGBOT_SESSIONS) to another file"
-    if "not a database" in text or "malformed" in text or "disk I/O" in text:
+    if "not a database" in text or "malformed" in text:
         return ConversationStoreError(f"the conversations file {path} is damaged ({text}): move it away {other}")
     if "readonly" in text or "read-only" in text:
         return ConversationStoreError(

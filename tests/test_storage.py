@@ -115,7 +115,7 @@ def test_a_failing_migration_leaves_the_file_as_it_was(tmp_path, monkeypatch):
         raise sqlite3.OperationalError("disk I/O error")
 
     monkeypatch.setattr(MIGRATIONS, "steps", [*MIGRATIONS.steps, m002_broken])
-    with pytest.raises(ConversationStoreError, match="is damaged"):
+    with pytest.raises(ConversationStoreError, match=r"^cannot use the conversations file .* \(disk I/O error\)"):
         ConversationStore(path)
     with sqlite3.connect(path) as db:
         tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
