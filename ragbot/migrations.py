@@ -29,6 +29,8 @@ class Migrations:
         self.steps: list[Migration] = []
 
     def __call__(self, step: Migration) -> Migration:
+        if step.__name__ in self.names:
+            raise ValueError(f"two migrations of the {self.what} are named {step.__name__}")  # a coding slip
         self.steps.append(step)
         return step
 
