@@ -26,7 +26,7 @@ from typing import Any
 
 from ragbot.chat_models import ChatModel, GenerationSettings, Message, Usage, make_chat_model
 from ragbot.config import Settings, load_settings
-from ragbot.errors import ConversationError
+from ragbot.errors import ConversationError, ConversationStoreError
 from ragbot.knowledge_base import CONTROL_CHARS, Hit, KnowledgeBase, SearchResult, display_source, not_utf8
 from ragbot.memory import (
     ConversationStore,
@@ -467,8 +467,10 @@ class Conversation:
         return answer
 
     def stream(self, question: str) -> Iterator[str | Answer]:
-        """Text deltas, then the ``Answer``; the turn is saved only once it is complete."""
+        """Text deltas, then the ``Answer``; the turn is saved only once it is complete. A named
+        conversation checks its file first, so a turn that could not be saved is never asked."""
         with self._lock:
+            self.check_storage()
             for item in self.bot.stream_answer(question, self.history):
                 if isinstance(item, Answer):
                     self._remember(item)
@@ -490,6 +492,33 @@ class Conversation:
                 self.bot.store.set_feedback(self.name, index, marked)
             self.ratings[index] = marked
         return marked
+
+    def check_storage(self) -> str | None:
+        """Before a turn of a named conversation: raise ``ConversationStoreError`` if the turn could not
+        be saved. A file deleted (or replaced) while this conversation ran is opened again at its path
+        and this conversation's turns are saved back in it; the returned notice says so."""
+        if not self.name or not self.bot.store.check():
+            return None
+        store = self.bot.store
+        stored = store.history(self.name)
+        if stored and stored != self.history:
+            raise ConversationStoreError(
+                f"the conversations file {store.path} was replaced while this chat ran, and its session "
+                f"{self.name!r} differs from this chat: use another session name, or move the file away"
+            )
+        if not stored:
+            for i in range(0, len(self.history), 2):
+                store.append_turn(self.name, self.history[i].content, self.history[i + 1].content)
+            for turn, marked in self.ratings.items():
+                store.set_feedback(self.name, turn, marked)
+        return (
+            f"The conversations file {store.path} was deleted or replaced while this chat ran; "
+            f"it is open again and holds this chat's {len(self.history) // 2} earlier turn(s)."
+        )
+
+    def keep_in_memory(self) -> None:
+        """Go on without saving (the file cannot be used): turns and feedback stay in this object only."""
+        self.name = None
 
     def _remember(self, answer: Answer) -> None:
         if self.name:

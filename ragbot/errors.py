@@ -66,6 +66,10 @@ class ConversationError(RagbotError, ValueError):
     """A question or history that cannot be used (empty question, roles out of order)."""
 
 
+class ConversationStoreError(RagbotError):
+    """The conversations file cannot be used: damaged, read-only, or written by a newer ragbot."""
+
+
 class FinetuneError(RagbotError):
     """Fine-tuning could not go on: unknown job or model, a job that failed on the server."""
 

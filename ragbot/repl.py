@@ -2,7 +2,9 @@
 
 Line editing and history come from prompt_toolkit (when stdin is a terminal). Ctrl-C
 while an answer streams stops that answer (the turn is not saved) and the session goes
-on; Ctrl-D or /quit leaves. Errors are printed on one line and the session goes on.
+on; Ctrl-D or /quit leaves. Errors are printed on one line and the session goes on. A named
+session's file is checked before each question: if it cannot be written the error is printed
+and the chat goes on unsaved (saying so), so no turn is lost without a word.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from collections.abc import Callable
 
 from ragbot.bot import Answer, Conversation
 from ragbot.config import data_home
-from ragbot.errors import RagbotError
+from ragbot.errors import ConversationStoreError, RagbotError
 from ragbot.knowledge_base import display_source
 
 HELP = """Commands:
@@ -25,6 +27,7 @@ HELP = """Commands:
             mark the last answer bad, optionally with the answer it should have been
   /help     this help
   /quit     leave (Ctrl-D works too); Ctrl-C stops an answer that is streaming"""
+UNSAVED = "[this chat goes on without saving: its turns are kept in memory only until you leave]"
 
 
 def _reader() -> Callable[[str], str]:
@@ -135,13 +138,25 @@ def run_chat(conversation: Conversation, out=None) -> int:
                 if not conversation.history:
                     say("(empty)")
             elif command == "/reset":
-                conversation.reset()
-                say("Conversation reset.")
+                try:
+                    conversation.reset()
+                    say("Conversation reset.")
+                except RagbotError as exc:
+                    say(f"error: {exc}")
             elif command in ("/good", "/bad"):
                 say(mark_last_answer(conversation, command[1:], line[len(command) :].strip()))
             else:
                 say(f"Unknown command {command}; /help lists the commands.")
             continue
+        if conversation.name:
+            try:
+                notice = conversation.check_storage()
+                if notice:
+                    say(notice)
+            except ConversationStoreError as exc:
+                say(f"error: {exc}")
+                conversation.keep_in_memory()
+                say(UNSAVED)
         stream = conversation.stream(line)
         try:
             for item in stream:
@@ -154,5 +169,9 @@ def run_chat(conversation: Conversation, out=None) -> int:
         except KeyboardInterrupt:
             stream.close()
             say("\n[stopped; this turn was not saved]")
+        except ConversationStoreError as exc:  # the answer came but could not be saved
+            say(f"\nerror: {exc}")
+            conversation.keep_in_memory()
+            say("[this turn was not saved] " + UNSAVED)
         except RagbotError as exc:
             say(f"\nerror: {exc}")

@@ -20,6 +20,7 @@ from typing import Any
 
 from ragbot.config import data_home
 from ragbot.errors import FinetuneError
+from ragbot.migrations import Migrations
 
 FINAL_STATUSES = ("succeeded", "failed", "cancelled")
 
@@ -61,6 +62,15 @@ class JobRecord:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
+MIGRATIONS = Migrations("job records")
+
+
+@MIGRATIONS
+def m001_initial(db: sqlite3.Connection) -> None:
+    """The table from before migrations: ``IF NOT EXISTS``, so a file that code wrote is taken as is."""
+    db.execute("CREATE TABLE IF NOT EXISTS jobs (id TEXT PRIMARY KEY, created_at REAL, record TEXT NOT NULL)")
+
+
 class JobRecords:
     """The job history at ``path`` (default ``data_home()/finetune/jobs.sqlite``)."""
 
@@ -75,7 +85,7 @@ class JobRecords:
         except (OSError, sqlite3.Error) as exc:
             raise FinetuneError(f"cannot open the job records {self.path}: {exc}") from None
         try:
-            db.execute("CREATE TABLE IF NOT EXISTS jobs (id TEXT PRIMARY KEY, created_at REAL, record TEXT NOT NULL)")
+            MIGRATIONS.apply(db, self.path, FinetuneError)
             with db:  # one transaction: committed whole or not at all
                 yield db
         except sqlite3.Error as exc:

@@ -1,0 +1,80 @@
+"""Numbered schema changes for ragbot's SQLite files, applied when a file is opened.
+
+Each file kind (the conversations, the fine-tuning job records) keeps an ordered list of
+migration functions; the names already applied are kept in the file's ``_migrations`` table.
+Opening a file applies the missing ones, in order, in one transaction, so a crash leaves the
+file as it was. ``CREATE TABLE IF NOT EXISTS`` can add tables but never columns; a migration
+can do both. Only append to a list: never rename, reorder or remove a migration once released.
+A file that records a migration this ragbot does not know was written by a newer ragbot, and
+is refused rather than used with a schema the code does not understand.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from ragbot.errors import RagbotError
+
+Migration = Callable[[sqlite3.Connection], None]
+
+
+class Migrations:
+    """The ordered migrations of one kind of file; use an instance as a decorator to append one."""
+
+    def __init__(self, what: str):
+        self.what = what  # how the file is named in messages, e.g. "conversations file"
+        self.steps: list[Migration] = []
+
+    def __call__(self, step: Migration) -> Migration:
+        if step.__name__ in self.names:
+            raise ValueError(f"two migrations of the {self.what} are named {step.__name__}")  # a coding slip
+        self.steps.append(step)
+        return step
+
+    @property
+    def names(self) -> list[str]:
+        return [step.__name__ for step in self.steps]
+
+    def apply(self, db: sqlite3.Connection, path: str | Path, error: type[RagbotError]) -> list[str]:
+        """Apply the migrations ``db`` lacks; return their names (empty when it is up to date)."""
+        if not self._pending(db, path, error):
+            return []  # the usual case: a read, no write lock (a read-only file that is up to date opens)
+        db.execute("BEGIN IMMEDIATE")  # one process migrates; another one opening now waits, then sees it done
+        try:
+            db.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at REAL NOT NULL)")
+            done = []
+            for step in self.steps:
+                if step.__name__ not in self._pending(db, path, error):
+                    continue
+                step(db)
+                db.execute("INSERT INTO _migrations (name, applied_at) VALUES (?, ?)", (step.__name__, time.time()))
+                done.append(step.__name__)
+            db.commit()
+        except BaseException:
+            db.rollback()
+            raise
+        return done
+
+    def _pending(self, db: sqlite3.Connection, path: str | Path, error: type[RagbotError]) -> list[str]:
+        has_table = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_migrations'").fetchone()
+        applied = {name for (name,) in db.execute("SELECT name FROM _migrations")} if has_table else set()
+        unknown = sorted(applied - set(self.names))
+        if unknown:
+            raise error(
+                f"the {self.what} {path} was written by a newer ragbot (schema changes {', '.join(unknown)} "
+                "are unknown here): upgrade ragbot to use it"
+            )
+        return [name for name in self.names if name not in applied]
+
+
+def run_script(db: sqlite3.Connection, script: str) -> None:
+    """Run ``;``-separated statements inside the current transaction (``executescript`` would commit)."""
+    for statement in script.split(";"):
+        if statement.strip():
+            db.execute(statement)
+
+
+__all__ = ["Migrations", "run_script"]
