@@ -1,19 +1,25 @@
-"""Chat models: one interface, three backends (OpenAI-compatible, local llama.cpp, scripted fake).
+"""Chat models: the interface, the OpenAI-compatible backend, and ``make_chat_model``.
 
 A backend implements ``_stream(messages, generation)``, yielding ``Delta``s: text as it is
 generated and, last, the token ``Usage``. ``stream`` and ``complete`` are built on it and
 turn backend failures into ``ModelError``s whose message says what to do.
+
+Backends are found by name in ``ragbot.registry.chat_models`` (``settings.llm``): "openai"
+here, "local" in ``ragbot.local_models``, "fake" in ``ragbot.fakes``, or one of your own.
 """
 
 from __future__ import annotations
 
-import os
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from ragbot import openai_api
+from ragbot.config import Settings
 from ragbot.errors import ModelError
+from ragbot.registry import chat_models
 from ragbot.tokens import count_tokens
 
 Role = Literal["system", "user", "assistant"]
@@ -93,13 +99,14 @@ def local_usage(messages: Sequence[Message], text: str) -> Usage:
     return Usage(prompt, count_tokens(text), 1, counted_locally=True)
 
 
-class ChatModel:
+class ChatModel(ABC):
     """Base class: set ``name`` and implement ``_stream``."""
 
     name: str = ""
 
+    @abstractmethod
     def _stream(self, messages: Sequence[Message], generation: GenerationSettings) -> Iterator[Delta]:
-        raise NotImplementedError
+        """Text deltas of the reply to ``messages``, then (if the backend knows it) the ``Usage``."""
 
     def stream(self, messages: Sequence[Message], generation: GenerationSettings | None = None) -> Iterator[Delta]:
         """Text deltas as they are generated, then one ``Delta`` carrying the usage."""
@@ -131,19 +138,13 @@ class OpenAIChatModel(ChatModel):
     client retries 429s, 5xx and connection errors with exponential backoff."""
 
     def __init__(self, model: str, base_url: str | None = None, timeout: float = 60.0, max_retries: int = 3):
-        from openai import OpenAI
-
-        key = os.environ.get("OPENAI_API_KEY")
-        if not key:
-            if base_url is None:
-                raise ModelError(
-                    "no API key: set the OPENAI_API_KEY environment variable, or set base_url "
-                    "to a local OpenAI-compatible server"
-                )
-            key = "not-needed"  # local servers (vLLM, Ollama, llama.cpp) accept any key
+        no_key = ModelError(
+            "no API key: set the OPENAI_API_KEY environment variable, or set base_url "
+            "to a local OpenAI-compatible server"
+        )
+        self._client = openai_api.client(base_url, timeout=timeout, max_retries=max_retries, no_key=no_key)
         self.name = model
-        self.base_url = base_url or "https://api.openai.com/v1"
-        self._client = OpenAI(api_key=key, base_url=base_url, timeout=timeout, max_retries=max_retries)
+        self.base_url = base_url or openai_api.OPENAI_ENDPOINT
 
     def _stream(self, messages: Sequence[Message], generation: GenerationSettings) -> Iterator[Delta]:
         import openai
@@ -164,18 +165,8 @@ class OpenAIChatModel(ChatModel):
         where = f"{self.base_url} (model {self.name!r})"
         try:
             chunks = self._client.chat.completions.create(**kwargs)
-        except openai.AuthenticationError:
-            raise ModelError(f"{where} rejected the API key; check OPENAI_API_KEY") from None
-        except openai.NotFoundError:
-            raise ModelError(f"{where}: no such model; check the model name with the provider") from None
-        except openai.RateLimitError:
-            raise ModelError(f"{where} is rate limiting us and retries ran out; try again later") from None
-        except openai.APITimeoutError:
-            raise ModelError(f"{where} did not answer in time; raise request_timeout or try later") from None
-        except openai.APIConnectionError:
-            raise ModelError(f"cannot reach {where}; check base_url and that the server is running") from None
-        except openai.APIStatusError as exc:
-            raise ModelError(f"{where} failed with HTTP {exc.status_code}: {_short(exc.message)}") from None
+        except openai.APIError as exc:
+            raise ModelError(openai_api.error_message(exc, where, "answer")) from None
         # The server answered; from here on a failure cuts an answer that had started.
         finished = False
         try:
@@ -192,14 +183,9 @@ class OpenAIChatModel(ChatModel):
             cause = type(exc.__cause__ or exc).__name__
             raise ModelError(f"{where}: the connection was cut mid-answer ({cause}); try again") from None
         except openai.APIError as exc:  # an error event inside the stream
-            raise ModelError(f"{where} failed mid-answer: {_short(str(exc))}") from None
+            raise ModelError(f"{where} failed mid-answer: {openai_api.short(openai_api.redact(str(exc)))}") from None
         if not finished:
             raise ModelError(f"{where}: the answer stream ended mid-answer, before the model finished; try again")
-
-
-def _short(text: str, limit: int = 200) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _stream_cut_errors() -> tuple[type[BaseException], ...]:
@@ -217,45 +203,30 @@ def _stream_cut_errors() -> tuple[type[BaseException], ...]:
 _STREAM_CUT = _stream_cut_errors()
 
 
-LOCAL_ALIASES = ("qwen2.5-1.5b", "qwen2.5-0.5b", "smollm2-135m")
-DEFAULT_LOCAL_MODEL = "qwen2.5-1.5b"
 DEFAULT_OPENAI_MODEL = "gpt-4o-mini"
 
 
-def _is_local(spec: str | None) -> bool:
-    return spec is not None and (spec in LOCAL_ALIASES or spec.lower().endswith(".gguf"))
+def role_model(settings: Settings, role: str) -> str | None:
+    """The model the settings name for ``role`` ("answer" or "rewrite"); None: the backend's default."""
+    return (settings.rewrite_model if role == "rewrite" else settings.answer_model) or settings.model
 
 
-def make_chat_model(settings, role: str = "answer") -> ChatModel:
-    """The chat model for ``role`` ("answer" or "rewrite") that the settings ask for."""
-    spec = (settings.rewrite_model if role == "rewrite" else settings.answer_model) or settings.model
+@chat_models.register("openai")
+def _openai_chat_model(settings: Settings, role: str = "answer") -> OpenAIChatModel:
+    model = role_model(settings, role) or DEFAULT_OPENAI_MODEL
+    return OpenAIChatModel(model, settings.base_url, settings.request_timeout, settings.max_retries)
+
+
+def make_chat_model(settings: Settings, role: str = "answer") -> ChatModel:
+    """The chat model for ``role`` ("answer" or "rewrite") that the settings ask for.
+
+    ``llm = "auto"`` means an OpenAI-compatible endpoint when ``base_url`` or ``OPENAI_API_KEY``
+    is set, else the local model. With "auto" or "openai", a model only one backend can run
+    (a ``.gguf`` file, a built-in local alias) goes to that backend.
+    """
     backend = settings.llm
-    if backend == "fake":
-        from ragbot.fakes import EchoChatModel
-
-        return EchoChatModel()
+    if backend in ("auto", "openai"):
+        backend = chat_models.claimant(role_model(settings, role)) or backend
     if backend == "auto":
-        if _is_local(spec):
-            backend = "local"
-        else:
-            backend = "openai" if (settings.base_url or os.environ.get("OPENAI_API_KEY")) else "local"
-    elif _is_local(spec):
-        backend = "local"
-    if backend == "openai":
-        return OpenAIChatModel(
-            spec or DEFAULT_OPENAI_MODEL, settings.base_url, settings.request_timeout, settings.max_retries
-        )
-    from ragbot.local_models import LlamaCppChatModel
-
-    if spec is not None and not _is_local(spec):
-        raise ModelError(
-            f"model {spec!r} is neither a local model ({', '.join(LOCAL_ALIASES)}, or a .gguf file) nor "
-            "reachable: set base_url (or OPENAI_API_KEY) to use it through an OpenAI-compatible endpoint"
-        )
-    return LlamaCppChatModel(
-        spec or DEFAULT_LOCAL_MODEL,
-        n_ctx=settings.n_ctx,
-        n_threads=settings.num_threads,
-        lora_path=str(settings.lora_path) if settings.lora_path and role == "answer" else None,
-        models_dir=settings.models_dir,
-    )
+        backend = "openai" if settings.base_url or openai_api.api_key() else "local"
+    return chat_models.create(backend, settings, role=role)

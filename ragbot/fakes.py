@@ -1,7 +1,7 @@
 """Deterministic stand-ins for the real models, for fast tests and examples.
 
 They ship with the library (not only in ``tests/``) so users can test their own code
-against ragbot without loading a model.
+against ragbot without loading a model. ``llm = "fake"`` and ``embedder = "hash"`` choose them.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import numpy as np
 
 from ragbot.chat_models import ChatModel, Delta, GenerationSettings, Message
 from ragbot.embedders import Embedder, Kind
+from ragbot.registry import chat_models, embedders
 
 
 class HashEmbedder(Embedder):
@@ -98,3 +99,13 @@ class EchoChatModel(ScriptedChatModel):
             return f"Reasoning: already standalone.\nRewrite: {question}"
         cite = " [1]" if "[1]" in user else ""
         return f"(fake model) You asked: {question}{cite}"
+
+
+@chat_models.register("fake")
+def _fake_chat_model(settings, role: str = "answer") -> EchoChatModel:
+    return EchoChatModel()
+
+
+@embedders.register("hash")
+def _hash_embedder(settings) -> HashEmbedder:
+    return HashEmbedder()

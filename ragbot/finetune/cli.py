@@ -1,22 +1,13 @@
 """``ragbot finetune ...``: thin commands over ``ragbot.finetune``.
 
-The data commands (prepare, validate) live in ``cli_data``, the job and swap commands
-(create, follow, list, metrics, cancel, use) in ``cli_jobs``; both register on this group.
+The group is defined in ``cli_group``; the data commands (prepare, validate) live in
+``cli_data``, the job and swap commands (create, follow, list, metrics, cancel, use) in
+``cli_jobs``. Importing them here adds their commands to the group.
 """
 
 from __future__ import annotations
 
-import click
+from ragbot.finetune import cli_data, cli_jobs  # noqa: F401  (they add their commands to the group)
+from ragbot.finetune.cli_group import finetune
 
-
-@click.group()
-def finetune() -> None:
-    """Build training data, run fine-tune jobs, and swap the fine-tuned model in."""
-
-
-def _register() -> None:
-    # Imported for their side effect of adding commands to the group.
-    from ragbot.finetune import cli_data, cli_jobs  # noqa: F401
-
-
-_register()
+__all__ = ["finetune"]

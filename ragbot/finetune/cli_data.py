@@ -9,7 +9,7 @@ import click
 
 from ragbot.config import load_settings
 from ragbot.errors import TrainingFileError
-from ragbot.finetune.cli import finetune
+from ragbot.finetune.cli_group import finetune
 
 
 @finetune.command()

@@ -9,7 +9,7 @@ import sys
 
 import click
 
-from ragbot.finetune.cli import finetune
+from ragbot.finetune.cli_group import finetune
 from ragbot.finetune.records import JobRecord
 
 _BASE_URL = click.option(

@@ -17,17 +17,17 @@ import binascii
 import contextlib
 import csv
 import io
-import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ragbot import openai_api
 from ragbot.errors import FinetuneError, TrainingFileError
 from ragbot.finetune.records import JobRecord, JobRecords
 
-OPENAI_ENDPOINT = "https://api.openai.com/v1"
+OPENAI_ENDPOINT = openai_api.OPENAI_ENDPOINT
 METHODS = {"sft": "supervised", "supervised": "supervised", "dpo": "dpo"}
 DEFAULT_POLL_SECONDS = 5.0
 
@@ -312,18 +312,12 @@ class FineTuningJobs:
 
     def _client(self, endpoint: str):
         if endpoint not in self._clients:
-            from openai import OpenAI
-
-            key = os.environ.get("OPENAI_API_KEY")
-            if not key:
-                if endpoint == OPENAI_ENDPOINT:
-                    raise FinetuneError(
-                        "no API key: set the OPENAI_API_KEY environment variable, or set base_url to an "
-                        "OpenAI-compatible fine-tuning server"
-                    )
-                key = "not-needed"  # local servers accept any key
-            self._clients[endpoint] = OpenAI(
-                api_key=key, base_url=endpoint, timeout=self.timeout, max_retries=self.max_retries
+            no_key = FinetuneError(
+                "no API key: set the OPENAI_API_KEY environment variable, or set base_url to an "
+                "OpenAI-compatible fine-tuning server"
+            )
+            self._clients[endpoint] = openai_api.client(
+                endpoint, timeout=self.timeout, max_retries=self.max_retries, no_key=no_key
             )
         return self._clients[endpoint]
 
@@ -341,15 +335,10 @@ class FineTuningJobs:
 
         try:
             yield
-        except openai.AuthenticationError:
-            raise FinetuneError(f"{endpoint} rejected the API key; check OPENAI_API_KEY") from None
         except openai.APIConnectionError as exc:  # includes timeouts
-            cause = "timed out" if isinstance(exc, openai.APITimeoutError) else "connection failed"
-            raise _ConnectionLost(
-                f"cannot reach {endpoint} to {doing} ({cause}); check base_url and that the server is running"
-            ) from None
+            raise _ConnectionLost(openai_api.error_message(exc, endpoint, doing)) from None
         except openai.APIStatusError as exc:
-            message = _server_message(exc)
+            message = openai_api.redact(openai_api.server_message(exc))
             code = getattr(exc, "code", None)
             if job_id and exc.status_code == 404:
                 raise FinetuneError(
@@ -361,20 +350,11 @@ class FineTuningJobs:
                 ) from None
             if training_file and exc.status_code == 400:
                 raise TrainingFileError(f"{endpoint} refused training file {training_file}: {message}") from None
-            raise FinetuneError(f"{endpoint} could not {doing} (HTTP {exc.status_code}): {message}") from None
+            raise FinetuneError(openai_api.error_message(exc, endpoint, doing)) from None
 
 
 class _ConnectionLost(FinetuneError):
     """The endpoint could not be reached (or stopped answering)."""
-
-
-def _server_message(exc) -> str:
-    body = getattr(exc, "body", None)
-    if isinstance(body, dict):
-        inner = body.get("error") if isinstance(body.get("error"), dict) else body
-        if inner.get("message"):
-            return str(inner["message"])
-    return str(getattr(exc, "message", exc))
 
 
 def _record_fields(job) -> dict[str, Any]:

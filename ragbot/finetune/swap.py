@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ragbot.config import CONFIG_FILE_NAME, Settings, load_settings
 from ragbot.errors import ConfigError, FinetuneError
+from ragbot.local_models import DEFAULT_MODEL, MODELS, is_local_model
 
 ROLE_KEYS = {"answer": "answer_model", "rewrite": "rewrite_model"}
 
@@ -93,14 +94,12 @@ def use_model(
 
 def _resolve(job_or_model: str, jobs) -> tuple[str, str | None]:
     """(model spec to write, job id it came from)."""
-    from ragbot.chat_models import LOCAL_ALIASES
-
     text = job_or_model.strip()
     if not text:
         raise FinetuneError("the model name is empty")
     if text.lower().endswith(".gguf") or Path(text).expanduser().is_file():
         return str(_existing_gguf(text, "model file")), None
-    if text in LOCAL_ALIASES:
+    if text in MODELS:
         return text, None
     if jobs is None:
         from ragbot.finetune.jobs import FineTuningJobs
@@ -129,10 +128,6 @@ def _existing_gguf(path: str | Path, what: str) -> Path:
     return resolved
 
 
-# The architecture (GGUF ``general.architecture``) of the built-in local models.
-_BUILT_IN_ARCHITECTURES = {"qwen2.5-1.5b": "qwen2", "qwen2.5-0.5b": "qwen2", "smollm2-135m": "llama"}
-
-
 def _check_adapter(adapter: Path, base: str | None, config_file: Path) -> None:
     """Refuse a GGUF that is not a LoRA adapter, or one made for another architecture than the
     local answer model: llama-cpp-python 0.3.36 does not notice when llama.cpp rejects an
@@ -149,8 +144,8 @@ def _check_adapter(adapter: Path, base: str | None, config_file: Path) -> None:
             settings = load_settings(config_file) if config_file.exists() else Settings()
         except ConfigError:
             return
-        base = settings.answer_model or settings.model or "qwen2.5-1.5b"
-    base_arch = _BUILT_IN_ARCHITECTURES.get(base)
+        base = settings.answer_model or settings.model or DEFAULT_MODEL
+    base_arch = MODELS[base].architecture if base in MODELS else None
     if base_arch is None and base.lower().endswith(".gguf") and Path(base).expanduser().is_file():
         base_arch = gguf_metadata(Path(base).expanduser(), ("general.architecture",)).get("general.architecture")
     adapter_arch = meta.get("general.architecture")
@@ -251,14 +246,12 @@ def _write_checked(path: Path, text: str) -> None:
 
 def _warnings(change: ModelChange, jobs) -> list[str]:
     """Settings that would keep the new model from being used as expected."""
-    from ragbot.chat_models import _is_local
-
     notes = []
     try:
         settings = load_settings(change.config_file)
     except ConfigError:
         return notes
-    remote = change.model is not None and not _is_local(change.model)
+    remote = change.model is not None and not is_local_model(change.model)
     if remote and settings.llm == "local":
         notes.append(f"llm = 'local' in the settings, but {change.model} is served by an endpoint; set llm = 'auto'")
     if change.job_id and jobs is not None:
@@ -274,7 +267,7 @@ def _warnings(change: ModelChange, jobs) -> list[str]:
             f"{change.model} is a completions model (legacy prompt/completion format); ragbot's chat calls the "
             "chat completions API, which such a model does not serve on OpenAI"
         )
-    if change.lora_path and settings.answer_model and not _is_local(settings.answer_model):
+    if change.lora_path and settings.answer_model and not is_local_model(settings.answer_model):
         notes.append(
             f"the LoRA adapter applies to local models only; the answer model {settings.answer_model} is remote"
         )
