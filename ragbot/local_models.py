@@ -419,6 +419,42 @@ def _llama_class() -> type:
 _Llama: type | None = None
 
 
+def cpu_has_amx() -> bool:
+    """Whether the CPU reports Intel AMX (Linux ``/proc/cpuinfo``)."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as cpuinfo:
+            return any(line.startswith("flags") and " amx_tile" in line for line in cpuinfo)
+    except OSError:
+        return False
+
+
+def keep_weights_off_amx() -> None:
+    """On CPUs with AMX, make llama.cpp load weights without its extra buffer types (idempotent).
+
+    A llama.cpp built with ``-march=native`` on an AMX CPU puts the weights in an AMX buffer,
+    and its AMX matrix multiply crashed the process (general protection fault in
+    ``ggml_backend_amx_mul_mat``) on the virtual machines this project runs on, though the
+    kernel grants AMX. llama-cpp-python 0.3.36 has no argument for ``use_extra_bufts``, so its
+    default model parameters are wrapped; other CPUs keep the repacked weights (faster on AVX2).
+    Also used by the tests' llama.cpp server.
+    """
+    if not cpu_has_amx():
+        return
+    import llama_cpp.llama_cpp as api
+
+    defaults = api.llama_model_default_params
+    if getattr(defaults, "ragbot_off_amx", False):
+        return
+
+    def without_extra_buffers():
+        params = defaults()
+        params.use_extra_bufts = False
+        return params
+
+    without_extra_buffers.ragbot_off_amx = True  # type: ignore[attr-defined]
+    api.llama_model_default_params = without_extra_buffers
+
+
 class LlamaCppChatModel(ChatModel):
     """A GGUF chat model run in-process by llama-cpp-python (CPU).
 
@@ -492,6 +528,7 @@ class LlamaCppChatModel(ChatModel):
             ) from None
         what = f"{path} with LoRA adapter {self.lora_path}" if self.lora_path else str(path)
         try:
+            keep_weights_off_amx()
             llama = llama_class(
                 model_path=str(path),
                 n_ctx=self.n_ctx,

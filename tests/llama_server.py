@@ -38,7 +38,12 @@ def run_llama_server(
     """Start ``python -m llama_cpp.server`` on a free port, wait until it lists its models, stop it after."""
     port = free_port()
     # One thread: two spinning llama.cpp threads on a busy 2-core machine can crawl at <1 token/s.
-    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(model_path), "--model_alias", SERVED_ALIAS]
+    # llama_cpp.server as `python -m` runs it, with ragbot's guard for CPUs whose AMX path crashes
+    serve = (
+        "import runpy; from ragbot.local_models import keep_weights_off_amx; keep_weights_off_amx(); "
+        "runpy.run_module('llama_cpp.server', run_name='__main__', alter_sys=True)"
+    )
+    cmd = [sys.executable, "-c", serve, "--model", str(model_path), "--model_alias", SERVED_ALIAS]
     cmd += ["--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(n_ctx), "--n_threads", "1"]
     if api_key:
         cmd += ["--api_key", api_key]
