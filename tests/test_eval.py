@@ -14,7 +14,7 @@ from ragbot.evaluation import EvaluationError, evaluate, load_run
 from ragbot.fakes import ScriptedChatModel
 from ragbot.question_sets import QuestionFileError, history_messages, parse_where, read_questions, select
 
-from conftest import run_cli
+from helpers import run_cli
 
 DOCS = [
     {"id": "film-1", "title": "卧虎藏龙", "text": "卧虎藏龙是李安执导的武侠电影，2000年上映，周润发和章子怡主演。"},

@@ -24,7 +24,7 @@ from ragbot.finetune.fake_server import FakeFineTuningServer
 from ragbot.finetune.jobs import FineTuningJobs, Hyperparameters, format_metrics_table, parse_step_metrics
 from ragbot.finetune.records import JobRecords
 
-from conftest import run_cli
+from helpers import run_cli
 from llama_server import free_port
 
 SECRET = "sk-test-do-not-store-0123456789"

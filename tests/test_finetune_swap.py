@@ -20,7 +20,7 @@ from ragbot.finetune.fake_server import FakeFineTuningServer
 from ragbot.finetune.jobs import FineTuningJobs
 from ragbot.finetune.swap import use_model
 
-from conftest import run_cli
+from helpers import run_cli
 from llama_server import local_models_dir  # noqa: F401
 
 USER_CONFIG = """\
