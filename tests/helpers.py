@@ -63,6 +63,17 @@ def run_cli_process(*args: str, env: dict | None = None, cwd: Path | None = None
     )
 
 
+def spawn_chat(env: dict, *args: str):
+    """``ragbot chat ARGS`` in a pseudo-terminal (pexpect), once it shows its prompt line."""
+    import pexpect
+
+    child = pexpect.spawn(
+        sys.executable, ["-m", "ragbot", "chat", *args], env=env, encoding="utf-8", timeout=60, dimensions=(40, 200)
+    )
+    child.expect("/help for commands")
+    return child
+
+
 def shared_file(name: str) -> Path:
     """A file of the development data beside the repository, or skip the test if it is not there."""
     path = SHARED_DATA / name
