@@ -24,12 +24,21 @@ from llama_server import SERVED_ALIAS, free_port, llama_server, llama_server_wit
 
 QUESTION = [Message("system", "You are a helpful assistant."), Message("user", "What is the capital of France?")]
 GREEDY = GenerationSettings(temperature=0.0, max_tokens=24)
+# SmolLM2-135M's greedy answer is not compared with fixed text: llama.cpp evaluates a whole prompt
+# and a prompt whose prefix the server kept from the last request with different kernels, and on
+# some CPUs the greedy path flips. Answers are compared only when both took the same path: the
+# server is first sent the prompt (``warm``), so each request after it re-evaluates only its last token.
 
 
 @pytest.fixture(autouse=True)
 def no_api_key(monkeypatch):
     """No OPENAI_API_KEY: with a base_url, OpenAIChatModel sends the placeholder key."""
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+
+
+def warm(model: OpenAIChatModel, messages: list[Message]) -> None:
+    """Send ``messages`` once, so the server's next requests with them reuse the kept prompt."""
+    model.complete(messages, GenerationSettings(temperature=0.0, max_tokens=1))
 
 
 def server_tokens(base_url: str, text: str) -> int:
@@ -49,10 +58,11 @@ def server_tokens(base_url: str, text: str) -> int:
 
 def test_streamed_answer_arrives_in_pieces_with_usage(llama_server):  # noqa: F811
     model = OpenAIChatModel(SERVED_ALIAS, base_url=llama_server)
+    warm(model, QUESTION)
     deltas = list(model.stream(QUESTION, GREEDY))
     texts = [d.text for d in deltas if d.text]
-    assert len(texts) >= 3
-    assert "Paris" in "".join(texts)
+    assert len(texts) >= 3 and "".join(texts).strip()
+    assert "".join(texts) == model.complete(QUESTION, GREEDY).text  # the pieces make the whole answer
     usage = deltas[-1].usage
     assert usage is not None and usage.prompt_tokens > 0 and usage.completion_tokens > 0
     # llama.cpp's server sends no usage in a stream (even with include_usage): ragbot counts it.
@@ -62,6 +72,7 @@ def test_streamed_answer_arrives_in_pieces_with_usage(llama_server):  # noqa: F8
 def test_max_tokens_limits_the_answer(llama_server):  # noqa: F811
     model = OpenAIChatModel(SERVED_ALIAS, base_url=llama_server)
     story = [Message("user", "Write a long story about a dragon who learns to bake bread.")]
+    warm(model, story)
     short = model.complete(story, GenerationSettings(temperature=0.0, max_tokens=5))
     longer = model.complete(story, GenerationSettings(temperature=0.0, max_tokens=40))
     assert short.text.strip()
@@ -72,10 +83,11 @@ def test_max_tokens_limits_the_answer(llama_server):  # noqa: F811
 
 def test_stop_sequence_ends_the_answer_before_it(llama_server):  # noqa: F811
     model = OpenAIChatModel(SERVED_ALIAS, base_url=llama_server)
+    warm(model, QUESTION)
     full = model.complete(QUESTION, GREEDY).text
     words = full.split()
-    assert len(words) >= 4, full
-    stop = words[3]
+    assert len(words) >= 2, full
+    stop = words[len(words) // 2]
     cut = model.complete(QUESTION, GenerationSettings(temperature=0.0, max_tokens=24, stop=(stop,))).text
     assert stop not in cut
     assert full.startswith(cut)
@@ -87,9 +99,11 @@ def test_unknown_model_name_is_served_by_the_loaded_model(llama_server):  # noqa
     # and its answer carries the requested name. So a typo in the model name goes unnoticed.
     listed = json.load(urllib.request.urlopen(f"{llama_server}/models", timeout=10))
     assert [m["id"] for m in listed["data"]] == [SERVED_ALIAS]
-    model = OpenAIChatModel("gpt-4o-no-such-model", base_url=llama_server)
-    answer = model.complete(QUESTION, GREEDY)
-    assert "Paris" in answer.text
+    served = OpenAIChatModel(SERVED_ALIAS, base_url=llama_server)
+    warm(served, QUESTION)
+    expected = served.complete(QUESTION, GREEDY).text
+    answer = OpenAIChatModel("gpt-4o-no-such-model", base_url=llama_server).complete(QUESTION, GREEDY)
+    assert answer.text == expected and answer.text.strip()
     assert answer.model == "gpt-4o-no-such-model"
 
 
@@ -102,7 +116,8 @@ def test_wrong_api_key_names_openai_api_key(llama_server_with_key):  # noqa: F81
 def test_right_api_key_from_the_environment_is_accepted(llama_server_with_key, monkeypatch):  # noqa: F811
     monkeypatch.setenv("OPENAI_API_KEY", "secret")
     model = OpenAIChatModel(SERVED_ALIAS, base_url=llama_server_with_key, max_retries=0)
-    assert "Paris" in model.complete(QUESTION, GREEDY).text
+    answer = model.complete(QUESTION, GREEDY)  # any refusal (401) would raise ModelError
+    assert answer.text.strip() and answer.usage.completion_tokens > 0
 
 
 def test_unreachable_server_says_cannot_reach():
