@@ -235,7 +235,7 @@ def test_alternating_prompts_restore_their_own_prompt_state(smollm2):
 def test_saved_prompts_do_not_keep_a_copy_of_the_logits_buffer(smollm2):
     # llama-cpp-python's save_state copies up to n_batch x n_vocab unused floats per saved prompt
     # (297 MiB for Qwen), which the RAM cache does not count: a long chat would grow by gigabytes.
-    long_question = [Message("user", "Summarise this: " + "The river flows to the sea. " * 90)]
+    long_question = [Message("user", "Summarise this: " + "The river flows to the sea. " * 78)]  # > 512 tokens
     smollm2.complete(long_question, GenerationSettings(temperature=0.0, max_tokens=2))
     states = list(smollm2.llama.cache.cache_state.values())
     assert states and max(s.n_tokens for s in states) > 512
