@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -38,9 +39,17 @@ def hash_settings(tmp_path) -> Settings:
     return Settings(embedder="hash", index=tmp_path / "index")
 
 
+@pytest.fixture(scope="session")
+def _corpus_template(tmp_path_factory) -> dict[str, Path]:
+    return write_sample_corpus(tmp_path_factory.mktemp("corpus") / "docs")
+
+
 @pytest.fixture
-def corpus(tmp_path) -> dict[str, Path]:
-    return write_sample_corpus(tmp_path / "docs")
+def corpus(tmp_path, _corpus_template) -> dict[str, Path]:
+    """The sample files in the test's own ``docs`` folder (a copy: writing the PDF and DOCX is slower)."""
+    folder = tmp_path / "docs"
+    shutil.copytree(_corpus_template["md"].parent, folder)
+    return {kind: folder / path.name for kind, path in _corpus_template.items()}
 
 
 @pytest.fixture
