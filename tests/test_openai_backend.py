@@ -38,8 +38,11 @@ def no_api_key(monkeypatch):
 
 
 def warm(model: OpenAIChatModel, messages: list[Message]) -> None:
-    """Send ``messages`` once, so the server's next requests with them reuse the kept prompt."""
-    model.complete(messages, GenerationSettings(temperature=0.0, max_tokens=1))
+    """Send ``messages`` once, so the server's next requests with them reuse the kept prompt.
+
+    A whole answer, not one token: after a 1-token request the next one still took the cold path.
+    """
+    model.complete(messages, GREEDY)
 
 
 def server_tokens(base_url: str, text: str) -> int:
