@@ -44,7 +44,8 @@ def run_llama_server(
         "runpy.run_module('llama_cpp.server', run_name='__main__', alter_sys=True)"
     )
     cmd = [sys.executable, "-c", serve, "--model", str(model_path), "--model_alias", SERVED_ALIAS]
-    cmd += ["--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(n_ctx), "--n_threads", "1"]
+    cmd += ["--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(n_ctx)]
+    cmd += ["--n_threads", "1", "--n_threads_batch", "1"]  # prompts too (their default: every core)
     if api_key:
         cmd += ["--api_key", api_key]
     log = tempfile.TemporaryFile()  # the server's output, shown if it fails to start

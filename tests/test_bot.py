@@ -18,6 +18,8 @@ from ragbot.fakes import ScriptedChatModel
 from ragbot.memory import ConversationStore, trim_history
 from ragbot.tokens import count_tokens
 
+from helpers import run_cli
+
 NILE_REWRITE = "思考：“它”指尼罗河。\n改写：尼罗河流经哪些国家？"
 
 
@@ -197,10 +199,8 @@ def test_session_survives_a_killed_process(tmp_path, corpus):
         "RAGBOT_INDEX": str(tmp_path / "idx"),
         "RAGBOT_SESSIONS": str(tmp_path / "s.sqlite"),
     }
-    subprocess.run(
-        [sys.executable, "-m", "ragbot", "ingest", str(corpus["md"].parent)], env=env, check=True, capture_output=True
-    )
-    chat = subprocess.Popen(
+    assert run_cli("ingest", str(corpus["md"].parent), env=env).returncode == 0
+    chat = subprocess.Popen(  # a real process, to be killed
         [sys.executable, "-m", "ragbot", "chat", "--session", "k"],
         env=env,
         stdin=subprocess.PIPE,
@@ -217,10 +217,5 @@ def test_session_survives_a_killed_process(tmp_path, corpus):
     chat.send_signal(signal.SIGKILL)
     chat.wait()
     assert [m.role for m in store.history("k")] == ["user", "assistant"]
-    out = subprocess.run(
-        [sys.executable, "-m", "ragbot", "ask", "我刚才问了什么？", "--session", "k", "--json"],
-        env=env,
-        capture_output=True,
-        text=True,
-    )
+    out = run_cli("ask", "我刚才问了什么？", "--session", "k", "--json", env=env)
     assert json.loads(out.stdout)["answer"] == "你刚才问的是：“尼罗河是什么？”"

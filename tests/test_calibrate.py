@@ -15,7 +15,7 @@ from ragbot.calibration import (
     write_threshold,
 )
 
-from conftest import run_cli
+from helpers import run_cli
 
 GROUNDED = [0.9, 0.8, 0.7]
 FALLBACK = [0.5, 0.6, 0.75]

@@ -1,8 +1,12 @@
-"""The ``ragbot`` command run as a user runs it: a subprocess, real files, exit codes."""
+"""The ``ragbot`` command: real files, exit codes, one-line errors.
+
+Most tests run the command in-process (``run_cli``: the same ``main`` as the installed command,
+in a fraction of the time); the smoke tests at the end start the real ``python -m ragbot``.
+"""
 
 import json
 
-from conftest import run_cli
+from helpers import run_cli, run_cli_process
 
 HASH = {"RAGBOT_EMBEDDER": "hash"}
 
@@ -48,7 +52,7 @@ def test_user_errors_are_one_line_with_nonzero_exit(tmp_path, corpus):
     for args, message in cases:
         out = run_cli(*args, env=HASH)
         assert out.returncode == 1, (args, out.stdout)
-        assert message in out.stderr and "Traceback" not in out.stderr
+        assert out.stderr.startswith("ragbot: error: ") and message in out.stderr
         assert out.stderr.count("\n") == 1, out.stderr
 
 
@@ -78,3 +82,29 @@ def test_info_prints_the_manifest(corpus, tmp_path):
     info = json.loads(run_cli("info", "--index", index, env=HASH).stdout)
     assert info["embedder"] == "hash:char-bigrams-256" and info["chunks"] == 2
     assert info["chunk_tokens"] == 256 and info["index_type"] == "flat"
+
+
+# --- smoke tests: the real command in a new interpreter -----------------------------------------------
+
+
+def test_real_command_prints_help():
+    out = run_cli_process("--help")
+    assert out.returncode == 0, out.stderr
+    for command in ("ingest", "search", "ask", "chat", "eval", "finetune"):
+        assert command in out.stdout
+
+
+def test_real_command_ingests_then_searches(corpus, tmp_path):
+    index = str(tmp_path / "idx")
+    ingest = run_cli_process("ingest", str(corpus["txt"]), "--index", index, env=HASH)
+    assert ingest.returncode == 0, ingest.stderr
+    found = run_cli_process("search", "green tea", "--index", index, "--json", env=HASH)
+    assert found.returncode == 0, found.stderr
+    assert json.loads(found.stdout)["hits"][0]["source"].endswith("tea.txt")
+
+
+def test_real_command_error_is_one_line_and_exit_1(tmp_path):
+    out = run_cli_process("search", "x", "--index", str(tmp_path / "none"), env=HASH)
+    assert out.returncode == 1
+    assert out.stderr.startswith("ragbot: error: ") and "no index at" in out.stderr
+    assert out.stderr.count("\n") == 1 and "Traceback" not in out.stderr

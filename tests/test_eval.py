@@ -14,7 +14,7 @@ from ragbot.evaluation import EvaluationError, evaluate, load_run
 from ragbot.fakes import ScriptedChatModel
 from ragbot.question_sets import QuestionFileError, history_messages, parse_where, read_questions, select
 
-from conftest import run_cli
+from helpers import run_cli
 
 DOCS = [
     {"id": "film-1", "title": "卧虎藏龙", "text": "卧虎藏龙是李安执导的武侠电影，2000年上映，周润发和章子怡主演。"},
@@ -163,14 +163,14 @@ def test_a_judge_named_in_the_settings_that_gives_no_score_is_reported(kb, quest
 def test_an_interrupted_run_resumes_without_redoing_finished_rows(kb, questions, tmp_path):
     out = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
-        evaluate(questions, RagBot(kb, scripted(fail_on="面包", error=KeyboardInterrupt())), out=out)
+        evaluate(questions, RagBot(kb, scripted(fail_on="面包", error=KeyboardInterrupt())), out=out, report=False)
     assert [r["id"] for r in results_lines(out)] == ["q1", "q2"]
     # a line cut off by the interruption is dropped, not fatal
     with open(out / "results.jsonl", "a", encoding="utf-8") as fh:
         fh.write('{"id": "q3", "stat')
 
     model = scripted()
-    run = evaluate(questions, RagBot(kb, model), out=out)
+    run = evaluate(questions, RagBot(kb, model), out=out, report=False)
     asked = [c.messages[-1].content for c in model.calls]
     assert not any("卧虎藏龙" in text for text in asked)  # q1 and q2 were not asked again
     assert any("面包" in text for text in asked) and any("尼罗河" in text for text in asked)
@@ -195,8 +195,8 @@ def test_failed_rows_are_recorded_with_their_reason_and_the_run_goes_on(kb, tmp_
     assert "## Failed rows (3)" in report and "the endpoint is down" in report
 
     # a plain rerun keeps them as they were; --retry-failed redoes them
-    assert evaluate(path, RagBot(kb, scripted()), out=out).summary["failed"] == 3
-    again = evaluate(path, RagBot(kb, scripted()), out=out, retry_failed=True)
+    assert evaluate(path, RagBot(kb, scripted()), out=out, report=False).summary["failed"] == 3
+    again = evaluate(path, RagBot(kb, scripted()), out=out, retry_failed=True, report=False)
     assert again.summary["failed"] == 2 and {r["id"] for r in again.failed} == {"q5", "q6"}
 
 
@@ -283,15 +283,17 @@ def test_rows_are_picked_by_field_seeded_sample_and_limit(questions):
 
 def test_an_output_folder_of_another_evaluation_is_not_mixed_in(kb, questions, tmp_path):
     out = tmp_path / "run"
-    evaluate(questions, RagBot(kb, scripted()), out=out, generate=False)
+    evaluate(questions, RagBot(kb, scripted()), out=out, generate=False, report=False)
     with pytest.raises(EvaluationError, match="holds results of a different evaluation.*generate was False"):
-        evaluate(questions, RagBot(kb, scripted()), out=out)
-    assert evaluate(questions, RagBot(kb, scripted()), out=out, fresh=True).summary["answers"]["n"] == 3
+        evaluate(questions, RagBot(kb, scripted()), out=out, report=False)
+    fresh = evaluate(questions, RagBot(kb, scripted()), out=out, fresh=True, report=False)
+    assert fresh.summary["answers"]["n"] == 3
 
 
 def test_two_runs_are_compared_figure_by_figure_and_row_by_row(kb, questions, tmp_path):
-    evaluate(questions, RagBot(kb, scripted()), out=tmp_path / "typed", generate=False, rewrite_model=False)
-    evaluate(questions, RagBot(kb, scripted()), out=tmp_path / "rewritten", generate=False)
+    typed, rewritten = tmp_path / "typed", tmp_path / "rewritten"  # no report: compare reads the summaries
+    evaluate(questions, RagBot(kb, scripted()), out=typed, generate=False, rewrite_model=False, report=False)
+    evaluate(questions, RagBot(kb, scripted()), out=rewritten, generate=False, report=False)
     out = run_cli("eval", "--compare", str(tmp_path / "typed"), str(tmp_path / "rewritten"))
     assert out.returncode == 0, out.stderr
     assert "| routing.accuracy | 0.75 | 1 | +0.25 |" in out.stdout

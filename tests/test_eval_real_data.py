@@ -11,7 +11,7 @@ from ragbot.calibration import calibrate
 from ragbot.evaluation import evaluate
 from ragbot.fakes import EchoChatModel
 
-from conftest import REPO, SHARED_DATA, shared_file
+from helpers import REPO, SHARED_DATA, shared_file
 
 pytestmark = pytest.mark.slow
 

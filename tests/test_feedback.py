@@ -14,6 +14,8 @@ from ragbot.fakes import EchoChatModel
 from ragbot.memory import ConversationStore, Feedback
 from ragbot.repl import HELP, run_chat
 
+from helpers import spawn_chat
+
 
 @pytest.fixture
 def bot(hash_settings, corpus, tmp_path):
@@ -122,9 +124,7 @@ def test_unsaved_chat_marks_in_memory_and_says_so(bot, monkeypatch):
 
 
 def test_chat_good_and_bad_are_saved_with_the_session(chat_env, tmp_path):
-    from test_repl import spawn
-
-    child = spawn(chat_env, "--session", "demo")
+    child = spawn_chat(chat_env, "--session", "demo")
     child.sendline("/help")
     child.expect(r"/bad \[corrected answer\]")
     child.sendline("尼罗河是什么？")

@@ -13,7 +13,7 @@ from ragbot.finetune.data import prepare
 from ragbot.prompts import load_prompt
 from ragbot.question_sets import read_questions
 
-from conftest import run_cli
+from helpers import run_cli
 
 SHIPPED = Path(__file__).resolve().parent.parent / "ragbot" / "data" / "qa_default_kb.jsonl"
 

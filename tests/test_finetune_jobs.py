@@ -24,7 +24,7 @@ from ragbot.finetune.fake_server import FakeFineTuningServer
 from ragbot.finetune.jobs import FineTuningJobs, Hyperparameters, format_metrics_table, parse_step_metrics
 from ragbot.finetune.records import JobRecords
 
-from conftest import run_cli
+from helpers import CliResult, run_cli
 from llama_server import free_port
 
 SECRET = "sk-test-do-not-store-0123456789"
@@ -76,11 +76,11 @@ def train_file(tmp_path) -> Path:
     return write_examples(tmp_path / "train.jsonl", 12)
 
 
-def cli(api, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+def cli(api, *args: str, env: dict | None = None) -> CliResult:
     return run_cli("finetune", *args, "--base-url", api.base_url, env=env)
 
 
-def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> str:
+def assert_one_line_error(result: CliResult, *fragments: str) -> str:
     assert result.returncode == 1, result.stdout + result.stderr
     assert "Traceback" not in result.stderr
     line = result.stderr.strip().splitlines()[-1]
@@ -384,7 +384,7 @@ def test_cli_unreachable_server(train_file):
     assert_one_line_error(listed, f"cannot reach {closed} to list jobs")
 
 
-def test_records_survive_a_new_process_and_list_offline(api, train_file):
+def test_records_outlive_the_server_and_list_offline(api, train_file):
     created = cli(api, "create", str(train_file), "--model", "gpt-4o-mini", "--follow", "--poll-seconds", "0")
     job_id = created.stdout.split()[2]
     api.stop()  # the endpoint is gone; the history is not

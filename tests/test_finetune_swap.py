@@ -20,7 +20,7 @@ from ragbot.finetune.fake_server import FakeFineTuningServer
 from ragbot.finetune.jobs import FineTuningJobs
 from ragbot.finetune.swap import use_model
 
-from conftest import run_cli
+from helpers import run_cli
 from llama_server import local_models_dir  # noqa: F401
 
 USER_CONFIG = """\
@@ -245,14 +245,23 @@ def test_a_legacy_completions_model_gets_a_note(trained, tmp_path):
 # --- local backend: another GGUF file answers -------------------------------------------------------
 
 
-def test_local_answer_model_swapped_to_another_gguf_file(tmp_path, local_models_dir):  # noqa: F811
+@pytest.fixture
+def unload_after():
+    """Free the llama.cpp models a test loaded in this process (three copies with adapters)."""
+    from ragbot.local_models import unload_models
+
+    yield
+    unload_models()
+
+
+def test_local_answer_model_swapped_to_another_gguf_file(tmp_path, local_models_dir, unload_after):  # noqa: F811
     from ragbot.local_models import resolve_model_path
 
     base = resolve_model_path("smollm2-135m", models_dir=local_models_dir)
     finetuned = tmp_path / "ragbot-finetuned-smollm2.gguf"  # stands in for the user's converted fine-tune
     finetuned.symlink_to(base)
     (tmp_path / "ragbot.toml").write_text(
-        'embedder = "hash"\nmodel = "smollm2-135m"\nnum_threads = 1\nmax_tokens = 16\ntemperature = 0.0\n'
+        'embedder = "hash"\nmodel = "smollm2-135m"\nnum_threads = 1\nmax_tokens = 16\ntemperature = 0.0\ntop_k = 1\n'
     )
 
     swapped = run_cli("finetune", "use", str(finetuned))
@@ -287,23 +296,18 @@ def write_lora_adapter(path: Path, scale: float, arch: str = "llama", rank: int 
     return path
 
 
-@pytest.fixture
-def unload_after():
-    """Free the llama.cpp models a test loaded in this process (three copies with adapters)."""
-    from ragbot.local_models import unload_models
-
-    yield
-    unload_models()
-
-
 def test_lora_adapter_set_by_use_is_applied_by_llama_cpp(tmp_path, unload_after):
     from ragbot.chat_models import GenerationSettings, Message
+    from ragbot.local_models import unload_models
 
     (tmp_path / "ragbot.toml").write_text('model = "smollm2-135m"\nnum_threads = 1\nn_ctx = 512\n')
     question = [Message("user", "What is the capital of France?")]
     greedy = GenerationSettings(temperature=0.0, max_tokens=12)
 
     def answer() -> str:
+        """A cold answer from a freshly loaded model: greedy answers are compared like with like
+        (a prompt llama.cpp kept can take other kernels, and a 135M model's greedy path can flip)."""
+        unload_models()
         return make_chat_model(load_settings(), "answer").complete(question, greedy).text
 
     base = answer()

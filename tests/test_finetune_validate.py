@@ -7,7 +7,7 @@ import pytest
 from ragbot.errors import FinetuneError, TrainingFileError
 from ragbot.finetune.validate import load_prices, validate_file
 
-from conftest import run_cli
+from helpers import run_cli
 
 WORDS = ["one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"]  # one token each
 

@@ -2,7 +2,6 @@
 
 import json
 import multiprocessing
-import time
 
 import pytest
 
@@ -136,21 +135,24 @@ def test_missing_and_damaged_index(hash_settings, corpus):
         KnowledgeBase.open(hash_settings)
 
 
-def _hold_lock(directory, seconds, ready):
+def _hold_lock(directory, ready, release):
     with store.write_lock(directory, timeout=1):
         ready.set()
-        time.sleep(seconds)
+        release.wait(60)
 
 
 def test_second_writer_fails_clearly_when_lock_is_held(hash_settings, corpus):
     ctx = multiprocessing.get_context("spawn")
-    ready = ctx.Event()
-    holder = ctx.Process(target=_hold_lock, args=(hash_settings.index, 5, ready))
+    ready, release = ctx.Event(), ctx.Event()
+    holder = ctx.Process(target=_hold_lock, args=(hash_settings.index, ready, release))
     holder.start()
     assert ready.wait(30)
-    with pytest.raises(IndexLockedError, match="another process is writing"):
-        open_kb(hash_settings.replace(lock_timeout=0.5)).ingest([corpus["md"]])
-    holder.join()
+    try:
+        with pytest.raises(IndexLockedError, match="another process is writing"):
+            open_kb(hash_settings.replace(lock_timeout=0.5)).ingest([corpus["md"]])
+    finally:
+        release.set()
+        holder.join(30)
     assert open_kb(hash_settings).ingest([corpus["md"]]).chunks > 0  # free again
 
 

@@ -27,6 +27,10 @@ QWEN_05B_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4f
 QUESTION = [Message("system", "You are a helpful assistant."), Message("user", "What is the capital of France?")]
 STORY = [Message("user", "Write a long story about a dragon who learns to bake bread.")]
 GREEDY = GenerationSettings(temperature=0.0, max_tokens=16)
+# Greedy answers of a 135M model are not compared with fixed text: llama.cpp evaluates a whole
+# prompt and a prompt whose prefix it kept with different kernels (and each CPU has its own), and
+# the greedy path can flip ("The capital of France is Paris." cold, other words warm, on some CPUs).
+# Tests compare answers only when both took the same path, and otherwise check properties.
 # One thread: llama.cpp's threads spin at barriers, so two threads on a 2-core machine that is
 # also busy with something else can slow to under 1 token/s; one thread keeps ~50 tokens/s.
 
@@ -181,13 +185,21 @@ def smollm2(local_models_dir):  # noqa: F811
     return LlamaCppChatModel("smollm2-135m", n_threads=1, n_ctx=1024, models_dir=local_models_dir)
 
 
+def warm(model: LlamaCppChatModel, messages: list[Message]) -> None:
+    """Evaluate ``messages`` once, so the next calls with them reuse the kept prompt (one path)."""
+    model.complete(messages, GREEDY)
+
+
 def test_answer_streams_in_pieces_with_usage(smollm2):
+    warm(smollm2, QUESTION)
     deltas = list(smollm2.stream(QUESTION, GREEDY))
     texts = [d.text for d in deltas if d.text]
-    assert len(texts) >= 3
-    assert "Paris" in "".join(texts)
+    assert len(texts) >= 3 and "".join(texts).strip()
+    assert "".join(texts) == smollm2.complete(QUESTION, GREEDY).text  # the pieces make the whole answer
     usage = deltas[-1].usage
-    assert usage.prompt_tokens > 10 and usage.completion_tokens == smollm2.count_tokens("".join(texts))
+    prompt_text = sum(smollm2.count_tokens(m.content) for m in QUESTION)
+    assert usage.prompt_tokens > prompt_text  # the messages and the chat template's tokens around them
+    assert len(texts) <= usage.completion_tokens <= GREEDY.max_tokens  # at most one piece per token
     assert not usage.counted_locally
     assert smollm2.name == "smollm2-135m"
 
@@ -195,25 +207,35 @@ def test_answer_streams_in_pieces_with_usage(smollm2):
 def test_max_tokens_and_stop_are_honoured(smollm2):
     short = smollm2.complete(STORY, GenerationSettings(temperature=0.0, max_tokens=6))
     assert short.usage.completion_tokens == 6
+    warm(smollm2, QUESTION)
     full = smollm2.complete(QUESTION, GREEDY).text
-    stop = full.split()[3]
+    words = full.split()
+    assert len(words) >= 2, full
+    stop = words[len(words) // 2]
     cut = smollm2.complete(QUESTION, dataclasses.replace(GREEDY, stop=(stop,))).text
-    assert stop not in cut and full.startswith(cut.rstrip())
+    assert stop not in cut and full.startswith(cut.rstrip()) and len(cut) < len(full)
 
 
-def test_alternating_prompts_give_the_same_answers_as_cold_ones(smollm2):
+def test_alternating_prompts_restore_their_own_prompt_state(smollm2):
+    # Like with like: a prompt restored from the cache is compared with the same prompt asked
+    # again right away (both re-evaluate only its last token on the kept state), and a cold
+    # prompt after reset_cache with a cold one.
     other = [Message("system", "You rewrite questions."), Message("user", "Rewrite: where is Paris?")]
-    first = smollm2.complete(QUESTION, GREEDY).text
-    rewritten = smollm2.complete(other, GREEDY).text
-    assert smollm2.complete(QUESTION, GREEDY).text == first  # restored from the prompt cache
     smollm2.reset_cache()
-    assert smollm2.complete(other, GREEDY).text == rewritten
+    cold_other = smollm2.complete(other, GREEDY).text
+    smollm2.reset_cache()
+    warm(smollm2, QUESTION)
+    again = smollm2.complete(QUESTION, GREEDY).text
+    smollm2.complete(other, GREEDY)
+    assert smollm2.complete(QUESTION, GREEDY).text == again  # restored from the prompt cache
+    smollm2.reset_cache()
+    assert smollm2.complete(other, GREEDY).text == cold_other  # nothing of the cache is left
 
 
 def test_saved_prompts_do_not_keep_a_copy_of_the_logits_buffer(smollm2):
     # llama-cpp-python's save_state copies up to n_batch x n_vocab unused floats per saved prompt
     # (297 MiB for Qwen), which the RAM cache does not count: a long chat would grow by gigabytes.
-    long_question = [Message("user", "Summarise this: " + "The river flows to the sea. " * 90)]
+    long_question = [Message("user", "Summarise this: " + "The river flows to the sea. " * 78)]  # > 512 tokens
     smollm2.complete(long_question, GenerationSettings(temperature=0.0, max_tokens=2))
     states = list(smollm2.llama.cache.cache_state.values())
     assert states and max(s.n_tokens for s in states) > 512
@@ -230,7 +252,9 @@ def test_instances_with_the_same_file_share_one_loaded_model(local_models_dir): 
 
 def test_threads_sharing_a_model_take_turns(local_models_dir):  # noqa: F811
     models = [LlamaCppChatModel("smollm2-135m", n_threads=1, n_ctx=1024, models_dir=local_models_dir) for _ in range(2)]
-    expected = models[0].complete(QUESTION, GREEDY).text
+    warm(models[0], QUESTION)
+    expected = models[0].complete(QUESTION, GREEDY).text  # the path each thread's call takes
+    assert expected.strip()
     answers: list[str] = []
 
     def ask(model):
@@ -250,7 +274,8 @@ def test_starting_a_second_stream_in_the_same_thread_is_refused(smollm2):
     with pytest.raises(ModelError, match="already generating"):
         smollm2.complete(QUESTION, GREEDY)
     first.close()
-    assert "Paris" in smollm2.complete(QUESTION, GREEDY).text  # usable again once the first is closed
+    again = smollm2.complete(QUESTION, GREEDY)  # usable again once the first is closed
+    assert again.text.strip() and again.usage.completion_tokens > 0
 
 
 def test_prompt_longer_than_the_context_says_what_to_do(local_models_dir):  # noqa: F811

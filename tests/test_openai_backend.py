@@ -8,6 +8,7 @@ now and then: rate limits, 500s, a stream cut mid-answer.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import socket
 import threading
@@ -23,13 +24,25 @@ from ragbot.errors import ModelError
 from llama_server import SERVED_ALIAS, free_port, llama_server, llama_server_with_key  # noqa: F401
 
 QUESTION = [Message("system", "You are a helpful assistant."), Message("user", "What is the capital of France?")]
-GREEDY = GenerationSettings(temperature=0.0, max_tokens=24)
+GREEDY = GenerationSettings(temperature=0.0, max_tokens=12)
+# SmolLM2-135M's greedy answer is not compared with fixed text: llama.cpp evaluates a whole prompt
+# and a prompt whose prefix the server kept from the last request with different kernels, and on
+# some CPUs the greedy path flips. Answers are compared only when both took the same path: the
+# server is first sent the prompt (``warm``), so each request after it re-evaluates only its last token.
 
 
 @pytest.fixture(autouse=True)
 def no_api_key(monkeypatch):
     """No OPENAI_API_KEY: with a base_url, OpenAIChatModel sends the placeholder key."""
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+
+
+def warm(model: OpenAIChatModel, messages: list[Message]) -> None:
+    """Send ``messages`` once, so the server's next requests with them reuse the kept prompt.
+
+    A whole answer, not one token: after a 1-token request the next one still took the cold path.
+    """
+    model.complete(messages, GREEDY)
 
 
 def server_tokens(base_url: str, text: str) -> int:
@@ -49,10 +62,11 @@ def server_tokens(base_url: str, text: str) -> int:
 
 def test_streamed_answer_arrives_in_pieces_with_usage(llama_server):  # noqa: F811
     model = OpenAIChatModel(SERVED_ALIAS, base_url=llama_server)
+    warm(model, QUESTION)
     deltas = list(model.stream(QUESTION, GREEDY))
     texts = [d.text for d in deltas if d.text]
-    assert len(texts) >= 3
-    assert "Paris" in "".join(texts)
+    assert len(texts) >= 3 and "".join(texts).strip()
+    assert "".join(texts) == model.complete(QUESTION, GREEDY).text  # the pieces make the whole answer
     usage = deltas[-1].usage
     assert usage is not None and usage.prompt_tokens > 0 and usage.completion_tokens > 0
     # llama.cpp's server sends no usage in a stream (even with include_usage): ragbot counts it.
@@ -62,6 +76,7 @@ def test_streamed_answer_arrives_in_pieces_with_usage(llama_server):  # noqa: F8
 def test_max_tokens_limits_the_answer(llama_server):  # noqa: F811
     model = OpenAIChatModel(SERVED_ALIAS, base_url=llama_server)
     story = [Message("user", "Write a long story about a dragon who learns to bake bread.")]
+    warm(model, story)
     short = model.complete(story, GenerationSettings(temperature=0.0, max_tokens=5))
     longer = model.complete(story, GenerationSettings(temperature=0.0, max_tokens=40))
     assert short.text.strip()
@@ -72,11 +87,12 @@ def test_max_tokens_limits_the_answer(llama_server):  # noqa: F811
 
 def test_stop_sequence_ends_the_answer_before_it(llama_server):  # noqa: F811
     model = OpenAIChatModel(SERVED_ALIAS, base_url=llama_server)
+    warm(model, QUESTION)
     full = model.complete(QUESTION, GREEDY).text
     words = full.split()
-    assert len(words) >= 4, full
-    stop = words[3]
-    cut = model.complete(QUESTION, GenerationSettings(temperature=0.0, max_tokens=24, stop=(stop,))).text
+    assert len(words) >= 2, full
+    stop = words[len(words) // 2]
+    cut = model.complete(QUESTION, dataclasses.replace(GREEDY, stop=(stop,))).text
     assert stop not in cut
     assert full.startswith(cut)
     assert len(cut) < len(full)
@@ -87,9 +103,11 @@ def test_unknown_model_name_is_served_by_the_loaded_model(llama_server):  # noqa
     # and its answer carries the requested name. So a typo in the model name goes unnoticed.
     listed = json.load(urllib.request.urlopen(f"{llama_server}/models", timeout=10))
     assert [m["id"] for m in listed["data"]] == [SERVED_ALIAS]
-    model = OpenAIChatModel("gpt-4o-no-such-model", base_url=llama_server)
-    answer = model.complete(QUESTION, GREEDY)
-    assert "Paris" in answer.text
+    served = OpenAIChatModel(SERVED_ALIAS, base_url=llama_server)
+    warm(served, QUESTION)
+    expected = served.complete(QUESTION, GREEDY).text
+    answer = OpenAIChatModel("gpt-4o-no-such-model", base_url=llama_server).complete(QUESTION, GREEDY)
+    assert answer.text == expected and answer.text.strip()
     assert answer.model == "gpt-4o-no-such-model"
 
 
@@ -102,7 +120,8 @@ def test_wrong_api_key_names_openai_api_key(llama_server_with_key):  # noqa: F81
 def test_right_api_key_from_the_environment_is_accepted(llama_server_with_key, monkeypatch):  # noqa: F811
     monkeypatch.setenv("OPENAI_API_KEY", "secret")
     model = OpenAIChatModel(SERVED_ALIAS, base_url=llama_server_with_key, max_retries=0)
-    assert "Paris" in model.complete(QUESTION, GREEDY).text
+    answer = model.complete(QUESTION, GREEDY)  # any refusal (401) would raise ModelError
+    assert answer.text.strip() and answer.usage.completion_tokens > 0
 
 
 def test_unreachable_server_says_cannot_reach():
@@ -143,7 +162,7 @@ def scripted_server(respond: Respond) -> Iterator[tuple[str, list[dict]]]:
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}/v1", received

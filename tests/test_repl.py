@@ -1,20 +1,13 @@
-"""``ragbot chat`` driven through a pseudo-terminal, as a user types, with the fake model."""
-
-import sys
+"""``ragbot chat``: through a pseudo-terminal as a user types (prompt_toolkit), and in-process with
+lines on stdin (plain ``input()``, the same loop), with the fake model."""
 
 import pexpect
 
-
-def spawn(env, *args):
-    child = pexpect.spawn(
-        sys.executable, ["-m", "ragbot", "chat", *args], env=env, encoding="utf-8", timeout=60, dimensions=(40, 200)
-    )
-    child.expect("/help for commands")
-    return child
+from helpers import run_cli, spawn_chat
 
 
 def test_chat_streams_answers_shows_sources_label_and_commands(chat_env):
-    child = spawn(chat_env, "--session", "demo")
+    child = spawn_chat(chat_env, "--session", "demo")
     child.sendline("尼罗河是什么？")
     child.expect(r"You asked: 尼罗河是什么？ \[1\]")
     child.expect(r"Sources:\s+\[1\] 尼罗河 - .*nile\.md \(score 0\.\d+\)")
@@ -30,41 +23,33 @@ def test_chat_streams_answers_shows_sources_label_and_commands(chat_env):
     child.sendline("/nope")
     child.expect("Unknown command /nope")
     child.sendline("   ")
-    child.sendline("/quit")
+    child.send("\x04")  # Ctrl-D at the prompt leaves
     child.expect(pexpect.EOF)
     child.close()
     assert child.exitstatus == 0
 
 
 def test_chat_resumes_a_named_session_and_reset_clears_it(chat_env):
-    child = spawn(chat_env, "--session", "trip")
-    child.sendline("尼罗河是什么？")
-    child.expect(r"Sources:[\s\S]*?\(score [\s\S]*?>")
-    child.send("\x04")  # Ctrl-D at the prompt leaves
-    child.expect(pexpect.EOF)
-    child = spawn(chat_env, "--session", "trip")
-    child.expect("Resumed with 1 earlier turn")
-    child.sendline("我刚才问了什么？")
-    child.expect("你刚才问的是：“尼罗河是什么？”")
-    child.sendline("/reset")
-    child.expect("Conversation reset.")
-    child.sendline("/history")
-    child.expect(r"\(empty\)")
-    child.sendline("/quit")
-    child.expect(pexpect.EOF)
+    first = run_cli("chat", "--session", "trip", input="尼罗河是什么？\n", env=chat_env)
+    assert first.returncode == 0 and "Sources:" in first.stdout, first.stderr
+    again = run_cli("chat", "--session", "trip", input="我刚才问了什么？\n/reset\n/history\n/quit\n", env=chat_env)
+    assert again.returncode == 0, again.stderr
+    shown = again.stdout
+    assert "Resumed with 1 earlier turn" in shown
+    assert "你刚才问的是：“尼罗河是什么？”" in shown
+    assert shown.index("Conversation reset.") < shown.index("(empty)")
+    third = run_cli("chat", "--session", "trip", input="/history\n", env=chat_env)
+    assert "Resumed" not in third.stdout and "(empty)" in third.stdout
 
 
 def test_errors_keep_the_session_going(chat_env):
-    child = spawn(chat_env)
-    child.sendline("问" * 5000)
-    child.expect("error: the question is 5,000 characters long")
-    child.sendline("尼罗河是什么？")
-    child.expect(r"\[1\]")
-    child.sendline("/quit")
-    child.expect(pexpect.EOF)
+    out = run_cli("chat", input="问" * 5000 + "\n尼罗河是什么？\n/quit\n", env=chat_env)
+    assert out.returncode == 0, out.stderr
+    error = "error: the question is 5,000 characters long"
+    assert error in out.stdout and "[1]" in out.stdout.split(error)[1]  # the next question is answered
 
 
-def test_ctrl_c_stops_the_answer_not_the_session(chat_env, tmp_path):
+def test_ctrl_c_stops_the_answer_not_the_session():
     from ragbot.bot import Answer
     from ragbot.repl import run_chat
 

@@ -7,7 +7,7 @@ import pytest
 from ragbot import KnowledgeBase, Settings
 from ragbot.retrieval_eval import RetrievalCase, retrieval_metrics
 
-from conftest import run_cli, shared_file
+from helpers import run_cli, shared_file
 
 pytestmark = pytest.mark.slow
 

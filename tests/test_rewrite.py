@@ -117,7 +117,7 @@ def test_introduced_name_accepts_names_copied_from_history():
 def _rows(name: str) -> list[dict]:
     import json
 
-    from conftest import shared_file
+    from helpers import shared_file
 
     return [json.loads(line) for line in shared_file(name).read_text(encoding="utf-8").splitlines() if line.strip()]
 

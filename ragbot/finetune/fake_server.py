@@ -189,7 +189,10 @@ class FakeFineTuningServer:
         self._httpd = ThreadingHTTPServer((self.host, self.port), Handler)
         self._httpd.daemon_threads = True
         self.port = self._httpd.server_address[1]
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="fake-finetune-api", daemon=True)
+        # a short poll interval: stop() waits for it, and tests start and stop a server each
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-finetune-api", daemon=True
+        )
         self._thread.start()
         return self
 
