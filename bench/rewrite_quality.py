@@ -37,7 +37,7 @@ def normalise(text: str) -> str:
 
 
 def history_messages(row):
-    from ragbot.chat_models import Message
+    from ragbot.models.chat import Message
 
     roles = row.get("history_roles") or ["user", "assistant"] * len(row["history"])
     messages = [Message(r, t) for r, t in zip(roles, row["history"], strict=False)]
@@ -53,7 +53,7 @@ def history_messages(row):
 
 
 def decision_part(rows):
-    from ragbot.rewrite import needs_rewrite
+    from ragbot.conversation.rewrite import needs_rewrite
 
     tp = fp = tn = fn = 0
     for row in rows:
@@ -80,7 +80,7 @@ def decision_part(rows):
 def kdconv_follow_up_part(path: Path) -> dict:
     """KdConv turns with history whose film or person is named only in the history: every one
     needs a rewrite, so each skip of the cheap check is a missed one."""
-    from ragbot.rewrite import needs_rewrite
+    from ragbot.conversation.rewrite import needs_rewrite
 
     rows = [json.loads(line) for line in path.open(encoding="utf-8")]
     follow_ups = [r for r in rows if r["history"] and not r["entity_in_question"]]
@@ -91,7 +91,7 @@ def kdconv_follow_up_part(path: Path) -> dict:
 def model_part(rows, lang, bot, sample, seed):
     import sacrebleu
 
-    from ragbot.rewrite import needs_rewrite
+    from ragbot.conversation.rewrite import needs_rewrite
 
     rng = random.Random(seed)
     picked = rng.sample(rows, min(sample, len(rows)))
@@ -139,7 +139,7 @@ def main() -> None:
     results = {}
     bot = None
     if args.sample:
-        from ragbot.bot import RagBot
+        from ragbot.conversation.bot import RagBot
 
         bot = RagBot.load(**({"model": args.model} if args.model else {}))
     for lang, name in SETS.items():

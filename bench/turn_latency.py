@@ -28,10 +28,10 @@ TURNS = ["尼罗河是什么？", "它流经哪些国家？", "它有多长？"]
 
 
 def run(cache_bytes: int, model: str) -> list[dict]:
-    from ragbot.bot import RagBot
     from ragbot.config import load_settings
-    from ragbot.knowledge_base import KnowledgeBase
-    from ragbot.local_models import LlamaCppChatModel, unload_models
+    from ragbot.conversation.bot import RagBot
+    from ragbot.knowledge.knowledge_base import KnowledgeBase
+    from ragbot.models.local import LlamaCppChatModel, unload_models
 
     unload_models()
     settings = load_settings(overrides={"temperature": 0.0, "max_tokens": 96})

@@ -7,11 +7,8 @@ for hit in kb.retrieve("尼罗河流经哪些国家"):
 bot = RagBot.load()                       # the chat engine: bot.conversation().ask("尼罗河是什么？")
 """
 
-from ragbot.bot import Answer, Conversation, RagBot, Route, Turn
-from ragbot.chunking import Chunk, chunk_document, split_sentences
 from ragbot.config import Settings, load_settings
-from ragbot.documents import Document, read_documents
-from ragbot.embedders import Embedder, make_embedder
+from ragbot.conversation.bot import Answer, Conversation, RagBot, Route, Turn
 from ragbot.errors import (
     CalibrationError,
     ConfigError,
@@ -34,7 +31,10 @@ from ragbot.errors import (
     RagbotError,
     TrainingFileError,
 )
-from ragbot.knowledge_base import Hit, IngestReport, KnowledgeBase, SearchResult
+from ragbot.knowledge.chunking import Chunk, chunk_document, split_sentences
+from ragbot.knowledge.documents import Document, read_documents
+from ragbot.knowledge.knowledge_base import Hit, IngestReport, KnowledgeBase, SearchResult
+from ragbot.models.embedders import Embedder, make_embedder
 
 __all__ = [
     "Answer",
@@ -82,7 +82,7 @@ __all__ = [
 def __getattr__(name: str):
     # ``ragbot.evaluate`` loads the evaluation stack (conversation engine, metrics) only when used
     if name == "evaluate":
-        from ragbot.evaluation import evaluate
+        from ragbot.evaluation.run import evaluate
 
         return evaluate
     raise AttributeError(f"module 'ragbot' has no attribute {name!r}")

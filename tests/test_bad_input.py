@@ -1,6 +1,6 @@
 """Hostile input gets one clear line, never a traceback, and loses nothing.
 
-CLI cases run in-process through ``ragbot.cli.main`` (the console script's entry point, which
+CLI cases run in-process through ``ragbot.cli.main.main`` (the console script's entry point, which
 turns a ``RagbotError`` into ``ragbot: error: ...`` and exit 1); Python API cases call the
 library directly. Tests run as root in CI, where ``chmod 000`` stops nobody: each permission
 case also has a variant the kernel refuses to everyone (a write-only sysfs file, ``/sys``,
@@ -22,9 +22,9 @@ import pytest
 from click.testing import CliRunner
 
 from ragbot import KnowledgeBase
-from ragbot.bot import RagBot
-from ragbot.cli import main
+from ragbot.cli.main import main
 from ragbot.config import Settings
+from ragbot.conversation.bot import RagBot
 from ragbot.errors import (
     ConfigError,
     ConversationError,

@@ -11,11 +11,11 @@ import time
 import pytest
 
 from ragbot import KnowledgeBase
-from ragbot.bot import Answer, RagBot
-from ragbot.chat_models import Message
+from ragbot.conversation.bot import Answer, RagBot
+from ragbot.conversation.memory import ConversationStore, trim_history
 from ragbot.errors import ConversationError, ModelError, PromptError
-from ragbot.fakes import ScriptedChatModel
-from ragbot.memory import ConversationStore, trim_history
+from ragbot.models.chat import Message
+from ragbot.testing.fakes import ScriptedChatModel
 from ragbot.tokens import count_tokens
 
 from helpers import run_cli
@@ -144,7 +144,7 @@ def test_control_characters_are_removed_not_fatal(kb):
 
 
 def test_bad_history_is_refused():
-    from ragbot.memory import validate_history
+    from ragbot.conversation.memory import validate_history
 
     with pytest.raises(ConversationError, match="alternate"):
         validate_history([Message("assistant", "hi"), Message("user", "x")])

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from ragbot import KnowledgeBase, Settings
-from ragbot.calibration import (
+from ragbot.evaluation.calibration import (
     CalibrationError,
     calibrate,
     choose_threshold,

@@ -2,8 +2,8 @@ import random
 
 import pytest
 
-from ragbot.chunking import chunk_document, split_sentences
-from ragbot.documents import Document
+from ragbot.knowledge.chunking import chunk_document, split_sentences
+from ragbot.knowledge.documents import Document
 from ragbot.tokens import count_tokens
 
 ZH = (

@@ -1,7 +1,7 @@
 import pytest
 
-from ragbot.documents import find_files, read_documents
 from ragbot.errors import DocumentError, IngestError
+from ragbot.knowledge.documents import find_files, read_documents
 
 
 def test_each_file_type_is_read_with_title_and_text(corpus):

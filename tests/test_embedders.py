@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from ragbot import KnowledgeBase, Settings
-from ragbot.embedders import make_embedder
 from ragbot.errors import EmbedderError
+from ragbot.models.embedders import make_embedder
 
 pytestmark = pytest.mark.slow
 

@@ -7,12 +7,13 @@ import pytest
 
 import ragbot
 from ragbot import KnowledgeBase
-from ragbot.bot import RagBot
-from ragbot.chat_models import Message
+from ragbot.conversation.bot import RagBot
 from ragbot.errors import ModelError
-from ragbot.evaluation import EvaluationError, evaluate, load_run
-from ragbot.fakes import ScriptedChatModel
-from ragbot.question_sets import QuestionFileError, history_messages, parse_where, read_questions, select
+from ragbot.evaluation import EvaluationError
+from ragbot.evaluation.question_sets import QuestionFileError, history_messages, parse_where, read_questions, select
+from ragbot.evaluation.run import evaluate, load_run
+from ragbot.models.chat import Message
+from ragbot.testing.fakes import ScriptedChatModel
 
 from helpers import run_cli
 

@@ -6,10 +6,10 @@ import json
 import pytest
 
 from ragbot import KnowledgeBase, Settings
-from ragbot.bot import RagBot
-from ragbot.calibration import calibrate
-from ragbot.evaluation import evaluate
-from ragbot.fakes import EchoChatModel
+from ragbot.conversation.bot import RagBot
+from ragbot.evaluation.calibration import calibrate
+from ragbot.evaluation.run import evaluate
+from ragbot.testing.fakes import EchoChatModel
 
 from helpers import REPO, SHARED_DATA, shared_file
 

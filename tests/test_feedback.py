@@ -8,11 +8,11 @@ import pexpect
 import pytest
 
 from ragbot import KnowledgeBase
-from ragbot.bot import RagBot
+from ragbot.cli.repl import HELP, run_chat
+from ragbot.conversation.bot import RagBot
+from ragbot.conversation.memory import ConversationStore, Feedback
 from ragbot.errors import ConversationError
-from ragbot.fakes import EchoChatModel
-from ragbot.memory import ConversationStore, Feedback
-from ragbot.repl import HELP, run_chat
+from ragbot.testing.fakes import EchoChatModel
 
 from helpers import spawn_chat
 

@@ -6,12 +6,12 @@ from pathlib import Path
 import pytest
 
 from ragbot import KnowledgeBase
-from ragbot.bot import RagBot
+from ragbot.conversation.bot import RagBot
+from ragbot.conversation.prompts import load_prompt
 from ragbot.errors import TrainingFileError
-from ragbot.fakes import EchoChatModel
+from ragbot.evaluation.question_sets import read_questions
 from ragbot.finetune.data import prepare
-from ragbot.prompts import load_prompt
-from ragbot.question_sets import read_questions
+from ragbot.testing.fakes import EchoChatModel
 
 from helpers import run_cli
 

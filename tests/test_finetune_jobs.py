@@ -1,4 +1,4 @@
-"""Fine-tuning jobs against ``ragbot.finetune.fake_server``: a real HTTP server on 127.0.0.1 with the
+"""Fine-tuning jobs against ``ragbot.testing.fake_finetune_server``: a real HTTP server on 127.0.0.1 with the
 OpenAI fine-tuning endpoints and payloads, talked to by the real ``openai`` client (no mocks).
 
 The fake advances a job by a few training steps per poll, so a whole job runs in well under a
@@ -20,9 +20,9 @@ import pytest
 from openai import OpenAI
 
 from ragbot.errors import FinetuneError, TrainingFileError
-from ragbot.finetune.fake_server import FakeFineTuningServer
 from ragbot.finetune.jobs import FineTuningJobs, Hyperparameters, format_metrics_table, parse_step_metrics
 from ragbot.finetune.records import JobRecords
+from ragbot.testing.fake_finetune_server import FakeFineTuningServer
 
 from helpers import CliResult, run_cli
 from llama_server import free_port

@@ -1,6 +1,6 @@
 """``ragbot finetune use``: the config edit, and the next ``ask`` / ``eval`` answering with the new model.
 
-Remote: a job run on ``ragbot.finetune.fake_server`` (real HTTP on 127.0.0.1), then ``ragbot ask
+Remote: a job run on ``ragbot.testing.fake_finetune_server`` (real HTTP on 127.0.0.1), then ``ragbot ask
 --json`` against the same server. Local: the answer role swapped to another GGUF file (SmolLM2-135M
 under a new name stands in for a user's fine-tuned, converted model) and run by llama.cpp.
 """
@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from ragbot.bot import RagBot
-from ragbot.chat_models import make_chat_model
 from ragbot.config import load_settings
+from ragbot.conversation.bot import RagBot
 from ragbot.errors import FinetuneError, ModelError
-from ragbot.finetune.fake_server import FakeFineTuningServer
 from ragbot.finetune.jobs import FineTuningJobs
 from ragbot.finetune.swap import use_model
+from ragbot.models.chat import make_chat_model
+from ragbot.testing.fake_finetune_server import FakeFineTuningServer
 
 from helpers import run_cli
 from llama_server import local_models_dir  # noqa: F401
@@ -248,14 +248,14 @@ def test_a_legacy_completions_model_gets_a_note(trained, tmp_path):
 @pytest.fixture
 def unload_after():
     """Free the llama.cpp models a test loaded in this process (three copies with adapters)."""
-    from ragbot.local_models import unload_models
+    from ragbot.models.local import unload_models
 
     yield
     unload_models()
 
 
 def test_local_answer_model_swapped_to_another_gguf_file(tmp_path, local_models_dir, unload_after):  # noqa: F811
-    from ragbot.local_models import resolve_model_path
+    from ragbot.models.local_files import resolve_model_path
 
     base = resolve_model_path("smollm2-135m", models_dir=local_models_dir)
     finetuned = tmp_path / "ragbot-finetuned-smollm2.gguf"  # stands in for the user's converted fine-tune
@@ -297,8 +297,8 @@ def write_lora_adapter(path: Path, scale: float, arch: str = "llama", rank: int 
 
 
 def test_lora_adapter_set_by_use_is_applied_by_llama_cpp(tmp_path, unload_after):
-    from ragbot.chat_models import GenerationSettings, Message
-    from ragbot.local_models import unload_models
+    from ragbot.models.chat import GenerationSettings, Message
+    from ragbot.models.local import unload_models
 
     (tmp_path / "ragbot.toml").write_text('model = "smollm2-135m"\nnum_threads = 1\nn_ctx = 512\n')
     question = [Message("user", "What is the capital of France?")]
@@ -322,7 +322,7 @@ def test_lora_adapter_set_by_use_is_applied_by_llama_cpp(tmp_path, unload_after)
 def test_an_adapter_for_another_model_or_a_whole_model_is_refused_as_lora(tmp_path, local_models_dir):  # noqa: F811
     # llama-cpp-python 0.3.36 misses llama.cpp's refusal of such an adapter and then crashes while
     # generating, so `use --lora` checks the GGUF header first.
-    from ragbot.local_models import resolve_model_path
+    from ragbot.models.local_files import resolve_model_path
 
     (tmp_path / "ragbot.toml").write_text('model = "smollm2-135m"\n')
     qwen_adapter = write_lora_adapter(tmp_path / "qwen-adapter.gguf", scale=0.5, arch="qwen2")
@@ -336,7 +336,7 @@ def test_an_adapter_for_another_model_or_a_whole_model_is_refused_as_lora(tmp_pa
 
 def test_an_adapter_for_another_size_of_the_model_is_an_error_not_a_crash(tmp_path, unload_after):
     # Same architecture, other width: the header looks right; llama.cpp rejects it at load time.
-    from ragbot.chat_models import Message
+    from ragbot.models.chat import Message
 
     (tmp_path / "ragbot.toml").write_text('model = "smollm2-135m"\nnum_threads = 1\nn_ctx = 512\n')
     use_model(None, lora=write_lora_adapter(tmp_path / "wide.gguf", scale=0.5, width=960))

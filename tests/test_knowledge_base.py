@@ -5,7 +5,6 @@ import multiprocessing
 
 import pytest
 
-from ragbot import index as store
 from ragbot.config import Settings
 from ragbot.errors import (
     EmbedderMismatchError,
@@ -15,7 +14,8 @@ from ragbot.errors import (
     IngestError,
     QueryError,
 )
-from ragbot.knowledge_base import KnowledgeBase
+from ragbot.knowledge import index as store
+from ragbot.knowledge.knowledge_base import KnowledgeBase
 
 
 def open_kb(settings: Settings) -> KnowledgeBase:
@@ -78,7 +78,7 @@ def _crash_during_save(settings, folder, queue):
     """Child process: die (like a kill) in the middle of writing the new generation."""
     import os
 
-    import ragbot.index as idx
+    import ragbot.knowledge.index as idx
 
     real = idx.faiss.write_index
 
@@ -201,7 +201,7 @@ def test_default_index_is_built_from_the_bundled_knowledge_on_first_use():
 
 def test_gold_documents_are_found_by_id_or_by_their_source_as_displayed():
     from ragbot.config import Settings
-    from ragbot.retrieval_eval import doc_ranking, first_gold_rank
+    from ragbot.evaluation.retrieval import doc_ranking, first_gold_rank
 
     kb = KnowledgeBase.open(Settings(embedder="hash"))  # the bundled knowledge base: files without ids
     hits = kb.retrieve("尼罗河流经哪些国家", k=30)

@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from ragbot.chat_models import GenerationSettings, Message
 from ragbot.errors import ModelError
-from ragbot.local_models import MODELS, LlamaCppChatModel, LocalModel, resolve_model_path
+from ragbot.models.chat import GenerationSettings, Message
+from ragbot.models.local import LlamaCppChatModel
+from ragbot.models.local_files import MODELS, LocalModel, resolve_model_path
 
 from llama_server import local_models_dir  # noqa: F401
 

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from ragbot import metrics
+from ragbot.evaluation import metrics
 
 
 def test_exact_match_ignores_punctuation_spaces_and_case():

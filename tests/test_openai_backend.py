@@ -18,8 +18,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from ragbot.chat_models import GenerationSettings, Message, OpenAIChatModel
 from ragbot.errors import ModelError
+from ragbot.models.chat import GenerationSettings, Message, OpenAIChatModel
 
 from llama_server import SERVED_ALIAS, free_port, llama_server, llama_server_with_key  # noqa: F401
 

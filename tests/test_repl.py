@@ -50,8 +50,8 @@ def test_errors_keep_the_session_going(chat_env):
 
 
 def test_ctrl_c_stops_the_answer_not_the_session():
-    from ragbot.bot import Answer
-    from ragbot.repl import run_chat
+    from ragbot.cli.repl import run_chat
+    from ragbot.conversation.bot import Answer
 
     class SlowConversation:
         """Streams forever until interrupted, like a long answer."""

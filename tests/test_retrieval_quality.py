@@ -5,7 +5,7 @@ import json
 import pytest
 
 from ragbot import KnowledgeBase, Settings
-from ragbot.retrieval_eval import RetrievalCase, retrieval_metrics
+from ragbot.evaluation.retrieval import RetrievalCase, retrieval_metrics
 
 from helpers import run_cli, shared_file
 

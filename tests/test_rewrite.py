@@ -2,10 +2,10 @@
 
 import pytest
 
-from ragbot.chat_models import Message
+from ragbot.conversation.rewrite import introduced_name, needs_rewrite, parse_rewrite, rewrite_question
 from ragbot.errors import ModelError
-from ragbot.fakes import ScriptedChatModel
-from ragbot.rewrite import introduced_name, needs_rewrite, parse_rewrite, rewrite_question
+from ragbot.models.chat import Message
+from ragbot.testing.fakes import ScriptedChatModel
 
 NILE = [Message("user", "尼罗河是什么？"), Message("assistant", "尼罗河是非洲的一条大河。")]
 TESLA = [Message("user", "Who founded Tesla?"), Message("assistant", "Martin Eberhard and Marc Tarpenning.")]

@@ -12,16 +12,16 @@ import subprocess
 import pytest
 
 from ragbot import KnowledgeBase
-from ragbot.bot import RagBot
-from ragbot.cli import main
+from ragbot.cli.main import main
+from ragbot.cli.repl import run_chat
+from ragbot.conversation.bot import RagBot
+from ragbot.conversation.memory import MIGRATIONS, ConversationStore, Feedback
 from ragbot.errors import ConversationStoreError, FinetuneError
-from ragbot.fakes import EchoChatModel
 from ragbot.finetune import records
 from ragbot.finetune.records import JobRecords
-from ragbot.memory import MIGRATIONS, ConversationStore, Feedback
-from ragbot.repl import run_chat
+from ragbot.testing.fakes import EchoChatModel
 
-# The exact DDL the conversations file had before migrations existed (ragbot/memory.py, _SCHEMA),
+# The exact DDL the conversations file had before migrations existed (ragbot/conversation/memory.py, _SCHEMA),
 # and the job records table (ragbot/finetune/records.py): a "v0 file" is what that code wrote.
 V0_CONVERSATIONS = """
 CREATE TABLE IF NOT EXISTS conversations (

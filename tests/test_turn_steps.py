@@ -4,7 +4,7 @@ import pytest
 
 from ragbot import KnowledgeBase, RagBot, Route, Turn
 from ragbot.errors import ConversationError
-from ragbot.fakes import ScriptedChatModel
+from ragbot.testing.fakes import ScriptedChatModel
 
 NILE_REWRITE = "思考：“它”指尼罗河。\n改写：尼罗河流经哪些国家？"
 HISTORY = [{"role": "user", "content": "尼罗河是什么？"}, {"role": "assistant", "content": "尼罗河是非洲的一条大河。"}]

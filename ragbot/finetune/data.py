@@ -1,7 +1,7 @@
 """Training files from what a ragbot deployment accumulates: question sets with good answers,
 saved conversations with their feedback, and plain prompt/answer files.
 
-Every example shows the model what the bot itself would show it (``ragbot.bot.answer_messages``):
+Every example shows the model what the bot itself would show it (``ragbot.conversation.bot.answer_messages``):
 the bot's system prompt in the question's language, the earlier turns as history, and, with
 passages, the numbered passages inside the grounded prompt's delimiters. One example per
 answered turn; earlier assistant turns are context only (``"weight": 0``), so a conversation
@@ -22,14 +22,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ragbot.bot import CONTEXT_PASSAGES, LABELS, answer_messages, passages_from_meta
-from ragbot.chat_models import Message
 from ragbot.config import Settings, load_settings
+from ragbot.conversation.bot import CONTEXT_PASSAGES, LABELS, answer_messages, passages_from_meta
+from ragbot.conversation.memory import ConversationStore, StoredTurn, trim_history
+from ragbot.conversation.rewrite import is_chinese
 from ragbot.errors import FinetuneError, TrainingFileError
-from ragbot.knowledge_base import Hit, KnowledgeBase, display_source
-from ragbot.memory import ConversationStore, StoredTurn, trim_history
-from ragbot.question_sets import QuestionFileError, jsonl_objects, read_questions
-from ragbot.rewrite import is_chinese
+from ragbot.evaluation.question_sets import QuestionFileError, jsonl_objects, read_questions
+from ragbot.knowledge.knowledge_base import Hit, KnowledgeBase, display_source
+from ragbot.models.chat import Message
 
 # The legacy prompt/completion format: the model learns to answer after the separator and to
 # end with the stop sequence; both must be used again when calling a model trained on it.

@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ragbot import openai_api
 from ragbot.errors import FinetuneError, TrainingFileError
 from ragbot.finetune.records import JobRecord, JobRecords
+from ragbot.models import openai_api
 
 OPENAI_ENDPOINT = openai_api.OPENAI_ENDPOINT
 METHODS = {"sft": "supervised", "supervised": "supervised", "dpo": "dpo"}

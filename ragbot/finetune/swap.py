@@ -15,7 +15,8 @@ from pathlib import Path
 
 from ragbot.config import CONFIG_FILE_NAME, Settings, load_settings
 from ragbot.errors import ConfigError, FinetuneError
-from ragbot.local_models import DEFAULT_MODEL, MODELS, is_local_model
+from ragbot.models.local import is_local_model
+from ragbot.models.local_files import DEFAULT_MODEL, MODELS
 
 ROLE_KEYS = {"answer": "answer_model", "rewrite": "rewrite_model"}
 

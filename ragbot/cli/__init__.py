@@ -1,0 +1,1 @@
+"""The ``ragbot`` command and the terminal chat: thin shells over the Python API."""

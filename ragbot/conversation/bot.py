@@ -1,0 +1,536 @@
+"""The conversation engine: rewrite -> retrieve -> route -> generate -> remember.
+
+``RagBot.load()`` builds everything from settings; ``bot.conversation()`` gives a
+``Conversation`` whose ``ask`` returns an ``Answer`` and whose ``stream`` yields text as it
+is generated, then the ``Answer``. One turn:
+
+1. questions about the conversation itself ("我刚才问了什么?") are answered from memory;
+2. the question is rewritten into a standalone one when it needs it (``ragbot.conversation.rewrite``);
+3. the standalone question is searched in the knowledge base;
+4. if the best hit clears the threshold the answer is grounded in the numbered passages
+   and cites them; otherwise the fallback policy decides (a labelled general answer, a
+   refusal, or a fixed reply);
+5. the finished turn is saved (SQLite for named conversations).
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from ragbot.config import Settings, load_settings
+from ragbot.conversation.memory import (
+    ConversationStore,
+    Feedback,
+    make_feedback,
+    messages_from_pairs,
+    trim_history,
+    validate_history,
+)
+from ragbot.conversation.prompts import load_prompt
+from ragbot.conversation.rewrite import RewriteResult, is_chinese, rewrite_question
+from ragbot.errors import ConversationError, ConversationStoreError
+from ragbot.knowledge.knowledge_base import CONTROL_CHARS, Hit, KnowledgeBase, SearchResult, display_source, not_utf8
+from ragbot.models.chat import ChatModel, GenerationSettings, Message, Usage, make_chat_model
+
+MAX_QUESTION_CHARS = 4000
+CONTEXT_PASSAGES = 3  # passages put in the prompt: prompt processing dominates local latency
+
+LABELS = {
+    "general": {
+        "zh": "知识库中没有找到相关内容，以下是通用回答：\n\n",
+        "en": "Not found in the knowledge base; answering from general knowledge:\n\n",
+    },
+    "refuse": {
+        "zh": "知识库中没有找到相关内容，无法根据知识库回答这个问题。",
+        "en": "Not found in the knowledge base, so I can't answer this from it.",
+    },
+}
+
+_MEMORY_LAST_QUESTION = re.compile(
+    r"我(刚才|刚刚|上一个|上个|之前|前面|最后)(一个)?问(了|的)?(什么|啥|是什么|哪个问题)|我的上一个问题|我刚才的问题"
+    r"|what (did|was it) i (just )?(ask|asked)|what was my (last|previous) question|my (last|previous) question",
+    re.IGNORECASE,
+)
+_MEMORY_ALL_QUESTIONS = re.compile(
+    r"我(都|一共|之前|刚才)?问(过|了)(哪些|几个|什么)问题|what (questions|have i asked)|which questions (did|have) i",
+    re.IGNORECASE,
+)
+_MEMORY_LAST_ANSWER = re.compile(
+    r"你(刚才|刚刚|上一句|之前|前面)(说|回答)(了|的)?(什么|啥|是什么)"
+    r"|what did you (just )?(say|answer)|repeat (that|your (last )?answer)|what was your (last )?answer",
+    re.IGNORECASE,
+)
+
+
+def clean_question(question: Any) -> str:
+    """The question without control characters; empty or oversized questions are refused."""
+    if not isinstance(question, str):
+        raise ConversationError(f"the question must be text, got {type(question).__name__}")
+    problem = not_utf8(question)
+    if problem:
+        raise ConversationError(
+            f"the question is not valid UTF-8 text ({problem}); set your terminal or file encoding to UTF-8 "
+            "and retype it"
+        )
+    question = CONTROL_CHARS.sub(" ", question).strip()
+    if not question:
+        raise ConversationError("the question is empty; type a question")
+    if len(question) > MAX_QUESTION_CHARS:
+        raise ConversationError(
+            f"the question is {len(question):,} characters long; the limit is {MAX_QUESTION_CHARS:,}. "
+            "Shorten it, or save the text to a file and `ragbot ingest` it"
+        )
+    return question
+
+
+class Route(StrEnum):
+    """How a turn is answered; a ``str``, so ``answer.route == "grounded"`` and JSON keep working."""
+
+    GROUNDED = "grounded"  # from the confident passages, which it cites
+    FALLBACK = "fallback"  # nothing confident: a labelled general answer, a refusal or a fixed reply
+    MEMORY = "memory"  # a question about the conversation itself, answered from the history
+
+
+@dataclass
+class Turn:
+    """A turn prepared for the answer model (``RagBot.prepare``): the question, the history it is
+    shown, the rewrite, the search and the route. ``reply`` is set when no generation is needed
+    (a memory question, a refusal, a fixed reply); ``prefix`` is the label put before a general answer."""
+
+    question: str
+    started: float
+    language: str  # "zh" | "en": which prompts and labels
+    history: list[Message] = field(default_factory=list)  # trimmed to ``history_tokens``
+    rewrite: RewriteResult | None = None
+    standalone_question: str = ""
+    search: SearchResult | None = None
+    route: Route = Route.FALLBACK
+    sources: list[Hit] = field(default_factory=list)  # the passages shown as [1], [2], ...
+    reply: str | None = None
+    prefix: str = ""
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(kw_only=True)
+class Answer:
+    """What one turn produced, with the evidence and the bookkeeping."""
+
+    text: str
+    route: Route
+    question: str  # as the user typed it
+    standalone_question: str  # what retrieval used
+    hits: list[Hit] = field(default_factory=list)  # everything retrieved, best first
+    sources: list[Hit] = field(default_factory=list)  # the passages given to the model as [1], [2], ...
+    rewrite: RewriteResult | None = None
+    usage: dict[str, Usage] = field(default_factory=dict)  # per stage: "rewrite", "answer"
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+    models: dict[str, str] = field(default_factory=dict)
+    threshold: float | None = None
+
+    @property
+    def total_usage(self) -> Usage:
+        total = Usage()
+        for usage in self.usage.values():
+            total = total + usage
+        return total
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "question": self.question,
+            "standalone_question": self.standalone_question,
+            "route": self.route,
+            "answer": self.text,
+            "threshold": self.threshold,
+            "sources": [
+                {"n": i, **h.to_dict(), "source": display_source(h.source)} for i, h in enumerate(self.sources, 1)
+            ],
+            "hits": [{**h.to_dict(), "source": display_source(h.source)} for h in self.hits],
+            "rewrite": {
+                "called_model": self.rewrite.called_model if self.rewrite else False,
+                "reason": self.rewrite.reason if self.rewrite else "",
+                "reasoning": self.rewrite.reasoning if self.rewrite else "",
+            },
+            "usage": {stage: u.to_dict() for stage, u in self.usage.items()},
+            "timings": {k: round(v, 4) for k, v in self.timings.items()},
+            "models": self.models,
+        }
+
+
+def format_passages(hits: Sequence[Hit], chinese: bool) -> str:
+    """Numbered passages for the prompt; closing delimiters inside them are defused."""
+    blocks = []
+    for n, hit in enumerate(hits, start=1):
+        where = " > ".join([hit.title, *[h for h in hit.headings if h != hit.title]])
+        text = re.sub(r"</\s*(资料|passages)\s*>", "</ \\1>", hit.text, flags=re.IGNORECASE)
+        blocks.append(f"[{n}] {where} ({display_source(hit.source)})\n{text}")
+    return "\n\n".join(blocks)
+
+
+def answer_messages(
+    question: str,
+    sources: Sequence[Hit],
+    history: Sequence[Message] = (),
+    *,
+    chinese: bool,
+    prompt_dir: Path | None = None,
+) -> list[Message]:
+    """What the answer model is shown: the grounded prompt with numbered passages when there
+    are any, the general one otherwise. Shared with ``ragbot.finetune`` so training examples
+    look exactly like the bot's own calls."""
+    lang = "zh" if chinese else "en"
+    if sources:
+        prompt = load_prompt(f"grounded.{lang}", prompt_dir)
+        system, user = prompt.render(passages=format_passages(sources, chinese), question=question)
+    else:
+        system, user = load_prompt(f"general.{lang}", prompt_dir).render(question=question)
+    # static system prompt first, then the (append-only) history, then this turn's part
+    return [system, *history, user]
+
+
+def memory_reply(question: str, history: Sequence[Message]) -> str | None:
+    """A reply about the conversation itself, or None if the question is not about it."""
+    zh = is_chinese(question)
+    asked = [m.content for m in history if m.role == "user"]
+    said = [m.content for m in history if m.role == "assistant"]
+    if _MEMORY_ALL_QUESTIONS.search(question):
+        if not asked:
+            return "我们还没有开始对话。" if zh else "We haven't talked yet."
+        listed = "\n".join(f"{i}. {q}" for i, q in enumerate(asked, 1))
+        return f"你问过这些问题：\n{listed}" if zh else f"You asked:\n{listed}"
+    if _MEMORY_LAST_QUESTION.search(question):
+        if not asked:
+            return "你还没有问过问题。" if zh else "You haven't asked anything yet."
+        return f"你刚才问的是：“{asked[-1]}”" if zh else f'You just asked: "{asked[-1]}"'
+    if _MEMORY_LAST_ANSWER.search(question):
+        if not said:
+            return "我还没有回答过问题。" if zh else "I haven't said anything yet."
+        return f"我刚才说的是：\n{said[-1]}" if zh else f"I just said:\n{said[-1]}"
+    return None
+
+
+class RagBot:
+    """The knowledge base, the models and the settings; stateless per call, so one bot can
+    serve many conversations (and threads) at once."""
+
+    def __init__(
+        self,
+        kb: KnowledgeBase,
+        answer_model: ChatModel,
+        rewrite_model: ChatModel | None = None,
+        settings: Settings | None = None,
+        store: ConversationStore | None = None,
+    ):
+        self.kb = kb
+        self.answer_model = answer_model
+        self.rewrite_model = rewrite_model or answer_model
+        self.settings = settings or kb.settings
+        self._store = store
+
+    @classmethod
+    def load(cls, settings: Settings | None = None, **overrides: Any) -> RagBot:
+        """A bot from settings (defaults < ragbot.toml < RAGBOT_* < ``overrides``)."""
+        settings = settings.replace(**overrides) if settings else load_settings(overrides=overrides)
+        kb = KnowledgeBase.open(settings)
+        answer = make_chat_model(settings, "answer")
+        same = (settings.rewrite_model or settings.model) == (settings.answer_model or settings.model)
+        rewrite = answer if same else make_chat_model(settings, "rewrite")
+        return cls(kb, answer, rewrite, settings)
+
+    @property
+    def store(self) -> ConversationStore:
+        if self._store is None:
+            self._store = ConversationStore(self.settings.sessions_path)
+        return self._store
+
+    def conversation(self, name: str | None = None) -> Conversation:
+        """A conversation; a named one is saved in SQLite and resumes where it stopped."""
+        return Conversation(self, name)
+
+    def rewrite(self, question: str, history: Sequence[Message] | Sequence[dict] = ()) -> str:
+        """The standalone form of ``question`` given the ``history`` (public for evaluation)."""
+        return self.rewrite_details(question, history).question
+
+    def rewrite_details(self, question: str, history: Sequence[Message] | Sequence[dict] = ()) -> RewriteResult:
+        question = clean_question(question)
+        history = self._history(history)
+        return rewrite_question(
+            question,
+            trim_history(history, self.settings.history_tokens),
+            self.rewrite_model,
+            self.settings.prompt_dir,
+        )
+
+    def as_runnable(self):
+        """This bot as a LangChain Runnable (see ``ragbot.conversation.runnables``)."""
+        from ragbot.conversation.runnables import bot_runnable
+
+        return bot_runnable(self)
+
+    def answer(self, question: str, history: Sequence[Message] | Sequence[dict] = ()) -> Answer:
+        """Answer one question given a finished history (stateless)."""
+        *_, answer = self.stream_answer(question, history)
+        return answer
+
+    def stream_answer(self, question: str, history: Sequence[Message] | Sequence[dict] = ()) -> Iterator[str | Answer]:
+        """Text deltas of the answer as they are generated, then the ``Answer``."""
+        yield from self.generate(self.prepare(question, history))
+
+    # ------------------------------------------------------------------ the steps of a turn
+    def prepare(self, question: str, history: Sequence[Message] | Sequence[dict] = (), *, k: int | None = None) -> Turn:
+        """Everything decided before the answer model is called: memory, rewrite, retrieval, route.
+
+        ``k`` searches more hits than ``top_k`` (evaluation ranks deeper); the answer still sees
+        the same passages."""
+        started = time.perf_counter()
+        question = clean_question(question)
+        history = self._history(history)
+        turn = Turn(question=question, started=started, language="zh" if is_chinese(question) else "en")
+
+        remembered = memory_reply(question, history)
+        if remembered is not None:
+            turn.route, turn.reply = Route.MEMORY, remembered
+            return turn
+
+        turn.history = trim_history(history, self.settings.history_tokens)
+        turn.rewrite = self.rewrite_step(question, turn.history)
+        turn.standalone_question = turn.rewrite.question
+        t_rewrite = time.perf_counter()
+        turn.timings["rewrite"] = t_rewrite - started
+
+        turn.search = self.retrieve(turn.standalone_question, k)
+        turn.timings["retrieval"] = time.perf_counter() - t_rewrite
+        turn.route, turn.sources = self.route(turn.search)
+        if turn.route is Route.FALLBACK:
+            if self.settings.fallback == "general":
+                turn.prefix = LABELS["general"][turn.language]
+            elif self.settings.fallback == "refuse":
+                turn.reply = LABELS["refuse"][turn.language]
+            else:
+                turn.reply = self.settings.fallback_reply
+        return turn
+
+    def rewrite_step(self, question: str, history: Sequence[Message]) -> RewriteResult:
+        """The standalone question (``history`` already trimmed), or the question itself when
+        the rewrite is switched off."""
+        if not self.settings.rewrite:
+            return RewriteResult(question, question, reason="skipped: rewrite disabled")
+        return rewrite_question(question, history, self.rewrite_model, self.settings.prompt_dir)
+
+    def retrieve(self, query: str, k: int | None = None) -> SearchResult:
+        """The knowledge-base hits for the standalone question, scored against the threshold."""
+        return self.kb.search(query, max(k or 0, self.settings.top_k), self.settings.threshold)
+
+    def route(self, result: SearchResult) -> tuple[Route, list[Hit]]:
+        """Grounded on the confident passages when there are any, else the fallback."""
+        sources = result.confident[: min(CONTEXT_PASSAGES, self.settings.top_k)]
+        return (Route.GROUNDED, sources) if sources else (Route.FALLBACK, [])
+
+    def generate(self, turn: Turn) -> Iterator[str | Answer]:
+        """Text deltas of the answer to a prepared ``turn``, then its ``Answer``."""
+        if turn.reply is not None:  # decided without the answer model
+            yield turn.reply
+            yield self._finish(turn, turn.reply)
+            return
+        if turn.prefix:
+            yield turn.prefix
+        messages = answer_messages(
+            turn.standalone_question,
+            turn.sources,
+            turn.history,
+            chinese=turn.language == "zh",
+            prompt_dir=self.settings.prompt_dir,
+        )
+        begun = time.perf_counter()
+        parts: list[str] = []
+        first_token = None
+        usage = Usage()
+        for delta in self.answer_model.stream(messages, self._generation()):
+            if delta.text:
+                first_token = first_token if first_token is not None else time.perf_counter()
+                parts.append(delta.text)
+                yield delta.text
+            if delta.usage is not None:
+                usage = delta.usage
+        done = time.perf_counter()
+        turn.timings["first_token"] = (first_token or done) - begun
+        turn.timings["generation"] = done - begun
+        yield self._finish(turn, turn.prefix + "".join(parts).strip(), usage)
+
+    def _finish(self, turn: Turn, text: str, answer_usage: Usage | None = None) -> Answer:
+        """The ``Answer`` of a turn: its text with the evidence and the bookkeeping."""
+        usage: dict[str, Usage] = {}
+        models: dict[str, str] = {}
+        if turn.rewrite is not None:
+            usage["rewrite"] = turn.rewrite.usage
+            models["rewrite"] = self.rewrite_model.name
+        if answer_usage is not None:
+            usage["answer"] = answer_usage
+            models["answer"] = self.answer_model.name
+        search = turn.search
+        return Answer(
+            text=text,
+            route=turn.route,
+            question=turn.question,
+            standalone_question=turn.standalone_question or turn.question,
+            hits=search.hits[: self.settings.top_k] if search else [],
+            sources=list(turn.sources),
+            rewrite=turn.rewrite,
+            usage=usage,
+            timings={**turn.timings, "total": time.perf_counter() - turn.started},
+            models=models,
+            threshold=search.threshold if search else None,
+        )
+
+    def _generation(self) -> GenerationSettings:
+        s = self.settings
+        return GenerationSettings(s.temperature, s.top_p, s.max_tokens, s.frequency_penalty, s.presence_penalty, s.stop)
+
+    @staticmethod
+    def _history(history: Sequence[Message] | Sequence[dict]) -> list[Message]:
+        if isinstance(history, (str, bytes)) or not isinstance(history, Sequence):
+            raise ConversationError(
+                f"the history must be a list of messages, got {type(history).__name__}; "
+                'pass [{"role": "user", "content": ...}, {"role": "assistant", "content": ...}, ...]'
+            )
+        for i, m in enumerate(history, 1):
+            shapeless = isinstance(m, dict) and not {"role", "content"} <= m.keys()
+            if shapeless or not isinstance(m, (Message, dict, tuple, list)):
+                raise ConversationError(
+                    f"history item {i} is {type(m).__name__} {str(m)[:40]!r}; each item must be a "
+                    '{"role": ..., "content": ...} dict, a (role, content) pair or a Message'
+                )
+            if isinstance(m, (tuple, list)) and len(m) != 2:
+                raise ConversationError(f"history item {i} has {len(m)} parts; a (role, content) pair has 2")
+        messages = [m if isinstance(m, Message) else messages_from_pairs([m])[0] for m in history]
+        validate_history(messages)
+        return messages
+
+
+def turn_meta(answer: Answer) -> dict[str, Any]:
+    """What a saved turn keeps besides its text: the route, the standalone question and the
+    passages the model was shown, so training data can later include the same evidence."""
+    return {
+        "route": answer.route,
+        "standalone_question": answer.standalone_question,
+        "passages": [
+            {
+                "chunk_id": h.id,
+                "doc_id": h.doc_id,
+                "title": h.title,
+                "headings": list(h.headings),
+                "source": h.source,
+                "text": h.text,
+                "score": round(h.score, 4),
+            }
+            for h in answer.sources
+        ],
+    }
+
+
+def passages_from_meta(meta: dict[str, Any]) -> list[Hit]:
+    """The passages a saved turn used, as hits that ``format_passages`` renders as the bot did."""
+    return [
+        Hit(
+            id=p.get("chunk_id", ""),
+            text=p.get("text", ""),
+            source=p.get("source", ""),
+            title=p.get("title", ""),
+            score=float(p.get("score", 0.0)),
+            above_threshold=True,
+            doc_id=p.get("doc_id"),
+            headings=tuple(p.get("headings", ())),
+        )
+        for p in meta.get("passages", [])
+    ]
+
+
+class Conversation:
+    """One conversation: its history, and a lock so a conversation is used by one thread at a time."""
+
+    def __init__(self, bot: RagBot, name: str | None = None):
+        self.bot = bot
+        self.name = name
+        self.history: list[Message] = bot.store.history(name) if name else []
+        self.ratings: dict[int, Feedback] = bot.store.feedback(name) if name else {}  # by turn, 0-based
+        self.last: Answer | None = None
+        self._lock = threading.Lock()
+
+    def ask(self, question: str) -> Answer:
+        *_, answer = self.stream(question)
+        return answer
+
+    def stream(self, question: str) -> Iterator[str | Answer]:
+        """Text deltas, then the ``Answer``; the turn is saved only once it is complete. A named
+        conversation checks its file first, so a turn that could not be saved is never asked."""
+        with self._lock:
+            self.check_storage()
+            for item in self.bot.stream_answer(question, self.history):
+                if isinstance(item, Answer):
+                    self._remember(item)
+                yield item
+
+    def feedback(self, rating: str, correction: str | None = None, turn: int = -1) -> Feedback:
+        """Mark an answer "good" or "bad" (optionally with the answer it should have been), the
+        last one by default; ``turn`` counts from 0, or from the end when negative. A named
+        conversation keeps it in SQLite, for ``ragbot finetune prepare``."""
+        marked = make_feedback(rating, correction)
+        turns = len(self.history) // 2
+        if not turns:
+            raise ConversationError("there is no answer to mark yet; ask a question first")
+        index = turn if turn >= 0 else turns + turn
+        if not 0 <= index < turns:
+            raise ConversationError(f"there is no turn {turn}; this conversation has {turns} turn(s)")
+        with self._lock:
+            if self.name:
+                self.bot.store.set_feedback(self.name, index, marked)
+            self.ratings[index] = marked
+        return marked
+
+    def check_storage(self) -> str | None:
+        """Before a turn of a named conversation: raise ``ConversationStoreError`` if the turn could not
+        be saved. A file deleted (or replaced) while this conversation ran is opened again at its path
+        and this conversation's turns are saved back in it; the returned notice says so."""
+        if not self.name or not self.bot.store.check():
+            return None
+        store = self.bot.store
+        stored = store.history(self.name)
+        if stored and stored != self.history:
+            raise ConversationStoreError(
+                f"the conversations file {store.path} was replaced while this chat ran, and its session "
+                f"{self.name!r} differs from this chat: use another session name, or move the file away"
+            )
+        if not stored:
+            for i in range(0, len(self.history), 2):
+                store.append_turn(self.name, self.history[i].content, self.history[i + 1].content)
+            for turn, marked in self.ratings.items():
+                store.set_feedback(self.name, turn, marked)
+        return (
+            f"The conversations file {store.path} was deleted or replaced while this chat ran; "
+            f"it is open again and holds this chat's {len(self.history) // 2} earlier turn(s)."
+        )
+
+    def keep_in_memory(self) -> None:
+        """Go on without saving (the file cannot be used): turns and feedback stay in this object only."""
+        self.name = None
+
+    def _remember(self, answer: Answer) -> None:
+        if self.name:
+            self.bot.store.append_turn(self.name, answer.question, answer.text, turn_meta(answer))
+        self.history += [Message("user", answer.question), Message("assistant", answer.text)]
+        self.last = answer
+
+    def reset(self) -> None:
+        """Forget the history (and delete it from storage for a named conversation)."""
+        with self._lock:
+            if self.name:
+                self.bot.store.clear(self.name)
+            self.history = []
+            self.ratings = {}
+            self.last = None

@@ -1,0 +1,230 @@
+"""Rewrite a follow-up question into a standalone one, resolving pronouns and omissions.
+
+Three parts, each usable on its own:
+
+* ``needs_rewrite`` - a cheap check (no model call) for anaphora and ellipsis: first turns
+  and questions that already name their subject skip the model entirely.
+* the chain-of-thought prompt (``prompts/rewrite.zh.txt`` / ``rewrite.en.txt``): the model
+  reasons about what each pronoun or omitted word refers to, then writes ``改写：...`` /
+  ``Rewrite: ...``; ``parse_rewrite`` keeps only that final question.
+* guards: if the model fails, times out, returns something unparseable, or introduces a
+  name found neither in the history nor in the question, the original question is used.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from ragbot.conversation.prompts import load_prompt
+from ragbot.errors import ModelError, PromptError
+from ragbot.models.chat import ChatModel, GenerationSettings, Message, Usage
+
+log = logging.getLogger("ragbot.conversation.rewrite")
+
+_CJK = re.compile(r"[\u4e00-\u9fff]")
+_ZH_PRONOUN = re.compile(
+    r"它|他|她|这个|那个|这些|那些|这里|那里|这儿|那儿|这位|那位|这部|那部|这首|那首|这本|那本|这家|那家"
+    r"|这款|那款|这种|那种|这件|那件|这条|那条|这座|那座|这只|那只|该|其|此|前者|后者|上面|上述|刚才|同样|对方"
+    r"|这|那(?!么)"  # bare demonstratives: 这是哪年拍的? 这片子... (after the longer forms, for the log)
+)
+# An attribute asked about without saying whose ("导演是谁？", "票房怎么样？"): in a follow-up the
+# owner is almost always the topic of the history. Unless the question names something itself.
+_ZH_ATTRIBUTE = re.compile(
+    r"主演|导演|编剧|票房|上映|剧情|类型|出品|发行|制片|拍摄|演员|作者|出生|年龄|多大|身高|国籍|首都|人口|面积"
+    r"|成立|创始人|总部|价格|多少钱|生日|代表作|作品|妻子|丈夫|老婆|老公|父母|成员|毕业|职业|配音|片长|语言|对白"
+    r"|奖项|别名|原名|地址|电话|营业|门票"
+)
+_ZH_NAMED = re.compile(r"[《“「\"]|[A-Z][a-z]+")
+_ZH_COMPARISON = re.compile(r"^(那|那么|还有)|呢[？?！!。]*$")
+_EN_PRONOUN = re.compile(
+    r"\b(it|its|it's|he|him|his|she|her|hers|they|them|their|theirs|this|that|these|those|there|"
+    r"the same|the other|the latter|the former|one|ones|then|other|another|similar|such|more|"
+    r"(?-i:the (?!(?:best|most|least|first|last|world)\b)[a-z]+))\b",
+    re.IGNORECASE,
+)
+_EN_FOLLOW_UP = re.compile(
+    r"^(what about|how about|and|also|what else|why|why not|how so|anything else|tell me more|more)\b",
+    re.IGNORECASE,
+)
+_ZH_SMALL_TALK = re.compile(r"^(你好|您好|谢谢|多谢|再见|好的|嗯|哈哈|早上好|晚安)[啊呀吧了！!。~～]*$")
+_EN_SMALL_TALK = re.compile(r"^(hi|hello|hey|thanks|thank you|bye|goodbye|ok|okay)\b[!. ]*$", re.IGNORECASE)
+_ANSWER_LINE = re.compile(
+    r"^\s*(?:\**)(改写|改写后的问题|rewrite|rewritten question|final question)(?:\**)\s*[:：]\s*(.+)$",
+    re.IGNORECASE | re.MULTILINE,
+)
+_REASONING = re.compile(r"^\s*(思考|推理|reasoning)\s*[:：]\s*(.+)$", re.IGNORECASE | re.MULTILINE)
+
+
+def is_chinese(text: str) -> bool:
+    return bool(_CJK.search(text))
+
+
+@dataclass(frozen=True)
+class RewriteDecision:
+    needed: bool
+    reason: str
+
+
+def needs_rewrite(question: str, history: Sequence[str]) -> RewriteDecision:
+    """Whether ``question`` probably depends on ``history`` (pronoun, omission, comparison)."""
+    q = question.strip()
+    if not history:
+        return RewriteDecision(False, "first turn")
+    if is_chinese(q):
+        if _ZH_SMALL_TALK.match(q):
+            return RewriteDecision(False, "small talk")
+        if m := _ZH_PRONOUN.search(q):
+            return RewriteDecision(True, f"pronoun {m.group(0)!r}")
+        if _ZH_COMPARISON.search(q):
+            return RewriteDecision(True, "comparison follow-up")
+        if len(_CJK.findall(q)) <= 6:
+            return RewriteDecision(True, "short question, subject probably omitted")
+        if (m := _ZH_ATTRIBUTE.search(q)) and not _ZH_NAMED.search(q):
+            return RewriteDecision(True, f"asks about {m.group(0)!r} without naming whose")
+        return RewriteDecision(False, "names its subject")
+    if _EN_SMALL_TALK.match(q):
+        return RewriteDecision(False, "small talk")
+    if m := _EN_PRONOUN.search(q):
+        return RewriteDecision(True, f"pronoun {m.group(0)!r}")
+    if _EN_FOLLOW_UP.match(q):
+        return RewriteDecision(True, "follow-up phrase")
+    if len(q.split()) <= 3:
+        return RewriteDecision(True, "short question, subject probably omitted")
+    return RewriteDecision(False, "names its subject")
+
+
+def parse_rewrite(text: str) -> tuple[str, str] | None:
+    """(reasoning, final question) from the model's output, or None if it has no final line."""
+    matches = list(_ANSWER_LINE.finditer(text))
+    if not matches:
+        # Small models sometimes answer with the rewritten question alone: one line, no label.
+        lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+        label = r"^\W*(改写|思考|推理|rewrite|reasoning)\W*[:：]"
+        labelled = re.match(label, lines[0], re.IGNORECASE) if lines else None
+        if len(lines) == 1 and not labelled and len(lines[0]) <= 300:
+            return "", lines[0].strip("\"'“”‘’「」*` ")
+        return None
+    final = matches[-1].group(2).strip().strip("\"'“”‘’「」*` ")
+    if not final:
+        return None
+    reasoning = text[: matches[-1].start()].strip()
+    if r := _REASONING.search(reasoning):
+        reasoning = reasoning[r.start(2) :].strip()
+    return reasoning, final
+
+
+_ZH_FUNCTION_CHARS = set(
+    "是的了吗呢吧啊呀么什哪里谁怎样如何几多少为在有和与及或被把"  # question words, particles
+    "对于从到也都还就又很最更些个这那其们能会可以要想请问知道"  # prepositions, adverbs, modal verbs
+)
+_EN_WORD = re.compile(r"[A-Za-z][A-Za-z'-]*|\d[\d.,]*")
+
+
+def introduced_name(rewrite: str, question: str, history: Sequence[str]) -> str | None:
+    """A name (or number) in ``rewrite`` found neither in the question nor in the history.
+
+    Chinese: a character is accounted for when it is part of a 2-character piece that occurs
+    in the context; two or more unaccounted characters in a row are a new word (a single one
+    is allowed: a joining word such as 的 between two copied spans). English and numbers:
+    capitalised words and numbers absent from the context.
+    """
+    context = question + "\n" + "\n".join(history)
+    lowered = context.lower()
+    for run in re.findall(r"[\u4e00-\u9fff·・]+", rewrite):  # the dot inside 阿米尔·汗 is part of the name
+        covered = [False] * len(run)
+        for i in range(len(run) - 1):
+            if run[i : i + 2] in context:
+                covered[i] = covered[i + 1] = True
+        for match in re.finditer(r"F{2,}", "".join("T" if c else "F" for c in covered)):
+            piece = run[match.start() : match.end()]
+            if not set(piece) <= _ZH_FUNCTION_CHARS:  # 是什么 / 哪些 are words of the question, not names
+                return piece
+    for position, word in enumerate(_EN_WORD.findall(rewrite)):
+        # capitalised words inside the sentence are names; the first word is capitalised anyway
+        is_name = (word[0].isupper() and position > 0 and word != "I") or word[0].isdigit()
+        if is_name and word.lower() not in lowered and word.lower().rstrip("'s") not in lowered:
+            return word
+    return None
+
+
+@dataclass
+class RewriteResult:
+    """The standalone question and how it was obtained (kept for ``/why`` and evaluation)."""
+
+    question: str  # what retrieval uses
+    original: str
+    called_model: bool = False
+    reason: str = ""  # why it was (not) rewritten, or why the model's rewrite was rejected
+    reasoning: str = ""  # the model's chain of thought, never shown as the answer
+    raw_output: str = ""
+    usage: Usage = field(default_factory=Usage)
+    seconds: float = 0.0
+
+    @property
+    def changed(self) -> bool:
+        return self.question != self.original
+
+
+def format_history(history: Sequence[Message], chinese: bool) -> str:
+    user, assistant = ("用户", "助手") if chinese else ("User", "Assistant")
+    return "\n".join(
+        f"{user if m.role == 'user' else assistant}：{m.content}"
+        if chinese
+        else f"{user if m.role == 'user' else assistant}: {m.content}"
+        for m in history
+        if m.role in ("user", "assistant")
+    )
+
+
+def rewrite_question(
+    question: str,
+    history: Sequence[Message],
+    model: ChatModel,
+    prompt_dir=None,
+    generation: GenerationSettings | None = None,
+    force: bool = False,
+) -> RewriteResult:
+    """The standalone form of ``question``; the original when no rewrite is needed or possible."""
+    started = time.perf_counter()
+    texts = [m.content for m in history]
+    decision = needs_rewrite(question, texts)
+    if not force and not decision.needed:
+        log.info("rewrite skipped (%s): %r", decision.reason, question)
+        return RewriteResult(question, question, reason=f"skipped: {decision.reason}")
+    if not history:
+        return RewriteResult(question, question, reason="skipped: first turn")
+    log.info("rewrite called (%s): %r", decision.reason, question)
+    chinese = is_chinese(question) or (not re.search(r"[A-Za-z]{3,}", question) and is_chinese(" ".join(texts)))
+    prompt = load_prompt("rewrite.zh" if chinese else "rewrite.en", prompt_dir)
+    messages = prompt.render(history=format_history(history, chinese), question=question)
+    generation = generation or GenerationSettings(temperature=0.0, max_tokens=160)
+    result = RewriteResult(question, question, called_model=True)
+    try:
+        completion = model.complete(messages, generation)
+    except ModelError as exc:
+        log.warning("rewrite model failed, using the question as typed: %s", exc)
+        result.reason = f"model failed: {exc}"
+        result.seconds = time.perf_counter() - started
+        return result
+    except PromptError:
+        raise
+    result.raw_output = completion.text
+    result.usage = completion.usage
+    result.seconds = time.perf_counter() - started
+    parsed = parse_rewrite(completion.text)
+    if parsed is None:
+        result.reason = "unparseable model output"
+        log.warning("rewrite output unparseable, using the question as typed: %r", completion.text[:200])
+        return result
+    result.reasoning, candidate = parsed
+    if name := introduced_name(candidate, question, texts):
+        result.reason = f"rejected: introduces {name!r}, found neither in the history nor the question"
+        log.warning("rewrite %r rejected: invents %r", candidate, name)
+        return result
+    result.question = candidate
+    result.reason = decision.reason
+    return result

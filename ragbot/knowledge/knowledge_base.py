@@ -1,0 +1,410 @@
+"""The knowledge base: ingest files into an index, retrieve scored evidence from it.
+
+``KnowledgeBase.open(settings)`` loads the embedder and the index (building the default
+index from the bundled knowledge base on first use); ``ingest(paths)`` adds, replaces and
+removes chunks incrementally; ``search(query)`` returns hits whose ``score`` is a cosine
+similarity in [-1, 1], each marked with whether it clears the confidence threshold.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from ragbot.config import Settings, bundled_dir, load_settings
+from ragbot.errors import (
+    DocumentError,
+    EmbedderMismatchError,
+    IngestError,
+    QueryError,
+)
+from ragbot.knowledge import index as store
+from ragbot.knowledge.chunking import Chunk, chunk_document
+from ragbot.knowledge.documents import find_files, iter_documents
+from ragbot.models.embedders import Embedder, make_embedder
+
+MAX_QUERY_CHARS = 8000  # embedders only read the first few hundred tokens anyway
+CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+@dataclass(frozen=True)
+class Hit:
+    """A retrieved chunk with its cosine score and whether it clears the threshold."""
+
+    id: str
+    text: str
+    source: str
+    title: str
+    score: float
+    above_threshold: bool
+    doc_id: str | None = None
+    position: int = 0
+    headings: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "doc_id": self.doc_id,
+            "source": self.source,
+            "title": self.title,
+            "text": self.text,
+            "score": round(self.score, 4),
+            "above_threshold": self.above_threshold,
+        }
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """The hits for one query, best first, and the threshold they were judged against."""
+
+    query: str
+    threshold: float
+    hits: list[Hit]
+
+    @property
+    def confident(self) -> list[Hit]:
+        """The hits that clear the threshold: the evidence a grounded answer may use."""
+        return [h for h in self.hits if h.above_threshold]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"query": self.query, "threshold": self.threshold, "hits": [h.to_dict() for h in self.hits]}
+
+
+@dataclass
+class IngestReport:
+    """What an ingest did, at file and chunk level."""
+
+    files: int = 0
+    chunks: int = 0  # chunks in the index afterwards
+    added: int = 0
+    removed: int = 0
+    unchanged: int = 0
+    failed: list[DocumentError] = field(default_factory=list)
+    skipped: list[Path] = field(default_factory=list)  # unsupported types found in folders
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        line = (
+            f"{self.files} files, {self.chunks} chunks in index: {self.added} added, "
+            f"{self.removed} removed, {self.unchanged} unchanged in {self.seconds:.1f}s"
+        )
+        if self.failed:
+            line += f"; {len(self.failed)} file(s) failed"
+        if self.skipped:
+            line += f"; {len(self.skipped)} unsupported file(s) skipped"
+        return line
+
+
+def bundled_knowledge_dir() -> Path:
+    """The knowledge base shipped with ragbot (inside the wheel, or the repo's ``knowledge/``)."""
+    folder = bundled_dir("knowledge")
+    if folder is not None:
+        return folder
+    raise IngestError("the bundled knowledge base is missing from this install; reinstall ragbot")
+
+
+def display_source(source: str) -> str:
+    """Bundled files as ``knowledge/...``, others relative to the working directory if inside it."""
+    path = Path(source)
+    try:
+        bundled = bundled_knowledge_dir()
+        if path.is_relative_to(bundled):
+            return str(Path("knowledge") / path.relative_to(bundled))
+        rel = os.path.relpath(path)
+    except (ValueError, IngestError):
+        return source
+    return source if rel.startswith("..") else rel
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")[:80]
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def not_utf8(text: str) -> str | None:
+    """Where ``text`` stops being valid UTF-8, or None if it is. The shell hands Python bytes that
+    are not UTF-8 as lone surrogates (``"caf\\xe9"`` arrives as ``"caf\\udce9"``), which no embedder,
+    model or file can take."""
+    match = LONE_SURROGATE.search(text)
+    if match is None:
+        return None
+    code = ord(match.group())
+    what = f"byte 0x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"lone surrogate U+{code:04X}"
+    return f"{what} at character {match.start() + 1}"
+
+
+def clean_query(query: str) -> str:
+    """The query without control characters and surplus length; empty raises ``QueryError``."""
+    if not isinstance(query, str):
+        raise QueryError(f"the query must be text, got {type(query).__name__}")
+    problem = not_utf8(query)
+    if problem:
+        raise QueryError(
+            f"the query is not valid UTF-8 text ({problem}); set your terminal or file encoding to UTF-8 and retype it"
+        )
+    query = CONTROL_CHARS.sub(" ", query).strip()[:MAX_QUERY_CHARS]
+    if not query:
+        raise QueryError("the query is empty; type a question")
+    return query
+
+
+class KnowledgeBase:
+    """An index directory plus the embedder it was built with."""
+
+    def __init__(self, settings: Settings, embedder: Embedder, directory: Path):
+        self.settings = settings
+        self.embedder = embedder
+        self.directory = directory
+        self._stored: store.StoredIndex | None = None
+
+    @classmethod
+    def open(
+        cls,
+        settings: Settings | None = None,
+        embedder: Embedder | None = None,
+        create: bool = False,
+        **overrides: Any,
+    ) -> KnowledgeBase:
+        """Open the index the settings name; build the default one from the bundled knowledge
+        base if it does not exist yet. ``create=True`` defers loading to the first use, so a
+        missing index can be created (and a mismatched one rebuilt) by ``ingest``."""
+        settings = settings or load_settings(overrides=overrides)
+        if overrides and settings is not None:
+            settings = settings.replace(**overrides)
+        embedder = embedder or make_embedder(settings)
+        if settings.uses_default_index:
+            directory = settings.index_dir / _slug(embedder.name)
+        else:
+            directory = settings.index_dir
+        kb = cls(settings, embedder, directory)
+        if settings.uses_default_index:
+            knowledge = settings.knowledge_dir or bundled_knowledge_dir()
+            if not store.exists(directory):
+                print(
+                    "Building the default index from the bundled knowledge base (first run only)...",
+                    file=sys.stderr,
+                )
+                kb.ingest([knowledge])
+            elif kb._is_stale(knowledge):
+                print("The bundled knowledge base changed; updating the default index...", file=sys.stderr)
+                kb.ingest([knowledge])
+            else:
+                kb._load()
+        elif not create:
+            kb._load()  # fails early: missing, damaged, or built with another embedder
+        return kb
+
+    def _is_stale(self, folder: Path) -> bool:
+        """Whether files under ``folder`` differ from what the index holds (cheap: hashes only)."""
+        files, _ = find_files([folder])
+        sources = self._load().sources
+        folder = folder.resolve()
+        known = {s for s in sources if Path(s).is_relative_to(folder)}
+        if known != {str(f) for f in files}:
+            return True
+        try:
+            return any(sources[str(f)].sha256 != _sha256(f) for f in files)
+        except OSError:
+            return True  # an unreadable file: ingest reports it
+
+    # ------------------------------------------------------------------ reading
+    def _load(self) -> store.StoredIndex:
+        stored = store.load(self.directory)
+        if stored.manifest.embedder != self.embedder.name:
+            raise EmbedderMismatchError(
+                f"the index at {self.directory} was built with embedder {stored.manifest.embedder!r}, "
+                f"but the configured embedder is {self.embedder.name!r}; use the same embedder, or "
+                f"rebuild with `ragbot ingest PATH... --index {self.directory} --rebuild`"
+            )
+        self._stored = stored
+        return stored
+
+    @property
+    def stored(self) -> store.StoredIndex:
+        return self._stored if self._stored is not None else self._load()
+
+    @property
+    def manifest(self) -> store.Manifest:
+        return self.stored.manifest
+
+    @property
+    def threshold(self) -> float:
+        """The user's threshold if set, else the one stored in the index for its embedder."""
+        if self.settings.threshold is not None:
+            return self.settings.threshold
+        return self.manifest.threshold
+
+    def __len__(self) -> int:
+        return len(self.stored.chunks)
+
+    def search(self, query: str, k: int | None = None, threshold: float | None = None) -> SearchResult:
+        """Top-k hits for ``query`` (best first), each judged against ``threshold`` (default:
+        ``self.threshold``)."""
+        query = clean_query(query)
+        k = self.settings.top_k if k is None else k
+        if isinstance(k, bool) or not isinstance(k, int):
+            raise QueryError(f"k must be a whole number, got {k!r}")
+        if k < 1:
+            raise QueryError(f"k must be at least 1, got {k}")
+        if threshold is not None and (
+            isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not -1 <= threshold <= 1
+        ):
+            raise QueryError(f"threshold must be a cosine similarity between -1 and 1, got {threshold!r}")
+        vector = self.embedder.embed_query(query)
+        threshold = self.threshold if threshold is None else threshold
+        hits = [
+            Hit(
+                id=chunk.id,
+                text=chunk.text,
+                source=chunk.source,
+                title=chunk.title,
+                score=score,
+                above_threshold=score >= threshold,
+                doc_id=chunk.doc_id,
+                position=chunk.position,
+                headings=chunk.headings,
+            )
+            for chunk, score in self.stored.search(vector, k)
+        ]
+        return SearchResult(query=query, threshold=threshold, hits=hits)
+
+    def retrieve(self, query: str, k: int | None = None) -> list[Hit]:
+        """The top-k hits for ``query``; ``hit.above_threshold`` carries the threshold decision."""
+        return self.search(query, k).hits
+
+    # ------------------------------------------------------------------ writing
+    def ingest(self, paths: Sequence[str | Path], rebuild: bool = False, progress: bool | None = None) -> IngestReport:
+        """Add files and folders to the index. Unchanged files are skipped, changed files
+        replace their old chunks, and files gone from an ingested folder are removed.
+        ``rebuild=True`` starts from an empty index (e.g. to change embedder)."""
+        started = time.perf_counter()
+        files, skipped = find_files(list(paths))
+        folders = [Path(p).expanduser().resolve() for p in paths if Path(p).expanduser().is_dir()]
+        show = sys.stderr.isatty() if progress is None else progress
+        report = IngestReport(files=len(files), skipped=skipped)
+
+        with store.write_lock(self.directory, self.settings.lock_timeout):
+            old = None
+            if not rebuild and store.exists(self.directory):
+                old = self._load()
+            old_chunks = {c.id: i for i, c in enumerate(old.chunks)} if old else {}
+            sources: dict[str, store.SourceRecord] = dict(old.sources) if old else {}
+            by_id: dict[str, Chunk] = {c.id: c for c in old.chunks} if old else {}
+
+            # Sources that vanished from a folder being ingested are dropped.
+            for source in list(sources):
+                if any(Path(source).is_relative_to(f) for f in folders) and not Path(source).exists():
+                    del sources[source]
+
+            to_read, hashes = [], {}
+            for path in files:
+                if not_utf8(str(path)):  # its name could not be stored as JSON text
+                    shown = str(path).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+                    report.failed.append(DocumentError(shown, "its name is not valid UTF-8 text; rename it"))
+                    continue
+                try:
+                    digest = _sha256(path)
+                except OSError as exc:  # e.g. no read permission: skipped like any bad file
+                    report.failed.append(DocumentError(path, f"cannot be read ({exc.strerror}); check its permissions"))
+                    continue
+                hashes[str(path)] = digest
+                rec = sources.get(str(path))
+                if rec and (rec.sha256, rec.chunk_tokens, rec.chunk_overlap) == (
+                    digest,
+                    self.settings.chunk_tokens,
+                    self.settings.chunk_overlap,
+                ):
+                    continue
+                to_read.append(path)
+
+            new_chunks: dict[str, Chunk] = {}
+            for path, result in iter_documents(to_read):
+                if isinstance(result, DocumentError):
+                    report.failed.append(result)
+                    continue
+                ids = []
+                for doc in result:
+                    for chunk in chunk_document(doc, self.settings.chunk_tokens, self.settings.chunk_overlap):
+                        new_chunks[chunk.id] = chunk
+                        ids.append(chunk.id)
+                sources[str(path)] = store.SourceRecord(
+                    hashes[str(path)], self.settings.chunk_tokens, self.settings.chunk_overlap, ids
+                )
+            if report.failed and len(report.failed) == len(files):
+                raise IngestError(
+                    "nothing was ingested: "
+                    + "; ".join(str(e) for e in report.failed[:3])
+                    + ("; ..." if len(report.failed) > 3 else "")
+                )
+
+            live_ids = [cid for rec in sources.values() for cid in rec.chunk_ids]
+            live_ids = list(dict.fromkeys(live_ids))
+            chunks = [new_chunks.get(cid) or by_id[cid] for cid in live_ids]
+            missing = [c for c in chunks if c.id not in old_chunks]
+            report.added = len(missing)
+            report.removed = len(set(old_chunks) - set(live_ids))
+            report.unchanged = len(live_ids) - report.added
+            report.chunks = len(chunks)
+
+            if old is not None and not report.added and not report.removed and not to_read:
+                report.seconds = time.perf_counter() - started
+                return report  # nothing changed: leave the index exactly as it is
+
+            vectors = np.empty((len(chunks), self.embedder.dim), dtype=np.float32)
+            reuse = [(i, old_chunks[c.id]) for i, c in enumerate(chunks) if c.id in old_chunks]
+            if reuse:
+                rows, old_rows = zip(*reuse, strict=True)
+                vectors[list(rows)] = old.vectors[list(old_rows)]
+            if missing:
+                bar = tqdm(total=len(missing), unit="chunk", desc="Embedding", disable=not show, file=sys.stderr)
+                with bar:
+                    new_vectors = self.embedder.embed_passages([c.embedding_text for c in missing], progress=bar.update)
+                position = {c.id: i for i, c in enumerate(chunks)}
+                vectors[[position[c.id] for c in missing]] = new_vectors
+                del new_vectors  # peak memory: one copy of the vectors besides FAISS's
+
+            index_type = self.settings.index_type
+            if index_type == "auto":
+                index_type = "hnsw" if len(chunks) >= self.settings.hnsw_min_chunks else "flat"
+            manifest = store.Manifest(
+                embedder=self.embedder.name,
+                embedder_version=self.embedder.version,
+                dim=self.embedder.dim,
+                threshold=old.manifest.threshold if old else self.embedder.default_threshold,
+                index_type=index_type,
+                chunk_tokens=self.settings.chunk_tokens,
+                chunk_overlap=self.settings.chunk_overlap,
+                created_at=old.manifest.created_at if old else "",
+                hnsw={
+                    "M": store.HNSW_M,
+                    "efConstruction": store.HNSW_EF_CONSTRUCTION,
+                    "efSearch": store.HNSW_EF_SEARCH,
+                }
+                if index_type == "hnsw"
+                else {},
+            )
+            stored = store.StoredIndex(
+                manifest, chunks, store.build_faiss(vectors, index_type), sources, vectors=vectors
+            )
+            store.save(self.directory, stored)
+            self._stored = stored
+        report.seconds = time.perf_counter() - started
+        return report

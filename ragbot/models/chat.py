@@ -1,0 +1,232 @@
+"""Chat models: the interface, the OpenAI-compatible backend, and ``make_chat_model``.
+
+A backend implements ``_stream(messages, generation)``, yielding ``Delta``s: text as it is
+generated and, last, the token ``Usage``. ``stream`` and ``complete`` are built on it and
+turn backend failures into ``ModelError``s whose message says what to do.
+
+Backends are found by name in ``ragbot.registry.chat_models`` (``settings.llm``): "openai"
+here, "local" in ``ragbot.models.local``, "fake" in ``ragbot.testing.fakes``, or one of your own.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from ragbot.config import Settings
+from ragbot.errors import ModelError
+from ragbot.models import openai_api
+from ragbot.registry import chat_models
+from ragbot.tokens import count_tokens
+
+Role = Literal["system", "user", "assistant"]
+
+
+@dataclass(frozen=True)
+class Message:
+    role: Role
+    content: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"role": self.role, "content": self.content}
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """Sampling knobs passed to every backend."""
+
+    temperature: float = 0.2
+    top_p: float = 1.0
+    max_tokens: int = 512
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    stop: tuple[str, ...] = ()
+
+
+@dataclass
+class Usage:
+    """Tokens and calls spent; ``counted_locally`` when the backend did not report them."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    calls: int = 0
+    counted_locally: bool = False
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            self.prompt_tokens + other.prompt_tokens,
+            self.completion_tokens + other.completion_tokens,
+            self.calls + other.calls,
+            self.counted_locally or other.counted_locally,
+        )
+
+    def to_dict(self) -> dict[str, int]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.total_tokens,
+            "calls": self.calls,
+        }
+
+
+@dataclass(frozen=True)
+class Delta:
+    """A piece of a streamed completion: some text, or (at the end) the usage."""
+
+    text: str = ""
+    usage: Usage | None = None
+
+
+@dataclass
+class Completion:
+    text: str
+    usage: Usage
+    model: str
+    first_token_seconds: float | None = None
+    seconds: float = 0.0
+
+
+def local_usage(messages: Sequence[Message], text: str) -> Usage:
+    """Usage counted with tiktoken, for backends that report none."""
+    prompt = sum(count_tokens(m.content) + 4 for m in messages)
+    return Usage(prompt, count_tokens(text), 1, counted_locally=True)
+
+
+class ChatModel(ABC):
+    """Base class: set ``name`` and implement ``_stream``."""
+
+    name: str = ""
+
+    @abstractmethod
+    def _stream(self, messages: Sequence[Message], generation: GenerationSettings) -> Iterator[Delta]:
+        """Text deltas of the reply to ``messages``, then (if the backend knows it) the ``Usage``."""
+
+    def stream(self, messages: Sequence[Message], generation: GenerationSettings | None = None) -> Iterator[Delta]:
+        """Text deltas as they are generated, then one ``Delta`` carrying the usage."""
+        generation = generation or GenerationSettings()
+        text, usage = [], None
+        for delta in self._stream(messages, generation):
+            if delta.usage is not None:
+                usage = delta.usage
+            if delta.text:
+                text.append(delta.text)
+                yield Delta(text=delta.text)
+        yield Delta(usage=usage or local_usage(messages, "".join(text)))
+
+    def complete(self, messages: Sequence[Message], generation: GenerationSettings | None = None) -> Completion:
+        started = time.perf_counter()
+        first, parts, usage = None, [], Usage()
+        for delta in self.stream(messages, generation):
+            if delta.text:
+                first = first if first is not None else time.perf_counter() - started
+                parts.append(delta.text)
+            if delta.usage is not None:
+                usage = delta.usage
+        return Completion("".join(parts), usage, self.name, first, time.perf_counter() - started)
+
+
+class OpenAIChatModel(ChatModel):
+    """Any OpenAI-compatible chat endpoint: OpenAI, DeepSeek, Qwen/DashScope, Qianfan, vLLM,
+    Ollama, llama.cpp's server. The key comes from ``OPENAI_API_KEY`` only; the openai
+    client retries 429s, 5xx and connection errors with exponential backoff."""
+
+    def __init__(self, model: str, base_url: str | None = None, timeout: float = 60.0, max_retries: int = 3):
+        no_key = ModelError(
+            "no API key: set the OPENAI_API_KEY environment variable, or set base_url "
+            "to a local OpenAI-compatible server"
+        )
+        self._client = openai_api.client(base_url, timeout=timeout, max_retries=max_retries, no_key=no_key)
+        self.name = model
+        self.base_url = base_url or openai_api.OPENAI_ENDPOINT
+
+    def _stream(self, messages: Sequence[Message], generation: GenerationSettings) -> Iterator[Delta]:
+        import openai
+
+        kwargs = dict(
+            model=self.name,
+            messages=[m.to_dict() for m in messages],
+            temperature=generation.temperature,
+            top_p=generation.top_p,
+            max_tokens=generation.max_tokens,
+            frequency_penalty=generation.frequency_penalty,
+            presence_penalty=generation.presence_penalty,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        if generation.stop:
+            kwargs["stop"] = list(generation.stop)
+        where = f"{self.base_url} (model {self.name!r})"
+        try:
+            chunks = self._client.chat.completions.create(**kwargs)
+        except openai.APIError as exc:
+            raise ModelError(openai_api.error_message(exc, where, "answer")) from None
+        # The server answered; from here on a failure cuts an answer that had started.
+        finished = False
+        try:
+            for chunk in chunks:
+                if chunk.choices and chunk.choices[0].finish_reason:
+                    finished = True
+                if chunk.choices and chunk.choices[0].delta and chunk.choices[0].delta.content:
+                    yield Delta(text=chunk.choices[0].delta.content)
+                if getattr(chunk, "usage", None):
+                    yield Delta(usage=Usage(chunk.usage.prompt_tokens or 0, chunk.usage.completion_tokens or 0, 1))
+        except openai.APITimeoutError:
+            raise ModelError(f"{where} stopped sending mid-answer and timed out; try again") from None
+        except (openai.APIConnectionError, *_STREAM_CUT) as exc:
+            cause = type(exc.__cause__ or exc).__name__
+            raise ModelError(f"{where}: the connection was cut mid-answer ({cause}); try again") from None
+        except openai.APIError as exc:  # an error event inside the stream
+            raise ModelError(f"{where} failed mid-answer: {openai_api.short(openai_api.redact(str(exc)))}") from None
+        if not finished:
+            raise ModelError(f"{where}: the answer stream ended mid-answer, before the model finished; try again")
+
+
+def _stream_cut_errors() -> tuple[type[BaseException], ...]:
+    """Transport errors that can escape the openai client mid-stream (httpx, or httpx2 in newer releases)."""
+    errors: list[type[BaseException]] = []
+    for module in ("httpx", "httpx2"):
+        try:
+            mod = __import__(module)
+        except ImportError:
+            continue
+        errors += [getattr(mod, n) for n in ("RemoteProtocolError", "ReadError", "ReadTimeout") if hasattr(mod, n)]
+    return tuple(errors)
+
+
+_STREAM_CUT = _stream_cut_errors()
+
+
+DEFAULT_OPENAI_MODEL = "gpt-4o-mini"
+
+
+def role_model(settings: Settings, role: str) -> str | None:
+    """The model the settings name for ``role`` ("answer" or "rewrite"); None: the backend's default."""
+    return (settings.rewrite_model if role == "rewrite" else settings.answer_model) or settings.model
+
+
+@chat_models.register("openai")
+def _openai_chat_model(settings: Settings, role: str = "answer") -> OpenAIChatModel:
+    model = role_model(settings, role) or DEFAULT_OPENAI_MODEL
+    return OpenAIChatModel(model, settings.base_url, settings.request_timeout, settings.max_retries)
+
+
+def make_chat_model(settings: Settings, role: str = "answer") -> ChatModel:
+    """The chat model for ``role`` ("answer" or "rewrite") that the settings ask for.
+
+    ``llm = "auto"`` means an OpenAI-compatible endpoint when ``base_url`` or ``OPENAI_API_KEY``
+    is set, else the local model. With "auto" or "openai", a model only one backend can run
+    (a ``.gguf`` file, a built-in local alias) goes to that backend.
+    """
+    backend = settings.llm
+    if backend in ("auto", "openai"):
+        backend = chat_models.claimant(role_model(settings, role)) or backend
+    if backend == "auto":
+        backend = "openai" if settings.base_url or openai_api.api_key() else "local"
+    return chat_models.create(backend, settings, role=role)

@@ -1,0 +1,351 @@
+"""Local chat models run in-process by llama.cpp (llama-cpp-python): one loaded copy per model file,
+a RAM cache of evaluated prompt prefixes, LoRA adapters, streaming with usage."""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import threading
+import weakref
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from ragbot.config import Settings
+from ragbot.errors import ModelError
+from ragbot.models.chat import ChatModel, Delta, GenerationSettings, Message, Usage, role_model
+from ragbot.models.local_files import DEFAULT_MODEL, INSTALL_HINT, MODELS, resolve_model_path
+from ragbot.registry import chat_models
+
+
+def is_local_model(name: str) -> bool:
+    """Whether ``name`` can only run here: a built-in alias, or a ``.gguf`` file."""
+    return name in MODELS or name.lower().endswith(".gguf")
+
+
+class _LoadedModel:
+    """One llama.cpp context, shared by every LlamaCppChatModel with the same (path, n_ctx, lora)."""
+
+    def __init__(self, llama: Any, cache_bytes: int):
+        self.llama = llama
+        _EVERY_LLAMA.add(llama)
+        self.cache_bytes = cache_bytes
+        self.lock = threading.Lock()
+        self.owner: int | None = None
+        self._new_cache()
+
+    def _new_cache(self) -> None:
+        from llama_cpp import LlamaRAMCache
+
+        # Saves the state after each completion; a later prompt restores the one sharing its
+        # longest prefix. Without it only the live context is reused, which the other prompt
+        # of an alternating pair (rewrite, answer) has just overwritten.
+        self.llama.set_cache(LlamaRAMCache(capacity_bytes=self.cache_bytes) if self.cache_bytes > 0 else None)
+
+    def reset_cache(self) -> None:
+        with self.lock:
+            self._new_cache()
+            self.llama.reset()  # n_tokens = 0: the next prompt is evaluated from its first token
+
+
+_LOADED: dict[tuple[str, int, str | None], _LoadedModel] = {}
+
+
+_LOADED_LOCK = threading.Lock()
+
+
+_EVERY_LLAMA: weakref.WeakSet = weakref.WeakSet()  # loaded, and unloaded but still referenced
+
+
+def unload_models() -> None:
+    """Forget every loaded model: memory is freed once no generation in progress uses it, and
+    chat models load theirs again on next use."""
+    with _LOADED_LOCK:
+        _LOADED.clear()
+
+
+@atexit.register
+def _close_models() -> None:
+    """Free every llama.cpp model while the interpreter is still whole: left to llama-cpp-python's
+    ``__del__`` at shutdown, freeing runs after its modules are torn down and prints
+    "TypeError: 'NoneType' object is not callable" for each model."""
+    for llama in list(_EVERY_LLAMA):
+        with contextlib.suppress(Exception):
+            llama.close()
+
+
+def _llama_class() -> type:
+    """``Llama`` with two changes: it records the token counts of its last completion, and its
+    saved prompt states leave out the unused logits buffer.
+
+    Streamed completions carry no usage, and the chat template is applied inside
+    llama-cpp-python; ``create_completion`` and ``generate`` see the exact tokens it evaluates.
+
+    With ``logits_all=False`` (the default) llama.cpp samples internally and ``Llama.scores``
+    is never written, yet ``save_state``/``load_state`` copy min(n_tokens, n_batch) rows of it:
+    512 x 152k floats = 297 MiB per saved prompt for Qwen, not counted against the RAM cache's
+    capacity, and ~0.75 s to save plus ~1.5 s to restore on 2 cores. A one-row view keeps
+    the copies at one row.
+    """
+    global _Llama
+    if _Llama is None:
+        import llama_cpp
+        from llama_cpp import Llama
+
+        class RagbotLlama(Llama):
+            last_prompt_tokens = 0
+            last_completion_tokens = 0
+
+            def create_completion(self, prompt, *args, **kwargs):  # type: ignore[override]
+                if isinstance(prompt, str):
+                    self.last_prompt_tokens = len(self.tokenize(prompt.encode("utf-8"), special=True))
+                else:
+                    self.last_prompt_tokens = len(prompt)
+                self.last_completion_tokens = 0
+                return super().create_completion(prompt, *args, **kwargs)
+
+            def generate(self, tokens, *args, **kwargs):  # type: ignore[override]
+                vocab = self._model.vocab
+                inner = super().generate(tokens, *args, **kwargs)
+                sent = None
+                try:
+                    while True:
+                        try:
+                            token = inner.send(sent)
+                        except StopIteration:
+                            return
+                        if not llama_cpp.llama_vocab_is_eog(vocab, token):  # end-of-turn is not output
+                            self.last_completion_tokens += 1
+                        sent = yield token
+                finally:
+                    inner.close()
+
+            def save_state(self):  # type: ignore[override]
+                with self._one_row_of_scores():
+                    return super().save_state()
+
+            def load_state(self, state) -> None:  # type: ignore[override]
+                with self._one_row_of_scores():
+                    super().load_state(state)
+
+            @contextlib.contextmanager
+            def _one_row_of_scores(self):
+                if self._logits_all:  # logprobs need every row
+                    yield
+                    return
+                scores = self.scores
+                self.scores = scores[:1]
+                try:
+                    yield
+                finally:
+                    self.scores = scores
+
+        _Llama = RagbotLlama
+    return _Llama
+
+
+_Llama: type | None = None
+
+
+def cpu_has_amx() -> bool:
+    """Whether the CPU reports Intel AMX (Linux ``/proc/cpuinfo``)."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as cpuinfo:
+            return any(line.startswith("flags") and " amx_tile" in line for line in cpuinfo)
+    except OSError:
+        return False
+
+
+def keep_weights_off_amx() -> None:
+    """On CPUs with AMX, make llama.cpp load weights without its extra buffer types (idempotent).
+
+    A llama.cpp built with ``-march=native`` on an AMX CPU puts the weights in an AMX buffer,
+    and its AMX matrix multiply crashed the process (general protection fault in
+    ``ggml_backend_amx_mul_mat``) on the virtual machines this project runs on, though the
+    kernel grants AMX. llama-cpp-python 0.3.36 has no argument for ``use_extra_bufts``, so its
+    default model parameters are wrapped; other CPUs keep the repacked weights (faster on AVX2).
+    Also used by the tests' llama.cpp server.
+    """
+    if not cpu_has_amx():
+        return
+    import llama_cpp.llama_cpp as api
+
+    defaults = api.llama_model_default_params
+    if getattr(defaults, "ragbot_off_amx", False):
+        return
+
+    def without_extra_buffers():
+        params = defaults()
+        params.use_extra_bufts = False
+        return params
+
+    without_extra_buffers.ragbot_off_amx = True  # type: ignore[attr-defined]
+    api.llama_model_default_params = without_extra_buffers
+
+
+class LlamaCppChatModel(ChatModel):
+    """A GGUF chat model run in-process by llama-cpp-python (CPU).
+
+    ``model`` is a built-in alias (see ``MODELS``) or the path of a ``.gguf`` file. The model
+    loads on first use; chat models with the same file, ``n_ctx`` and ``lora_path`` share one
+    loaded copy (the rewrite and answer roles need not load it twice); ``n_threads`` and
+    ``cache_bytes`` apply when this instance is the one that loads it. ``cache_bytes`` caps the
+    RAM prompt cache (0: none); one saved prompt of the 1.5B model takes ~28 KB per token.
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike[str] = DEFAULT_MODEL,
+        n_ctx: int = 4096,
+        n_threads: int | None = None,
+        lora_path: str | os.PathLike[str] | None = None,
+        seed: int | None = None,
+        models_dir: str | Path | None = None,
+        cache_bytes: int = 1 << 30,
+    ):
+        text = os.fspath(model)
+        if n_ctx < 64:
+            raise ModelError(f"n_ctx must be at least 64 tokens; got n_ctx={n_ctx}")
+        if n_threads is not None and n_threads < 1:
+            raise ModelError(f"n_threads must be at least 1; got n_threads={n_threads}")
+        if text not in MODELS:
+            resolve_model_path(text, models_dir)  # a file: checks it is GGUF; else says what is wrong
+        if lora_path is not None and not Path(lora_path).expanduser().is_file():
+            raise ModelError(f"LoRA adapter {lora_path} does not exist; give the path of a GGUF LoRA file")
+        self.model = text
+        self.name = text if text in MODELS else Path(text).name
+        self.n_ctx = n_ctx
+        self.n_threads = n_threads or os.cpu_count() or 1
+        self.lora_path = str(Path(lora_path).expanduser().resolve()) if lora_path is not None else None
+        self.seed = seed
+        self.models_dir = models_dir
+        self.cache_bytes = cache_bytes
+        self._key: tuple[str, int, str | None] | None = None
+
+    @property
+    def llama(self) -> Any:
+        """The loaded ``llama_cpp.Llama`` (loads it on first use), e.g. to tokenize with it."""
+        return self._loaded().llama
+
+    def reset_cache(self) -> None:
+        """Forget evaluated prompts, so the next call starts cold (for benchmarks)."""
+        self._loaded().reset_cache()
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens of ``text`` in this model's own vocabulary."""
+        return len(self.llama.tokenize(text.encode("utf-8"), add_bos=False, special=False))
+
+    def _loaded(self) -> _LoadedModel:
+        if self._key is None:  # resolving may join a model from its parts: once per instance
+            path = resolve_model_path(self.model, self.models_dir)
+            self._key = (str(path.resolve()), self.n_ctx, self.lora_path)
+        with _LOADED_LOCK:
+            loaded = _LOADED.get(self._key)
+            if loaded is None:
+                loaded = _LoadedModel(self._load(Path(self._key[0])), self.cache_bytes)
+                _LOADED[self._key] = loaded
+        return loaded
+
+    def _load(self, path: Path) -> Any:
+        try:
+            llama_class = _llama_class()
+        except ImportError:
+            raise ModelError(
+                f"local models need llama-cpp-python, which is not installed: {INSTALL_HINT} "
+                "(it compiles llama.cpp: about 10 minutes on 2 cores)"
+            ) from None
+        what = f"{path} with LoRA adapter {self.lora_path}" if self.lora_path else str(path)
+        try:
+            keep_weights_off_amx()
+            llama = llama_class(
+                model_path=str(path),
+                n_ctx=self.n_ctx,
+                n_threads=self.n_threads,
+                n_threads_batch=self.n_threads,
+                lora_path=self.lora_path,
+                verbose=False,
+            )
+        except (ValueError, RuntimeError, OSError) as exc:
+            raise ModelError(
+                f"llama.cpp cannot load {what} ({exc}); check that it is a GGUF chat model (and a LoRA "
+                f"for that same model), and that {self.n_ctx} tokens of context fit in memory"
+            ) from None
+        if self.lora_path and not getattr(llama, "_lora_adapter", True):
+            # llama.cpp returned a NULL adapter (e.g. made for another size of the model), which
+            # llama-cpp-python 0.3.36 does not notice: generating with it would crash the process.
+            llama.close()
+            raise ModelError(
+                f"llama.cpp rejected the LoRA adapter {self.lora_path} for {path}; it must be a GGUF LoRA "
+                "made for this exact base model"
+            )
+        return llama
+
+    def _stream(self, messages: Sequence[Message], generation: GenerationSettings) -> Iterator[Delta]:
+        loaded = self._loaded()
+        me = threading.get_ident()
+        if loaded.owner == me:
+            raise ModelError(
+                f"{self.name} is already generating in this thread; read the first stream to its end "
+                "(or close it) before starting another"
+            )
+        with loaded.lock:
+            loaded.owner = me
+            try:
+                yield from self._generate(loaded.llama, messages, generation)
+            finally:
+                loaded.owner = None
+
+    def _generate(self, llama: Any, messages: Sequence[Message], generation: GenerationSettings) -> Iterator[Delta]:
+        kwargs: dict[str, Any] = dict(
+            messages=[m.to_dict() for m in messages],
+            stream=True,
+            temperature=generation.temperature,
+            top_p=generation.top_p,
+            max_tokens=generation.max_tokens,
+            frequency_penalty=generation.frequency_penalty,
+            presence_penalty=generation.presence_penalty,
+            stop=list(generation.stop),
+        )
+        if self.seed is not None:
+            kwargs["seed"] = self.seed
+        llama.last_prompt_tokens = llama.last_completion_tokens = 0
+        chunks = None
+        try:
+            chunks = llama.create_chat_completion(**kwargs)
+            for chunk in chunks:
+                choices = chunk.get("choices") or [{}]
+                text = (choices[0].get("delta") or {}).get("content")
+                if text:
+                    yield Delta(text=text)
+        except ValueError as exc:
+            if "exceed context window" in str(exc):
+                raise ModelError(
+                    f"the prompt is {llama.last_prompt_tokens} tokens but {self.name} was loaded with "
+                    f"n_ctx={llama.n_ctx()}; shorten the conversation history (or retrieve fewer chunks), "
+                    "or raise n_ctx"
+                ) from None
+            raise ModelError(f"{self.name} cannot answer this prompt: {exc}") from None
+        except RuntimeError as exc:  # llama_decode failures
+            raise ModelError(f"llama.cpp failed while running {self.name}: {exc}") from None
+        finally:
+            if chunks is not None and hasattr(chunks, "close"):
+                chunks.close()
+        yield Delta(usage=Usage(llama.last_prompt_tokens, llama.last_completion_tokens, 1))
+
+
+@chat_models.register("local", claims=is_local_model)
+def _local_chat_model(settings: Settings, role: str = "answer") -> LlamaCppChatModel:
+    model = role_model(settings, role)
+    if model is not None and not is_local_model(model):
+        raise ModelError(
+            f"model {model!r} is neither a local model ({', '.join(MODELS)}, or a .gguf file) nor "
+            "reachable: set base_url (or OPENAI_API_KEY) to use it through an OpenAI-compatible endpoint"
+        )
+    return LlamaCppChatModel(
+        model or DEFAULT_MODEL,
+        n_ctx=settings.n_ctx,
+        n_threads=settings.num_threads,
+        lora_path=settings.lora_path if role == "answer" else None,
+        models_dir=settings.models_dir,
+    )

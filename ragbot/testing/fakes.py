@@ -1,0 +1,111 @@
+"""Deterministic stand-ins for the real models, for fast tests and examples.
+
+They ship with the library (not only in ``tests/``) so users can test their own code
+against ragbot without loading a model. ``llm = "fake"`` and ``embedder = "hash"`` choose them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from ragbot.models.chat import ChatModel, Delta, GenerationSettings, Message
+from ragbot.models.embedders import Embedder, Kind
+from ragbot.registry import chat_models, embedders
+
+
+class HashEmbedder(Embedder):
+    """Bag of character bigrams hashed into 256 dimensions: texts sharing words (or Chinese
+    characters) score higher. Instant, deterministic, and good enough to tell topics apart."""
+
+    name = "hash:char-bigrams-256"
+    version = "1"
+    dim = 256
+    default_threshold = 0.3
+
+    def _embed(self, texts: list[str], kind: Kind) -> np.ndarray:
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for row, text in enumerate(texts):
+            text = text.lower()
+            for gram in (text[i : i + 2] for i in range(max(len(text) - 1, 1))):
+                if gram.strip():
+                    h = int.from_bytes(hashlib.blake2b(gram.encode(), digest_size=4).digest(), "little")
+                    out[row, h % self.dim] += 1.0
+        return out
+
+
+@dataclass
+class _Recorded:
+    messages: list[Message]
+    generation: GenerationSettings
+
+
+class ScriptedChatModel(ChatModel):
+    """A fake model that answers from a script, for tests and examples.
+
+    ``replies`` are returned in order (then ``default``); a callable reply gets the
+    messages and returns the text. Every call's messages are recorded in ``calls`` so a
+    test can check what the model was shown.
+    """
+
+    def __init__(self, replies: Sequence[str] = (), default: str = "OK", name: str = "scripted"):
+        self.replies = list(replies)
+        self.default = default
+        self.name = name
+        self.calls: list[_Recorded] = []
+
+    def enqueue(self, *replies: str) -> None:
+        self.replies.extend(replies)
+
+    def _stream(self, messages: Sequence[Message], generation: GenerationSettings) -> Iterator[Delta]:
+        self.calls.append(_Recorded(list(messages), generation))
+        reply = self.replies.pop(0) if self.replies else self.default
+        if callable(reply):
+            reply = reply(messages)
+        if isinstance(reply, BaseException):
+            raise reply
+        for piece in _pieces(reply):
+            yield Delta(text=piece)
+
+
+def _pieces(text: str, size: int = 4) -> Iterator[str]:
+    for i in range(0, len(text), size):
+        yield text[i : i + size]
+
+
+class EchoChatModel(ScriptedChatModel):
+    """A fake chat model for trying the whole pipeline with no model at all (``llm = "fake"``).
+
+    Rewrite prompts get the question back unchanged (in the expected two-line format);
+    answer prompts get a reply quoting the question and citing passage [1] when there is one.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(name="fake-echo")
+        self.default = self._reply
+
+    @staticmethod
+    def _reply(messages) -> str:
+        system, user = messages[0].content, messages[-1].content
+        lines = user.strip().splitlines()
+        marked = [ln for ln in lines if ln.startswith(("问题：", "Question: ", "最后的问题：", "Last question: "))]
+        question = (marked[-1] if marked else lines[-1]).split("：", 1)[-1].split(": ", 1)[-1].strip()
+        if "改写：" in system:
+            return f"思考：问题已完整。\n改写：{question}"
+        if "Rewrite:" in system:
+            return f"Reasoning: already standalone.\nRewrite: {question}"
+        cite = " [1]" if "[1]" in user else ""
+        return f"(fake model) You asked: {question}{cite}"
+
+
+@chat_models.register("fake")
+def _fake_chat_model(settings, role: str = "answer") -> EchoChatModel:
+    return EchoChatModel()
+
+
+@embedders.register("hash")
+def _hash_embedder(settings) -> HashEmbedder:
+    return HashEmbedder()
