@@ -59,6 +59,8 @@ def compare_runs(a, b) -> str:
         "retrieval worse": [],
         "answer closer to the good one": [],
         "answer further from the good one": [],
+        "more gold facts stated": [],
+        "fewer gold facts stated": [],
     }
     for rb in _ok(b.rows):
         ra = by_a.get(rb["id"])
@@ -81,10 +83,13 @@ def compare_runs(a, b) -> str:
             changes["answer closer to the good one" if fb1 > fa1 else "answer further from the good one"].append(
                 rb["id"]
             )
+        ra1, rb1 = ra.get("answer", {}).get("fact_recall"), rb.get("answer", {}).get("fact_recall")
+        if ra1 is not None and rb1 is not None and ra1 != rb1:
+            changes["more gold facts stated" if rb1 > ra1 else "fewer gold facts stated"].append(rb["id"])
     lines += [
         "",
         "Rows whose outcome changed from A to B (retrieval: rank of the gold document with the bot's query;"
-        " answers: token-F1):",
+        " answers: token-F1, and the share of gold facts stated):",
         "",
     ]
     for what, ids in changes.items():

@@ -8,9 +8,12 @@ One row is one turn::
      "rewrite": "尼罗河流经哪些国家？",            # gold standalone question
      "gold_passage_ids": ["nile"],                 # documents that answer it
      "answer": "乌干达、南苏丹、苏丹和埃及。",      # a good answer
+     "gold_facts": ["乌干达", "埃及"],             # values a good answer states (fact recall)
      "expected_route": "grounded"}                 # or "fallback"
 
-Only ``question`` is required. Other fields (``gold_entities``, ``entity_in_question``,
+Only ``question`` is required. Without ``gold_facts``, a row with ``gold_triples`` (KdConv's
+``[subject, relation, value]`` lists) and an ``answer`` gets as gold facts the values the answer
+states (``ragbot.evaluation.facts.facts_in_answer``). Other fields (``gold_entities``, ``entity_in_question``,
 ``needs_rewrite``, ``lang``, ``meta``, ...) are kept and can be filtered on (``--where``).
 In CSV, list fields hold a JSON array (``["a", "b"]``) or values separated by `` | ``.
 
@@ -31,13 +34,14 @@ from pathlib import Path
 from typing import Any
 
 from ragbot.errors import QuestionFileError, RagbotError
+from ragbot.evaluation.facts import facts_in_answer
 from ragbot.models.chat import Message
 
 ROUTES = ("grounded", "fallback")
 # Standing in for a turn the data does not hold (CAsT keeps only the user's side), so that
 # history roles alternate user/assistant as the conversation engine requires.
 PLACEHOLDER = "…"
-_LIST_FIELDS = ("history", "history_roles", "gold_passage_ids", "gold_entities")
+_LIST_FIELDS = ("history", "history_roles", "gold_passage_ids", "gold_entities", "gold_facts")
 _KNOWN = {
     "id",
     "conv_id",
@@ -67,6 +71,7 @@ class EvalCase:
     gold_passage_ids: tuple[str, ...] = ()
     gold_entities: tuple[str, ...] = ()
     answer: str | None = None  # a good answer
+    gold_facts: tuple[str, ...] = ()  # values a good answer states: what fact recall looks for
     expected_route: str | None = None
     needs_rewrite: bool | None = None
     lang: str | None = None
@@ -262,6 +267,7 @@ def _case(row: Mapping[str, Any], rid: str, line: int) -> EvalCase:
     if needs is not None and not isinstance(needs, bool):
         raise _RowProblem(f"'needs_rewrite' must be true or false, got {needs!r}")
     conv = row.get("conv_id")
+    answer = _text(row, "answer")
     return EvalCase(
         id=rid,
         question=question,
@@ -273,12 +279,24 @@ def _case(row: Mapping[str, Any], rid: str, line: int) -> EvalCase:
         rewrite=_text(row, "rewrite"),
         gold_passage_ids=_strings(row, "gold_passage_ids"),
         gold_entities=_strings(row, "gold_entities"),
-        answer=_text(row, "answer"),
+        answer=answer,
+        gold_facts=_strings(row, "gold_facts") if "gold_facts" in row else _facts_from_triples(row, answer),
         expected_route=route,
         needs_rewrite=needs,
         lang=_text(row, "lang"),
         extra={k: v for k, v in row.items() if k not in _KNOWN},
     )
+
+
+def _facts_from_triples(row: Mapping[str, Any], answer: str | None) -> tuple[str, ...]:
+    triples = row.get("gold_triples")
+    if not triples or answer is None:
+        return ()
+    if not isinstance(triples, list) or not all(
+        isinstance(t, (list, tuple)) and len(t) >= 3 and all(isinstance(x, str) for x in t) for t in triples
+    ):
+        raise _RowProblem(f"'gold_triples' must be a list of [subject, relation, value] lists, got {triples!r:.80}")
+    return tuple(facts_in_answer(triples, answer))
 
 
 def jsonl_objects(path: Path, error: type[RagbotError] = QuestionFileError, example: str = '{"question": ...}'):

@@ -19,6 +19,9 @@ from ragbot.evaluation.tables import (
     _ok,
     _pct,
     _retrieval_headers,
+    answer_counts,
+    answer_figures,
+    fact_routes,
     retrieval_rows,
 )
 
@@ -264,17 +267,23 @@ def _answer_section(rows, an) -> list[str]:
     if not an.get("generated"):
         return []
     lines = ["## Answers", ""]
-    if not an.get("n"):
-        return lines + [f"{an['generated']} answers generated; no row has a good answer to compare with.", ""]
-    line = f"{an['n']} rows with a good answer: token-F1 {_num(an['token_f1'])}, embedding cosine {_num(an['cosine'])}"
-    if "judge" in an:
-        line += f", LLM judge {_num(an['judge'], 2)} / 5 over {an['judged']} judged rows"
-    lines += [line + ".", ""]
+    if not an.get("n") and "facts" not in an:
+        generated = an["generated"]
+        return lines + [f"{generated} answers generated; no row has a good answer or gold facts to compare with.", ""]
+    lines += [f"{answer_counts(an)}: {answer_figures(an)}.", ""]
+    if "facts" in an:
+        lines += [
+            "Fact recall is the share of a row's gold facts (dates, names, numbers a good answer states) "
+            "found in the bot's answer, ignoring case, width, spaces and punctuation; numbers match as numbers.",
+            "",
+        ]
+        if "by_route" in an["facts"]:
+            lines += [f"- {fact_routes(an['facts'])}", ""]
     scored = sorted((r for r in _ok(rows) if "token_f1" in r.get("answer", {})), key=lambda r: r["answer"]["token_f1"])
     if scored:
         lines += [f"### Answers furthest from the good answer (lowest token-F1, {min(WORST, len(scored))})", ""]
         lines += _md_table(
-            ["id", "question", "bot", "good answer", "token-F1", "cosine"],
+            ["id", "question", "bot", "good answer", "token-F1", "fact recall", "cosine"],
             [
                 [
                     r["id"],
@@ -282,9 +291,30 @@ def _answer_section(rows, an) -> list[str]:
                     r["answer"]["text"],
                     r["answer"]["gold"],
                     _num(r["answer"]["token_f1"], 2),
+                    _num(r["answer"].get("fact_recall"), 2),
                     _num(r["answer"]["cosine"], 2),
                 ]
                 for r in scored[:WORST]
+            ],
+        )
+        lines.append("")
+    missing = [r for r in _ok(rows) if r.get("answer", {}).get("fact_recall", 1) < 1]
+    missing.sort(key=lambda r: r["answer"]["fact_recall"])
+    if missing:
+        shown = f"{min(WORST, len(missing))} of {len(missing)}"
+        lines += [f"### Answers missing gold facts (lowest fact recall, {shown})", ""]
+        lines += _md_table(
+            ["id", "question", "route", "bot", "missing facts", "fact recall"],
+            [
+                [
+                    r["id"],
+                    r["question"],
+                    r.get("routing", {}).get("predicted", "-"),
+                    r["answer"]["text"],
+                    ", ".join(f for f in r["answer"]["gold_facts"] if f not in r["answer"]["facts_found"]),
+                    _num(r["answer"]["fact_recall"], 2),
+                ]
+                for r in missing[:WORST]
             ],
         )
         lines.append("")

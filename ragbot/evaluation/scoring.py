@@ -13,6 +13,7 @@ from ragbot.conversation.prompts import load_prompt
 from ragbot.conversation.rewrite import RewriteResult, is_chinese, needs_rewrite
 from ragbot.errors import EvaluationError, ModelError
 from ragbot.evaluation import metrics
+from ragbot.evaluation.facts import fact_recall
 from ragbot.evaluation.question_sets import BadRow, EvalCase
 from ragbot.evaluation.retrieval import doc_ranking, first_gold_rank
 from ragbot.knowledge.knowledge_base import SearchResult
@@ -151,9 +152,12 @@ class TurnEvaluator:
 
     def _answer_part(self, case: EvalCase, text: str, standalone: str) -> dict[str, Any]:
         part: dict[str, Any] = {"text": text}
+        body = _strip_label(text)
+        if case.gold_facts:
+            recall, found = fact_recall(body, case.gold_facts)
+            part.update(gold_facts=list(case.gold_facts), facts_found=found, fact_recall=recall)
         if case.answer is None:
             return part
-        body = _strip_label(text)
         part["gold"] = case.answer
         part["token_f1"] = metrics.token_f1(body, case.answer)
         vectors = self.kb.embedder.embed([body or " ", case.answer], kind="query")

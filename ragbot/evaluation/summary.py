@@ -172,7 +172,23 @@ def _answer_summary(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         if any("judge" in p for p in parts):
             out["judge"] = metrics.mean(judged)
             out["judged"] = len(judged)
+    with_facts = [r for r in rows if "fact_recall" in r.get("answer", {})]
+    if with_facts:
+        out["facts"] = _fact_summary(with_facts)
+        routes = sorted({r.get("routing", {}).get("predicted") or "-" for r in with_facts})
+        if len(routes) > 1:
+            out["facts"]["by_route"] = {
+                route: _fact_summary([r for r in with_facts if (r.get("routing", {}).get("predicted") or "-") == route])
+                for route in routes
+            }
     return out
+
+
+def _fact_summary(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Fact recall: the mean share of a row's gold facts its answer states, and the share of rows
+    whose answer states all of them."""
+    recalls = [r["answer"]["fact_recall"] for r in rows]
+    return {"n": len(rows), "recall": metrics.mean(recalls), "all_found": sum(x == 1 for x in recalls) / len(rows)}
 
 
 def _cost_summary(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:

@@ -124,17 +124,45 @@ def format_summary(summary: Mapping[str, Any]) -> str:
         lines += ["", f"By {summary['groups']['field']}"]
         lines += _table(*_group_table(summary["groups"]))
     an = summary.get("answers", {})
-    if an.get("n"):
-        lines += ["", f"Answers ({an['n']} rows with a good answer)"]
-        line = f"token-F1 {_num(an['token_f1'])}, embedding cosine {_num(an['cosine'])}"
-        if "judge" in an:
-            line += f", judge {_num(an['judge'], 2)} / 5 ({an['judged']} judged)"
-        lines.append(line)
+    if an.get("n") or "facts" in an:
+        lines += ["", f"Answers ({answer_counts(an)})"]
+        lines.append(answer_figures(an))
+        if "by_route" in an.get("facts", {}):
+            lines.append(fact_routes(an["facts"]))
     cost = summary.get("cost", {})
     if cost:
         lines += ["", "Cost per stage"]
         lines += _table(["stage", "calls", "tokens", "n", "p50", "p95"], _cost_rows(cost))
     return "\n".join(lines)
+
+
+def answer_counts(an: Mapping[str, Any]) -> str:
+    """How many rows the answer figures are over: "12 rows with a good answer, 10 with gold facts"."""
+    counts = [f"{an['n']} rows with a good answer"] if an.get("n") else []
+    if "facts" in an:
+        counts.append(f"{an['facts']['n']} {'with' if counts else 'rows with'} gold facts")
+    return ", ".join(counts)
+
+
+def answer_figures(an: Mapping[str, Any]) -> str:
+    """token-F1, fact recall (with the share of answers stating every gold fact), cosine, judge."""
+    figures = [f"token-F1 {_num(an['token_f1'])}"] if an.get("n") else []
+    if "facts" in an:
+        figures.append(
+            f"fact recall {_num(an['facts']['recall'])} (all gold facts stated: {_pct(an['facts']['all_found'])})"
+        )
+    if an.get("n"):
+        figures.append(f"embedding cosine {_num(an['cosine'])}")
+        if "judge" in an:
+            figures.append(f"judge {_num(an['judge'], 2)} / 5 ({an['judged']} judged)")
+    return ", ".join(figures)
+
+
+def fact_routes(facts: Mapping[str, Any]) -> str:
+    """Fact recall per route the bot took: "fact recall by route: grounded 0.700 (n=8), ..."."""
+    return "fact recall by route: " + ", ".join(
+        f"{route} {_num(f['recall'])} (n={f['n']})" for route, f in facts["by_route"].items()
+    )
 
 
 def _group_table(groups: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
