@@ -1,5 +1,6 @@
 """Fact recall: the share of a row's gold facts the bot's answer states, by hand on a small set."""
 
+import importlib.util
 import json
 
 import pytest
@@ -12,7 +13,7 @@ from ragbot.evaluation.run import evaluate
 from ragbot.evaluation.tables import format_summary
 from ragbot.testing.fakes import ScriptedChatModel
 
-from helpers import run_cli
+from helpers import REPO, run_cli
 
 DOCS = [
     {"id": "film-1", "title": "卧虎藏龙", "text": "卧虎藏龙是李安执导的武侠电影，2000年上映，周润发和章子怡主演。"},
@@ -134,3 +135,26 @@ def test_a_row_with_malformed_triples_is_reported_not_fatal(tmp_path):
     qs = read_questions(path)
     assert [c.gold_facts for c in qs.cases] == [("a",)]
     assert "'gold_triples' must be a list of [subject, relation, value] lists" in qs.bad_rows[0].reason
+
+
+def test_the_converter_adds_the_gold_facts_a_good_answer_states(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("add_facts", REPO / "tests" / "data" / "eval_add_gold_facts.py")
+    converter = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(converter)
+    rows = [
+        {
+            "id": "own",
+            "question": "哪年上映？",
+            "answer": "2000年上映。",
+            "gold_triples": [["卧虎藏龙", "上映时间", "2000年"]],
+        },
+        {"id": "doc", "question": "谁主演？", "answer": "张国荣主演。", "gold_passage_ids": ["film-2"]},
+        {"id": "none", "question": "好看吗？", "answer": "很好看。", "gold_passage_ids": ["film-2"]},
+    ]
+    passages = [{"id": "film-2", "title": "霸王别姬", "text": "...", "triples": [["霸王别姬", "主演", "张国荣"]]}]
+    (tmp_path / "q.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), "utf-8")
+    (tmp_path / "p.jsonl").write_text(json.dumps(passages[0], ensure_ascii=False) + "\n", "utf-8")
+    out = tmp_path / "facts.jsonl"
+    converter.main([str(tmp_path / "q.jsonl"), str(out), "--passages", str(tmp_path / "p.jsonl")])
+    assert "3 rows, 2 with gold facts (2 facts)" in capsys.readouterr().out
+    assert [c.gold_facts for c in read_questions(out).cases] == [("2000年",), ("张国荣",), ()]

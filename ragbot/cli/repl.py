@@ -15,7 +15,7 @@ from collections.abc import Callable
 from ragbot.config import data_home
 from ragbot.conversation.bot import Answer, Conversation
 from ragbot.errors import ConversationStoreError, RagbotError
-from ragbot.knowledge.knowledge_base import display_source
+from ragbot.knowledge.knowledge_base import Hit, display_source
 
 HELP = """Commands:
   /why      how the last answer was made: standalone question, rewrite reasoning, hits, route
@@ -44,10 +44,17 @@ def _reader() -> Callable[[str], str]:
 
 
 def format_sources(answer: Answer) -> str:
-    return "\n".join(
-        f"  [{n}] {h.title} - {display_source(h.source)} (score {h.score:.3f})"
-        for n, h in enumerate(answer.sources, start=1)
-    )
+    """One line per document, with the numbers its passages were cited by and its best score:
+    "  [1][3] 尼罗河 - knowledge/nile-zh.md (score 0.912)"."""
+    documents: dict[tuple[str, str], list[tuple[int, Hit]]] = {}
+    for n, hit in enumerate(answer.sources, start=1):
+        documents.setdefault((hit.doc_id or "", hit.source), []).append((n, hit))
+    lines = []
+    for cited in documents.values():
+        numbers = "".join(f"[{n}]" for n, _ in cited)
+        first, best = cited[0][1], max(h.score for _, h in cited)
+        lines.append(f"  {numbers} {first.title} - {display_source(first.source)} (score {best:.3f})")
+    return "\n".join(lines)
 
 
 def format_why(answer: Answer | None) -> str:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ragbot.config import Settings, load_settings
+from ragbot.conversation.citations import CitationFilter
 from ragbot.conversation.memory import (
     ConversationStore,
     Feedback,
@@ -348,20 +349,22 @@ class RagBot:
             prompt_dir=self.settings.prompt_dir,
         )
         begun = time.perf_counter()
-        parts: list[str] = []
+        cited = CitationFilter(len(turn.sources))  # drops [n] markers that name no passage shown
         first_token = None
         usage = Usage()
         for delta in self.answer_model.stream(messages, self._generation()):
             if delta.text:
                 first_token = first_token if first_token is not None else time.perf_counter()
-                parts.append(delta.text)
-                yield delta.text
+                if shown := cited.feed(delta.text):
+                    yield shown
             if delta.usage is not None:
                 usage = delta.usage
+        if rest := cited.close():
+            yield rest
         done = time.perf_counter()
         turn.timings["first_token"] = (first_token or done) - begun
         turn.timings["generation"] = done - begun
-        yield self._finish(turn, turn.prefix + "".join(parts).strip(), usage)
+        yield self._finish(turn, turn.prefix + cited.text.strip(), usage)
 
     def _finish(self, turn: Turn, text: str, answer_usage: Usage | None = None) -> Answer:
         """The ``Answer`` of a turn: its text with the evidence and the bookkeeping."""
