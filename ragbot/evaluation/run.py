@@ -9,8 +9,9 @@ retrieve -> route -> generate) and scores what the row has gold for:
 * retrieval: recall@k and MRR of ``gold_passage_ids`` for three queries side by side -
   the question as typed, the bot's standalone question, and the gold query (the ceiling);
 * routing: grounded vs fallback against ``expected_route``;
-* answers: token-F1 and embedding cosine against the good ``answer``, and an LLM judge's
-  1-5 score when a judge model is given;
+* answers: token-F1 and embedding cosine against the good ``answer``, an LLM judge's
+  1-5 score when a judge model is given, and fact recall: the share of the row's gold facts
+  (``gold_facts``, or the ``gold_triples`` values the good answer states) the answer states;
 * cost: tokens, model calls and seconds per stage.
 
 With ``out``, each finished row is appended to ``results.jsonl`` at once, so an interrupted
