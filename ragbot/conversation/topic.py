@@ -35,6 +35,7 @@ _NOT_NAMES = set(
     "Hi Hello Hey Well Now Just Let Maybe Not Only Any Some Many Much More Most Other Another Both Each Every "
     "Answer Question Sources Source Not Found".split()
 )
+_CJK = re.compile(r"[\u4e00-\u9fff]")
 _TITLE_SPLIT = re.compile(r"\s*[：:—–|（(]\s*")
 
 
@@ -103,6 +104,11 @@ def title_names(title: str) -> list[str]:
     return [n for n in dict.fromkeys(names) if len(n) >= MIN_TITLE_CHARS]
 
 
+def short_name(title: str) -> str:
+    """How a title is usually said: "尼罗河" for "尼罗河：非洲的生命之河", "Nile" for "The Nile"."""
+    return min(title_names(title) or [title.strip()], key=len)
+
+
 def title_index(documents: Iterable[TopicDocument]) -> dict[str, TopicDocument]:
     """Every name of every document title -> the document (the first one, when titles collide)."""
     index: dict[str, TopicDocument] = {}
@@ -134,10 +140,14 @@ def entity_names(text: str, titles: Mapping[str, TopicDocument] | None = None) -
         words = m.group().split()
         while words and words[0] in _NOT_NAMES:
             words.pop(0)
-        if words and " ".join(words) not in _NOT_NAMES:
-            found.append((m.end() - len(" ".join(words)), " ".join(words)))
+        name, at = " ".join(words), m.end() - len(" ".join(words))
+        # an English sentence's first word is capitalised anyway: "About 6,300 km." names nothing
+        opens_sentence = not _CJK.search(text) and (not text[:at].strip() or text[:at].rstrip()[-1] in ".!?:\n")
+        if name and not (opens_sentence and len(words) == 1 and name[1:].islower()):
+            found.append((at, name))
     names: list[str] = []
     for _, name in sorted(found, key=lambda item: (item[0], -len(item[1]))):
+        name = name[4:] if name[:4].lower() == "the " else name  # "the Yangtze" is the Yangtze
         # a shorter name inside one already found ("尼罗河" in "尼罗河：非洲的生命之河") adds nothing
         if name and not any(name in kept for kept in names):
             names.append(name)
@@ -161,7 +171,7 @@ def update_topic(
     titles = {**title_index(topic.documents), **title_index(sources), **(titles or {})}
     asked = entity_names(question, titles)
     said = entity_names(answer, titles)
-    used = [title_names(doc.title)[0] for doc in sources[:1] if title_names(doc.title)]
+    used = [short_name(doc.title) for doc in sources[:1] if doc.title.strip()]
     # a document title found in the text is named by its title's short form only once
     entities = [e for e in dict.fromkeys([*asked, *said, *used]) if e]
     named_docs = [titles[e] for e in [*asked, *said] if e in titles]
