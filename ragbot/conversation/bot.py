@@ -369,7 +369,7 @@ class RagBot:
         """The standalone question joined with the conversation's current entity, for a follow-up
         that names no entity of its own ("那它是哪年发行的？"); "" when the question names one (a new
         topic takes over) or there is no topic yet."""
-        if topic.current is None or entity_names(f"{question}\n{standalone}", self.titles()):
+        if not self.settings.topic or topic.current is None or entity_names(f"{question}\n{standalone}", self.titles()):
             return ""
         return f"{topic.current} {standalone}"
 
