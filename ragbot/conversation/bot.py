@@ -248,6 +248,7 @@ class RagBot:
         self.rewrite_model = rewrite_model or answer_model
         self.settings = settings or kb.settings
         self._store = store
+        self._titles: tuple[object, dict[str, TopicDocument]] | None = None  # (index generation, titles)
 
     @classmethod
     def load(cls, settings: Settings | None = None, **overrides: Any) -> RagBot:
@@ -307,11 +308,10 @@ class RagBot:
         """The knowledge base's document titles (and their short forms) -> the document, for
         finding the entities a text names; computed once per index generation."""
         stored = self.kb.stored
-        cached = getattr(self, "_titles", None)
-        if cached is None or cached[0] is not stored:
+        if self._titles is None or self._titles[0] is not stored:
             index = title_index(TopicDocument(key, title) for key, title in self.kb.documents().items())
-            cached = self._titles = (stored, index)
-        return cached[1]
+            self._titles = (stored, index)
+        return self._titles[1]
 
     # ------------------------------------------------------------------ the steps of a turn
     def prepare(
