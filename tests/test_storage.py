@@ -71,7 +71,7 @@ def applied(path):
         return [name for (name,) in db.execute("SELECT name FROM _migrations ORDER BY rowid")]
 
 
-def m002_tags(db):
+def m099_tags(db):
     """A later migration, as a future ragbot would add: a new column (which IF NOT EXISTS cannot add)."""
     db.execute("ALTER TABLE conversations ADD COLUMN tags TEXT NOT NULL DEFAULT ''")
 
@@ -86,12 +86,12 @@ def test_a_file_from_before_migrations_keeps_its_turns_and_feedback_and_gets_lat
     (turn,) = store.turns("trip")
     assert (turn.question, turn.answer, turn.meta) == ("What is the Nile?", "A river [1].", {"route": "grounded"})
     assert turn.feedback == Feedback("bad", "The longest river in Africa.")
-    assert applied(path) == ["m001_initial"]
+    assert applied(path) == ["m001_initial", "m002_conversation_state"]
 
-    monkeypatch.setattr(MIGRATIONS, "steps", [*MIGRATIONS.steps, m002_tags])
+    monkeypatch.setattr(MIGRATIONS, "steps", [*MIGRATIONS.steps, m099_tags])
     for _ in range(2):  # the second open applies nothing (ALTER TABLE ADD COLUMN would fail if run twice)
         store = ConversationStore(path)
-    assert applied(path) == ["m001_initial", "m002_tags"]
+    assert applied(path) == ["m001_initial", "m002_conversation_state", "m099_tags"]
     assert store.history("trip")[1].content == "A river [1]."
     with sqlite3.connect(path) as db:
         assert db.execute("SELECT name, tags FROM conversations").fetchall() == [("trip", "")]
@@ -101,7 +101,7 @@ def test_opening_twice_applies_nothing_twice(tmp_path):
     path = tmp_path / "conversations.sqlite"
     ConversationStore(path).append_turn("c", "q", "a")
     ConversationStore(path).append_turn("c", "q2", "a2")
-    assert applied(path) == ["m001_initial"]
+    assert applied(path) == MIGRATIONS.names
     assert MIGRATIONS.apply(sqlite3.connect(path), path, ConversationStoreError) == []
     assert len(ConversationStore(path).history("c")) == 4
 
@@ -110,11 +110,11 @@ def test_a_failing_migration_leaves_the_file_as_it_was(tmp_path, monkeypatch):
     path = tmp_path / "conversations.sqlite"
     write_v0_conversations(path)
 
-    def m002_broken(db):
+    def m099_broken(db):
         db.execute("CREATE TABLE half_done (x)")
         raise sqlite3.OperationalError("disk I/O error")
 
-    monkeypatch.setattr(MIGRATIONS, "steps", [*MIGRATIONS.steps, m002_broken])
+    monkeypatch.setattr(MIGRATIONS, "steps", [*MIGRATIONS.steps, m099_broken])
     with pytest.raises(ConversationStoreError, match=r"^cannot use the conversations file .* \(disk I/O error\)"):
         ConversationStore(path)
     with sqlite3.connect(path) as db:
@@ -128,17 +128,17 @@ def test_a_file_from_a_newer_ragbot_is_refused_with_a_clear_error(tmp_path, monk
     path = tmp_path / "conversations.sqlite"
     ConversationStore(path).append_turn("trip", "q", "a")
     with sqlite3.connect(path) as db:
-        db.execute("INSERT INTO _migrations VALUES ('m002_from_the_future', 1.0)")
+        db.execute("INSERT INTO _migrations VALUES ('m099_from_the_future', 1.0)")
     with pytest.raises(ConversationStoreError) as caught:
         ConversationStore(path)
     assert str(caught.value) == (
-        f"the conversations file {path} was written by a newer ragbot (schema changes m002_from_the_future "
+        f"the conversations file {path} was written by a newer ragbot (schema changes m099_from_the_future "
         "are unknown here): upgrade ragbot to use it"
     )
     jobs = tmp_path / "jobs.sqlite"
     JobRecords(jobs).save("ftjob-1", endpoint="http://x/v1", base_model="m")
     with sqlite3.connect(jobs) as db:
-        db.execute("INSERT INTO _migrations VALUES ('m002_from_the_future', 1.0)")
+        db.execute("INSERT INTO _migrations VALUES ('m099_from_the_future', 1.0)")
     with pytest.raises(FinetuneError, match=r"the job records .* was written by a newer ragbot .*upgrade ragbot"):
         JobRecords(jobs).get("ftjob-1")
 

@@ -18,10 +18,10 @@ from ragbot.errors import ConversationStoreError, RagbotError
 from ragbot.knowledge.knowledge_base import Hit, display_source
 
 HELP = """Commands:
-  /why      how the last answer was made: standalone question, rewrite reasoning, hits, route
+  /why      how the last answer was made: standalone question, rewrite reasoning, topic, hits, route
   /sources  the passages the last answer cited
   /history  the conversation so far
-  /reset    forget the conversation (and delete it, for a named session)
+  /reset    forget the conversation and its topic (and delete them, for a named session)
   /good     mark the last answer good (kept with a named session, for fine-tuning data)
   /bad [corrected answer]
             mark the last answer bad, optionally with the answer it should have been
@@ -75,6 +75,9 @@ def format_why(answer: Answer | None) -> str:
         f"route:               {answer.route}"
         + (f" (threshold {answer.threshold:.3f})" if answer.threshold is not None else "")
     )
+    lines.append(f"topic:               {answer.topic.describe()}")
+    if answer.topic_query:
+        lines.append(f"topic query:         {answer.topic_query} (fused with the standalone question)")
     for rank, h in enumerate(answer.hits, start=1):
         mark = "above" if h.above_threshold else "below"
         lines.append(f"  {rank}. {h.score:.3f} {mark}  {h.title} - {display_source(h.source)}")

@@ -36,12 +36,23 @@ from ragbot.conversation.memory import (
 )
 from ragbot.conversation.prompts import load_prompt
 from ragbot.conversation.rewrite import RewriteResult, is_chinese, rewrite_question
+from ragbot.conversation.topic import (
+    Topic,
+    TopicDocument,
+    entity_names,
+    title_index,
+    topic_from_history,
+    topic_from_turns,
+    update_topic,
+)
 from ragbot.errors import ConversationError, ConversationStoreError
 from ragbot.knowledge.knowledge_base import CONTROL_CHARS, Hit, KnowledgeBase, SearchResult, display_source, not_utf8
 from ragbot.models.chat import ChatModel, GenerationSettings, Message, Usage, make_chat_model
 
 MAX_QUESTION_CHARS = 4000
 CONTEXT_PASSAGES = 3  # passages put in the prompt: prompt processing dominates local latency
+TOPIC_DOCUMENTS = 2  # the topic's most recent documents whose chunks a follow-up also ranks
+RRF_K = 60  # reciprocal rank fusion's constant (Cormack et al. 2009)
 
 LABELS = {
     "general": {
@@ -117,6 +128,8 @@ class Turn:
     reply: str | None = None
     prefix: str = ""
     timings: dict[str, float] = field(default_factory=dict)
+    topic: Topic = field(default_factory=Topic)  # what the conversation was about before this turn
+    topic_query: str = ""  # the question joined with the topic entity, when retrieval used the topic
 
 
 @dataclass(kw_only=True)
@@ -134,6 +147,8 @@ class Answer:
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
     models: dict[str, str] = field(default_factory=dict)
     threshold: float | None = None
+    topic: Topic = field(default_factory=Topic)  # what the conversation is about after this turn
+    topic_query: str = ""  # the query joined with the topic entity, if this turn's retrieval used it
 
     @property
     def total_usage(self) -> Usage:
@@ -161,6 +176,7 @@ class Answer:
             "usage": {stage: u.to_dict() for stage, u in self.usage.items()},
             "timings": {k: round(v, 4) for k, v in self.timings.items()},
             "models": self.models,
+            "topic": {**self.topic.to_dict(), "used_in_retrieval": bool(self.topic_query), "query": self.topic_query},
         }
 
 
@@ -233,6 +249,7 @@ class RagBot:
         self.rewrite_model = rewrite_model or answer_model
         self.settings = settings or kb.settings
         self._store = store
+        self._titles: tuple[object, dict[str, TopicDocument]] | None = None  # (index generation, titles)
 
     @classmethod
     def load(cls, settings: Settings | None = None, **overrides: Any) -> RagBot:
@@ -274,25 +291,48 @@ class RagBot:
 
         return bot_runnable(self)
 
-    def answer(self, question: str, history: Sequence[Message] | Sequence[dict] = ()) -> Answer:
-        """Answer one question given a finished history (stateless)."""
-        *_, answer = self.stream_answer(question, history)
+    def answer(
+        self, question: str, history: Sequence[Message] | Sequence[dict] = (), *, state: Topic | None = None
+    ) -> Answer:
+        """Answer one question given a finished history (stateless; ``state`` is the previous
+        answer's ``topic``, rebuilt from the history text when not given)."""
+        *_, answer = self.stream_answer(question, history, state=state)
         return answer
 
-    def stream_answer(self, question: str, history: Sequence[Message] | Sequence[dict] = ()) -> Iterator[str | Answer]:
+    def stream_answer(
+        self, question: str, history: Sequence[Message] | Sequence[dict] = (), *, state: Topic | None = None
+    ) -> Iterator[str | Answer]:
         """Text deltas of the answer as they are generated, then the ``Answer``."""
-        yield from self.generate(self.prepare(question, history))
+        yield from self.generate(self.prepare(question, history, state=state))
+
+    def titles(self) -> dict[str, TopicDocument]:
+        """The knowledge base's document titles (and their short forms) -> the document, for
+        finding the entities a text names; computed once per index generation."""
+        stored = self.kb.stored
+        if self._titles is None or self._titles[0] is not stored:
+            index = title_index(TopicDocument(key, title) for key, title in self.kb.documents().items())
+            self._titles = (stored, index)
+        return self._titles[1]
 
     # ------------------------------------------------------------------ the steps of a turn
-    def prepare(self, question: str, history: Sequence[Message] | Sequence[dict] = (), *, k: int | None = None) -> Turn:
+    def prepare(
+        self,
+        question: str,
+        history: Sequence[Message] | Sequence[dict] = (),
+        state: Topic | None = None,
+        *,
+        k: int | None = None,
+    ) -> Turn:
         """Everything decided before the answer model is called: memory, rewrite, retrieval, route.
 
-        ``k`` searches more hits than ``top_k`` (evaluation ranks deeper); the answer still sees
-        the same passages."""
+        ``state`` is what the conversation is about (``Conversation`` passes its own; rebuilt from
+        the history text when None). ``k`` searches more hits than ``top_k`` (evaluation ranks
+        deeper); the answer still sees the same passages."""
         started = time.perf_counter()
         question = clean_question(question)
         history = self._history(history)
         turn = Turn(question=question, started=started, language="zh" if is_chinese(question) else "en")
+        turn.topic = state if state is not None else topic_from_history(history, self.titles())
 
         remembered = memory_reply(question, history)
         if remembered is not None:
@@ -305,7 +345,9 @@ class RagBot:
         t_rewrite = time.perf_counter()
         turn.timings["rewrite"] = t_rewrite - started
 
-        turn.search = self.retrieve(turn.standalone_question, k)
+        turn.topic_query = self.topic_query(question, turn.standalone_question, turn.topic)
+        topic_docs = [d.doc_id for d in turn.topic.documents[:TOPIC_DOCUMENTS]] if turn.topic_query else []
+        turn.search = self.retrieve(turn.standalone_question, k, topic_query=turn.topic_query, topic_docs=topic_docs)
         turn.timings["retrieval"] = time.perf_counter() - t_rewrite
         turn.route, turn.sources = self.route(turn.search)
         if turn.route is Route.FALLBACK:
@@ -324,9 +366,31 @@ class RagBot:
             return RewriteResult(question, question, reason="skipped: rewrite disabled")
         return rewrite_question(question, history, self.rewrite_model, self.settings.prompt_dir)
 
-    def retrieve(self, query: str, k: int | None = None) -> SearchResult:
-        """The knowledge-base hits for the standalone question, scored against the threshold."""
-        return self.kb.search(query, max(k or 0, self.settings.top_k), self.settings.threshold)
+    def topic_query(self, question: str, standalone: str, topic: Topic) -> str:
+        """The standalone question joined with the conversation's current entity, for a follow-up
+        that names no entity of its own ("那它是哪年发行的？"); "" when the question names one (a new
+        topic takes over) or there is no topic yet."""
+        if not self.settings.topic or topic.current is None or entity_names(f"{question}\n{standalone}", self.titles()):
+            return ""
+        return f"{topic.current} {standalone}"
+
+    def retrieve(
+        self, query: str, k: int | None = None, *, topic_query: str = "", topic_docs: Sequence[str] = ()
+    ) -> SearchResult:
+        """The knowledge-base hits for the standalone question, scored against the threshold.
+
+        With a ``topic_query`` (a follow-up), the hits of the standalone question, of the topic
+        query and the chunks of the topic's documents ``topic_docs`` are fused by reciprocal rank;
+        each hit keeps its best dense cosine as ``score``, so the threshold means what it did."""
+        depth = max(k or 0, self.settings.top_k)
+        threshold = self.settings.threshold
+        result = self.kb.search(query, depth, threshold)
+        if not topic_query:
+            return result
+        lists = [result.hits, self.kb.search(topic_query, depth, threshold).hits]
+        if topic_docs:
+            lists.append(self.kb.search_documents(topic_query, topic_docs, depth, threshold).hits)
+        return SearchResult(query=query, threshold=result.threshold, hits=fuse_rrf(lists)[:depth])
 
     def route(self, result: SearchResult) -> tuple[Route, list[Hit]]:
         """Grounded on the confident passages when there are any, else the fallback."""
@@ -389,6 +453,14 @@ class RagBot:
             timings={**turn.timings, "total": time.perf_counter() - turn.started},
             models=models,
             threshold=search.threshold if search else None,
+            topic=update_topic(
+                turn.topic,
+                turn.question,
+                text,
+                [TopicDocument(h.doc_id or h.source, h.title) for h in turn.sources],
+                self.titles(),
+            ),
+            topic_query=turn.topic_query,
         )
 
     def _generation(self) -> GenerationSettings:
@@ -414,6 +486,20 @@ class RagBot:
         messages = [m if isinstance(m, Message) else messages_from_pairs([m])[0] for m in history]
         validate_history(messages)
         return messages
+
+
+def fuse_rrf(lists: Sequence[Sequence[Hit]], k: int = RRF_K) -> list[Hit]:
+    """Hits of several rankings in one, by reciprocal rank fusion (sum of 1 / (k + rank)); a hit
+    found by several queries keeps its highest cosine. (A local stand-in for
+    ``ragbot.knowledge.fusion.fuse_rrf``; only this function needs to change to use that.)"""
+    fused: dict[str, float] = {}
+    best: dict[str, Hit] = {}
+    for hits in lists:
+        for rank, hit in enumerate(hits, start=1):
+            fused[hit.id] = fused.get(hit.id, 0.0) + 1.0 / (k + rank)
+            if hit.id not in best or hit.score > best[hit.id].score:
+                best[hit.id] = hit
+    return [best[i] for i in sorted(fused, key=lambda i: (-fused[i], -best[i].score))]
 
 
 def turn_meta(answer: Answer) -> dict[str, Any]:
@@ -462,8 +548,21 @@ class Conversation:
         self.name = name
         self.history: list[Message] = bot.store.history(name) if name else []
         self.ratings: dict[int, Feedback] = bot.store.feedback(name) if name else {}  # by turn, 0-based
+        self.topic: Topic = self._saved_topic() if name else Topic()  # what the conversation is about
         self.last: Answer | None = None
         self._lock = threading.Lock()
+
+    def _saved_topic(self) -> Topic:
+        """The saved state of this conversation; a file from before the state was saved (or one whose
+        state does not cover all its turns) gets it rebuilt from the saved turns and their passages."""
+        store, turns = self.bot.store, len(self.history) // 2
+        saved = store.state(self.name)
+        if saved is not None and saved[0] == turns:
+            return Topic.from_dict(saved[1])
+        if not turns:
+            return Topic()
+        stored = store.turns(self.name)
+        return topic_from_turns(((t.question, t.answer, t.meta) for t in stored), self.bot.titles())
 
     def ask(self, question: str) -> Answer:
         *_, answer = self.stream(question)
@@ -474,7 +573,7 @@ class Conversation:
         conversation checks its file first, so a turn that could not be saved is never asked."""
         with self._lock:
             self.check_storage()
-            for item in self.bot.stream_answer(question, self.history):
+            for item in self.bot.stream_answer(question, self.history, state=self.topic):
                 if isinstance(item, Answer):
                     self._remember(item)
                 yield item
@@ -525,8 +624,11 @@ class Conversation:
 
     def _remember(self, answer: Answer) -> None:
         if self.name:
-            self.bot.store.append_turn(self.name, answer.question, answer.text, turn_meta(answer))
+            self.bot.store.append_turn(
+                self.name, answer.question, answer.text, turn_meta(answer), state=answer.topic.to_dict()
+            )
         self.history += [Message("user", answer.question), Message("assistant", answer.text)]
+        self.topic = answer.topic
         self.last = answer
 
     def reset(self) -> None:
@@ -536,4 +638,5 @@ class Conversation:
                 self.bot.store.clear(self.name)
             self.history = []
             self.ratings = {}
+            self.topic = Topic()
             self.last = None

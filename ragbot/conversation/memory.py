@@ -95,6 +95,22 @@ CREATE TABLE IF NOT EXISTS feedback (
     PRIMARY KEY (conversation, turn)
 );
 """
+
+
+@MIGRATIONS
+def m002_conversation_state(db: sqlite3.Connection) -> None:
+    """What each conversation is about (``ragbot.conversation.topic``), as JSON, and how many turns
+    it covers: a state that does not cover every saved turn is rebuilt from the turns."""
+    run_script(db, _SCHEMA_2)
+
+
+_SCHEMA_2 = """
+CREATE TABLE IF NOT EXISTS conversation_state (
+    conversation TEXT PRIMARY KEY REFERENCES conversations(name) ON DELETE CASCADE,
+    turns INTEGER NOT NULL,
+    state TEXT NOT NULL
+);
+"""
 RATINGS = ("good", "bad")
 
 
@@ -243,8 +259,15 @@ class ConversationStore:
             rows = db.execute("SELECT role, content FROM messages WHERE conversation = ? ORDER BY id", (name,))
             return [Message(role, content) for role, content in rows]
 
-    def append_turn(self, name: str, question: str, answer: str, meta: dict[str, Any] | None = None) -> None:
-        """Save one finished turn atomically."""
+    def append_turn(
+        self,
+        name: str,
+        question: str,
+        answer: str,
+        meta: dict[str, Any] | None = None,
+        state: dict[str, Any] | None = None,
+    ) -> None:
+        """Save one finished turn atomically, with the conversation's ``state`` after it when given."""
         now = time.time()
         with self._use() as db, db:  # one transaction: both messages or neither
             db.execute("INSERT OR IGNORE INTO conversations(name, created_at) VALUES (?, ?)", (name, now))
@@ -258,11 +281,29 @@ class ConversationStore:
                 "VALUES (?, ?, 'assistant', ?, ?, ?)",
                 (name, turn, answer, json.dumps(meta or {}, ensure_ascii=False), now),
             )
+            if state is not None:
+                db.execute(
+                    "INSERT OR REPLACE INTO conversation_state(conversation, turns, state) VALUES (?, ?, ?)",
+                    (name, turn + 1, json.dumps(state, ensure_ascii=False)),
+                )
+
+    def state(self, name: str) -> tuple[int, dict[str, Any]] | None:
+        """The saved state of a conversation and the number of turns it covers, or None."""
+        with self._use() as db:
+            row = db.execute("SELECT turns, state FROM conversation_state WHERE conversation = ?", (name,)).fetchone()
+        if row is None:
+            return None
+        try:
+            state = json.loads(row[1])
+        except ValueError:
+            return None  # rebuilt from the turns
+        return (row[0], state) if isinstance(state, dict) else None
 
     def clear(self, name: str) -> None:
         with self._use() as db, db:
             db.execute("DELETE FROM messages WHERE conversation = ?", (name,))
             db.execute("DELETE FROM feedback WHERE conversation = ?", (name,))
+            db.execute("DELETE FROM conversation_state WHERE conversation = ?", (name,))
 
     def set_feedback(self, name: str, turn: int, feedback: Feedback) -> None:
         """Record (or replace) the feedback on turn ``turn`` (0-based) of conversation ``name``."""

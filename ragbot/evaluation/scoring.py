@@ -71,7 +71,7 @@ class TurnEvaluator:
 
         # the same steps as the chat: prepare (memory, rewrite, retrieval, route), then generate
         turn = self.bot.prepare(question, history, k=self.depth * 3)
-        if turn.search is not None:
+        if turn.search is not None and not turn.topic_query:  # a plain search of the standalone question
             searches[turn.standalone_question] = turn.search
         answer = None
         if self.generate:
@@ -88,7 +88,7 @@ class TurnEvaluator:
             usage = {"rewrite": rewritten.usage.to_dict()} if turn.rewrite else {}
 
         row["rewrite"] = self._rewrite_part(case, rewritten, check)
-        row["retrieval"] = self._retrieval_part(case, standalone, searches)
+        row["retrieval"] = self._retrieval_part(case, standalone, searches, turn.search)
         top_score = top_hits[0].score if top_hits else None
         row["routing"] = {
             "predicted": route,
@@ -136,13 +136,17 @@ class TurnEvaluator:
             part["rouge_l"] = metrics.rouge_l(rewritten.question, case.rewrite)
         return part
 
-    def _retrieval_part(self, case: EvalCase, standalone: str, cache: dict[str, SearchResult]) -> dict[str, Any]:
+    def _retrieval_part(
+        self, case: EvalCase, standalone: str, cache: dict[str, SearchResult], final: SearchResult | None = None
+    ) -> dict[str, Any]:
+        """Ranks of the gold documents for the question as typed, the bot's own retrieval (``final``:
+        the standalone question, fused with the conversation's topic for a follow-up) and the gold query."""
         if not case.gold_passage_ids:
             return {}
         gold_query, source = case.gold_query
         part: dict[str, Any] = {"gold_ids": list(case.gold_passage_ids), "gold_query_from": source}
         for kind, query in zip(QUERY_KINDS, (case.question, standalone, gold_query), strict=True):
-            hits = self._search(query, cache).hits
+            hits = (final if kind == "rewritten" and final is not None else self._search(query, cache)).hits
             part[kind] = {
                 "query": query,
                 "rank": first_gold_rank(hits, case.gold_passage_ids),

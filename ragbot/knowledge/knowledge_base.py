@@ -286,6 +286,51 @@ class KnowledgeBase:
         ]
         return SearchResult(query=query, threshold=threshold, hits=hits)
 
+    def documents(self) -> dict[str, str]:
+        """Each document's key (its ``doc_id``, or its source file when it has none) -> its title."""
+        return {key: title for key, (title, _) in self._documents().items()}
+
+    def search_documents(
+        self, query: str, keys: Sequence[str], k: int | None = None, threshold: float | None = None
+    ) -> SearchResult:
+        """The chunks of the documents ``keys`` (see ``documents``), best first by cosine with ``query``:
+        a conversation's topic documents, scored like ``search`` scores."""
+        query = clean_query(query)
+        threshold = self.threshold if threshold is None else threshold
+        rows = [row for key in dict.fromkeys(keys) for row in self._documents().get(key, ("", []))[1]]
+        if not rows:
+            return SearchResult(query=query, threshold=threshold, hits=[])
+        scores = np.asarray(self.stored.vectors[rows]) @ self.embedder.embed_query(query).reshape(-1)
+        order = np.argsort(-scores, kind="stable")[: self.settings.top_k if k is None else k]
+        hits = []
+        for i in order:
+            chunk, score = self.stored.chunks[rows[i]], float(scores[i])
+            hits.append(
+                Hit(
+                    chunk.id,
+                    chunk.text,
+                    chunk.source,
+                    chunk.title,
+                    score,
+                    score >= threshold,
+                    chunk.doc_id,
+                    chunk.position,
+                    chunk.headings,
+                )  # fmt: skip
+            )
+        return SearchResult(query=query, threshold=threshold, hits=hits)
+
+    def _documents(self) -> dict[str, tuple[str, list[int]]]:
+        """Document key -> (title, chunk rows), computed once per loaded index generation."""
+        stored = self.stored
+        cached = getattr(self, "_documents_cache", None)
+        if cached is None or cached[0] is not stored:
+            docs: dict[str, tuple[str, list[int]]] = {}
+            for row, chunk in enumerate(stored.chunks):
+                docs.setdefault(chunk.doc_id or chunk.source, (chunk.title, []))[1].append(row)
+            cached = self._documents_cache = (stored, docs)
+        return cached[1]
+
     def retrieve(self, query: str, k: int | None = None) -> list[Hit]:
         """The top-k hits for ``query``; ``hit.above_threshold`` carries the threshold decision."""
         return self.search(query, k).hits
