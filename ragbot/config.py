@@ -101,7 +101,7 @@ class Settings:
 
     # Conversation.
     rewrite: bool = True  # resolve follow-ups into standalone questions
-    topic: bool = True  # a follow-up that names nothing also searches with the conversation's topic
+    topic: bool = False  # opt-in until routing knows the entity: a follow-up that names nothing also searches with the topic
     history_tokens: int = 1200  # history sent to the model, counted with tiktoken
     fallback: str = "general"  # below the threshold: general | refuse | fixed
     fallback_reply: str | None = None  # the reply for fallback = "fixed"

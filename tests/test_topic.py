@@ -54,7 +54,7 @@ def songs(tmp_path):
 
 @pytest.fixture
 def kb(hash_settings, songs, tmp_path):
-    kb = KnowledgeBase.open(hash_settings.replace(threshold=0.28, sessions=tmp_path / "s.sqlite"), create=True)
+    kb = KnowledgeBase.open(hash_settings.replace(threshold=0.28, sessions=tmp_path / "s.sqlite", topic=True), create=True)
     kb.ingest([songs])
     return kb
 
@@ -175,6 +175,7 @@ def env(tmp_path, songs):
         "RAGBOT_INDEX": str(tmp_path / "idx"),
         "RAGBOT_SESSIONS": str(tmp_path / "s.sqlite"),
         "RAGBOT_THRESHOLD": "0.28",
+        "RAGBOT_TOPIC": "true",
     }
     assert run_cli("ingest", str(songs), env=env).returncode == 0
     return env
