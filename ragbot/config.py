@@ -76,6 +76,7 @@ class Settings:
     # Retrieval.
     top_k: int = 5
     threshold: float | None = None  # None: the index's stored threshold (per embedder)
+    hybrid: bool = True  # fuse BM25 (lexical) hits with the dense ones; the threshold stays on the cosine
 
     knowledge_dir: Path | None = None  # None: the knowledge base bundled with ragbot
 
