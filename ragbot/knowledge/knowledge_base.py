@@ -66,9 +66,6 @@ class Hit:
     fused_score: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        extra = {}
-        if self.fused_score is not None:
-            extra = {"lexical_score": self.lexical_score, "fused_score": self.fused_score}
         return {
             "id": self.id,
             "doc_id": self.doc_id,
@@ -77,7 +74,6 @@ class Hit:
             "text": self.text,
             "score": round(self.score, 4),
             "above_threshold": self.above_threshold,
-            **{k: None if v is None else round(v, 4) for k, v in extra.items()},
         }
 
 
