@@ -144,7 +144,7 @@ def main() -> None:
         kdconv = kdconv_cases()
         for mode, segment in (("search", rjieba.cut_for_search), ("precise", rjieba.cut)):
             for kb in (film, bundled):
-                lexical.rjieba = type("Seg", (), {"cut_for_search": staticmethod(segment)})
+                lexical._segment = segment
                 kb.stored._lexical = lexical.LexicalIndex.build([c.embedding_text for c in kb.stored.chunks])
             for floor in (0.0, 0.3, 0.5, 0.7):
                 kbmod.LEXICAL_FLOOR = floor
@@ -157,7 +157,7 @@ def main() -> None:
                 m = retrieval_metrics(bundled, bundled_cases()["bundled, cross-lingual"], ks=(1, 5))
                 sweep[key]["bundled, cross-lingual"] = m
                 rows.append([mode, floor, "cross-lingual", m["recall@1"], m["recall@5"], m["mrr"]])
-        lexical.rjieba = rjieba
+        lexical._segment = rjieba.cut_for_search
         print_table(
             ["jieba mode", "floor", "set", "recall@1", "recall@5", "MRR"],
             rows,

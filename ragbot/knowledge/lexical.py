@@ -17,10 +17,12 @@ import json
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import bm25s
 import numpy as np
-import rjieba
+
+if TYPE_CHECKING:
+    import bm25s
 
 # Bumped when tokenization changes: a stored index with another version is rebuilt at load.
 TOKENIZER = "rjieba-search+words+titles/1"
@@ -57,10 +59,17 @@ def tokenize(text: str) -> list[str]:
     pos = 0
     for match in _CJK.finditer(text):
         tokens.extend(_words(text[pos : match.start()]))
-        tokens.extend(rjieba.cut_for_search(match.group()))
+        tokens.extend(_segment(match.group()))
         pos = match.end()
     tokens.extend(_words(text[pos:]))
     return [t for t in tokens if t not in STOPWORDS]
+
+
+def _segment(chinese: str) -> list[str]:
+    """jieba's search mode. Imported on first use: loading its dictionary takes ~0.5 s."""
+    import rjieba
+
+    return rjieba.cut_for_search(chinese)
 
 
 def _words(text: str) -> list[str]:
@@ -82,6 +91,8 @@ class LexicalIndex:
 
     @classmethod
     def build(cls, texts: Sequence[str]) -> LexicalIndex:
+        import bm25s  # imported when needed: it brings scipy.sparse, ~0.1-0.2 s
+
         bm25 = bm25s.BM25()
         corpus = [tokenize(t) or [""] for t in texts]  # bm25s wants a token in every row
         if corpus:
@@ -112,6 +123,8 @@ class LexicalIndex:
     def load(cls, generation: Path, rows: int) -> LexicalIndex | None:
         """The stored index of ``generation``, or None if it has none (an older ragbot wrote
         it), it was made with another tokenizer, or it does not match the chunks."""
+        import bm25s
+
         folder = generation / DIRECTORY
         try:
             info = json.loads((folder / _INFO).read_text(encoding="utf-8"))
