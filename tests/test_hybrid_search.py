@@ -212,3 +212,14 @@ def test_fuse_rrf_sums_reciprocal_ranks():
     assert [item for item, _ in fused] == ["a", "c", "b"]
     assert fused[0][1] == pytest.approx(1 / 61 + 1 / 62)
     assert fuse_rrf([]) == []
+
+
+def test_the_default_index_of_an_older_ragbot_gets_its_bm25_index_at_open(capsys):
+    KnowledgeBase.open(Settings(embedder="hash"))  # the default index, built on first use
+    directory = next(p for p in (Settings().index_dir).iterdir() if p.is_dir())
+    shutil.rmtree(directory / (directory / "CURRENT").read_text().strip() / "bm25")
+    capsys.readouterr()
+    kb = KnowledgeBase.open(Settings(embedder="hash"))
+    assert store.load(directory).has_stored_lexical
+    assert any(h.source.endswith("nile-zh.md") for h in kb.search("尼罗河流经哪些国家", k=3).hits)
+    assert "Traceback" not in capsys.readouterr().err

@@ -219,6 +219,8 @@ class KnowledgeBase:
             elif kb._is_stale(knowledge):
                 print("The bundled knowledge base changed; updating the default index...", file=sys.stderr)
                 kb.ingest([knowledge])
+            elif not kb.stored.has_stored_lexical:  # written by an older ragbot: store its BM25 index
+                kb.ingest([knowledge])
             else:
                 kb._load()
         elif not create:
