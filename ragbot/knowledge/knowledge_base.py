@@ -272,7 +272,9 @@ class KnowledgeBase:
 
     def search(self, query: str, k: int | None = None, threshold: float | None = None) -> SearchResult:
         """Top-k hits for ``query`` (best first), each judged against ``threshold`` (default:
-        ``self.threshold``)."""
+        ``self.threshold``) by its cosine score. With ``hybrid`` on, "best first" is the reciprocal
+        rank fusion of the dense and the BM25 rankings; a hit only BM25 found gets its cosine from
+        the stored vectors."""
         query = clean_query(query)
         k = self.settings.top_k if k is None else k
         if isinstance(k, bool) or not isinstance(k, int):
