@@ -94,6 +94,18 @@ def test_an_english_term_like_lora_is_matched_whole(hash_settings, docs):
     assert rank_of(hybrid, "fine-tuning.md") == 1
 
 
+@pytest.mark.parametrize("k", [1, 3, 5])
+def test_the_threshold_decision_is_the_one_dense_search_makes(hash_settings, docs, k):
+    dense_kb = open_kb(hash_settings.replace(hybrid=False), docs)
+    hybrid_kb = open_kb(hash_settings)
+    queries = [SONG_QUERY, "七里香是谁唱的", "what is LoRA?", "周杰伦 2004 专辑", "如何训练模型", "面包怎么烤"]
+    for query in queries:
+        dense, hybrid = dense_kb.search(query, k=k), hybrid_kb.search(query, k=k)
+        assert max(h.score for h in hybrid.hits) == pytest.approx(max(h.score for h in dense.hits)), query
+        assert bool(hybrid.confident) == bool(dense.confident), query
+        assert all(h.above_threshold == (h.score >= hybrid.threshold) for h in hybrid.hits)
+
+
 def test_hybrid_false_gives_the_dense_ranking(hash_settings, docs):
     kb = open_kb(hash_settings.replace(hybrid=False), docs)
     result = kb.search(SONG_QUERY, k=6)

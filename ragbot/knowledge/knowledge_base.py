@@ -274,7 +274,8 @@ class KnowledgeBase:
         """Top-k hits for ``query`` (best first), each judged against ``threshold`` (default:
         ``self.threshold``) by its cosine score. With ``hybrid`` on, "best first" is the reciprocal
         rank fusion of the dense and the BM25 rankings; a hit only BM25 found gets its cosine from
-        the stored vectors."""
+        the stored vectors. The hit with the best cosine is always among the hits, so whether any
+        hit clears the threshold does not depend on ``hybrid``."""
         query = clean_query(query)
         k = self.settings.top_k if k is None else k
         if isinstance(k, bool) or not isinstance(k, int):
@@ -294,7 +295,13 @@ class KnowledgeBase:
         pool = max(k, HYBRID_POOL)
         dense = dict(stored.search_rows(vector, pool))
         lexical = dict(self._lexical_search(query, pool))
-        fused = fuse_rrf([list(dense), list(lexical)])[:k]
+        ranked = fuse_rrf([list(dense), list(lexical)])
+        fused = ranked[:k]
+        # The best cosine always stays among the hits (last, if fusion ranked it lower), so the
+        # threshold decision, "does any hit clear it", is exactly the one dense search makes.
+        best = next(iter(dense), None)
+        if best is not None and all(row != best for row, _ in fused):
+            fused[-1] = next(pair for pair in ranked if pair[0] == best)
         only_lexical = [row for row, _ in fused if row not in dense]
         dense.update(zip(only_lexical, stored.cosine(vector, only_lexical), strict=True))
         hits = [self._hit(stored.chunks[row], dense[row], threshold, lexical.get(row), rrf) for row, rrf in fused]
