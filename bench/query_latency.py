@@ -8,6 +8,9 @@ What it measures
       /work/shared/data/convqa_zh_kdconv_film.jsonl), and of the bare path
       ``e5.query(q)`` + ``faiss_index.search(vec, k)`` on the same FAISS index, with the
       ratio ragbot/bare;
+    * the same ``kb.search`` with hybrid search on (the default: BM25 beside FAISS, fused by
+      reciprocal rank fusion), its ratio to dense-only search (the target: <= 1.30 at p50),
+      and the BM25 search alone; the time to build the BM25 index of the 100k chunks;
     * where ragbot's time goes: ``embedder.embed_query`` alone, ``StoredIndex.search``
       alone, and FAISS ``search`` of one vector with the default OpenMP thread count vs
       one thread (single-query flat search is sensitive to it).
@@ -114,12 +117,24 @@ def build_index(directory: Path, n: int, embedder, index_type: str, seed: int) -
     t0 = time.perf_counter()
     faiss_index = store.build_faiss(vectors, index_type)
     build_s = time.perf_counter() - t0
+    stored = store.StoredIndex(manifest, chunks, faiss_index, sources, vectors=vectors)
+    t0 = time.perf_counter()
+    stored.lexical  # noqa: B018 -- the BM25 index, built from the chunk texts as every write does
+    bm25_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     with store.write_lock(directory, 60):
-        store.save(directory, store.StoredIndex(manifest, chunks, faiss_index, sources, vectors=vectors))
+        store.save(directory, stored)
     save_s = time.perf_counter() - t0
     size = sum(f.stat().st_size for f in directory.rglob("*") if f.is_file())
-    return {"generate_s": gen_s, "faiss_build_s": build_s, "save_s": save_s, "bytes": size}
+    bm25_bytes = sum(f.stat().st_size for f in directory.glob("gen-*/bm25/*"))
+    return {
+        "generate_s": gen_s,
+        "faiss_build_s": build_s,
+        "bm25_build_s": bm25_s,
+        "save_s": save_s,
+        "bytes": size,
+        "bm25_bytes": bm25_bytes,
+    }
 
 
 def main() -> None:
@@ -159,7 +174,7 @@ def main() -> None:
             del stored
         for _ in range(args.load_repeats):
             t0 = time.perf_counter()
-            kb = KnowledgeBase.open(Settings(index=directory, num_threads=args.threads))
+            kb = KnowledgeBase.open(Settings(index=directory, num_threads=args.threads, hybrid=False))
             assert len(kb) == args.n
             open_s.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
@@ -170,11 +185,18 @@ def main() -> None:
         faiss_index = stored.faiss_index
         questions = load_questions(args.queries)
         log(f"{len(questions)} questions; warming up")
+        hybrid_kb = KnowledgeBase(kb.settings.replace(hybrid=True), kb.embedder, kb.directory)
+        hybrid_kb._stored = stored
+        t0 = time.perf_counter()
+        stored.lexical  # noqa: B018 -- memory-maps the stored BM25 index
+        bm25_load_s = time.perf_counter() - t0
         for q in questions[:10]:
             kb.search(q, args.k)
+            hybrid_kb.search(q, args.k)
             faiss_index.search(e5.query(q).reshape(1, -1), args.k)
 
         t_ragbot, t_bare, t_embed, t_store, mismatches = [], [], [], [], 0
+        t_hybrid, t_lexical = [], []
         for i, q in enumerate(questions):
 
             def bare(q: str = q) -> np.ndarray:
@@ -190,9 +212,16 @@ def main() -> None:
                 t_ragbot.append(time.perf_counter() - t)
                 return [int(h.id, 16) for h in result.hits]
 
+            def hybrid(q: str = q) -> None:
+                t = time.perf_counter()
+                hybrid_kb.search(q, args.k)
+                t_hybrid.append(time.perf_counter() - t)
+
             if i % 2:
                 ids_r, ids_b = ragbot(), bare()
+                hybrid()
             else:
+                hybrid()
                 ids_b, ids_r = bare(), ragbot()
             if list(ids_b) != ids_r:
                 mismatches += 1
@@ -203,6 +232,9 @@ def main() -> None:
             t = time.perf_counter()
             stored.search(vec, args.k)
             t_store.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            stored.lexical_search(q, 20, 0.5)
+            t_lexical.append(time.perf_counter() - t)
 
         # FAISS alone, one vector per call: default OpenMP threads vs one thread.
         vecs = np.stack([e5.query(q) for q in questions[:100]]).astype(np.float32)
@@ -223,7 +255,7 @@ def main() -> None:
         t_faiss_one = faiss_only()
         faiss.omp_set_num_threads(default_threads)
 
-        s_r, s_b = summary_ms(t_ragbot), summary_ms(t_bare)
+        s_r, s_b, s_h, s_l = summary_ms(t_ragbot), summary_ms(t_bare), summary_ms(t_hybrid), summary_ms(t_lexical)
         s_e, s_s = summary_ms(t_embed), summary_ms(t_store)
         s_fd, s_f1 = summary_ms(t_faiss_default), summary_ms(t_faiss_one)
         print(
@@ -247,13 +279,25 @@ def main() -> None:
                     s_r["p95_ms"] / s_b["p95_ms"],
                     s_r["mean_ms"] / s_b["mean_ms"],
                 ],
+                ["ragbot kb.search, hybrid (default)", s_h["p50_ms"], s_h["p95_ms"], s_h["mean_ms"]],
+                [
+                    "ratio hybrid/dense",
+                    s_h["p50_ms"] / s_r["p50_ms"],
+                    s_h["p95_ms"] / s_r["p95_ms"],
+                    s_h["mean_ms"] / s_r["mean_ms"],
+                ],
             ],
+        )
+        print(
+            f"BM25: built in {build['bm25_build_s']:.1f}s for {args.n:,} chunks, "
+            f"{build['bm25_bytes'] / 2**20:,.0f} MiB on disk, memory-mapped in {bm25_load_s:.2f}s"
         )
         print_table(
             ["component", "p50 ms", "p95 ms", "mean ms"],
             [
                 ["embedder.embed_query", s_e["p50_ms"], s_e["p95_ms"], s_e["mean_ms"]],
                 ["StoredIndex.search", s_s["p50_ms"], s_s["p95_ms"], s_s["mean_ms"]],
+                ["StoredIndex.lexical_search (BM25)", s_l["p50_ms"], s_l["p95_ms"], s_l["mean_ms"]],
                 [f"faiss search alone, {default_threads} threads", s_fd["p50_ms"], s_fd["p95_ms"], s_fd["mean_ms"]],
                 ["faiss search alone, 1 thread", s_f1["p50_ms"], s_f1["p95_ms"], s_f1["mean_ms"]],
             ],
@@ -270,9 +314,13 @@ def main() -> None:
                 "ragbot": s_r,
                 "bare": s_b,
                 "ratio_ragbot_over_bare": {"p50": s_r["p50_ms"] / s_b["p50_ms"], "p95": s_r["p95_ms"] / s_b["p95_ms"]},
+                "hybrid": s_h,
+                "ratio_hybrid_over_dense": {"p50": s_h["p50_ms"] / s_r["p50_ms"], "p95": s_h["p95_ms"] / s_r["p95_ms"]},
+                "bm25_load_s": bm25_load_s,
                 "components": {
                     "embed_query": s_e,
                     "StoredIndex.search": s_s,
+                    "StoredIndex.lexical_search": s_l,
                     f"faiss_{default_threads}_threads": s_fd,
                     "faiss_1_thread": s_f1,
                 },

@@ -76,6 +76,7 @@ class Settings:
     # Retrieval.
     top_k: int = 5
     threshold: float | None = None  # None: the index's stored threshold (per embedder)
+    hybrid: bool = True  # fuse BM25 (lexical) hits with the dense ones; the threshold stays on the cosine
 
     knowledge_dir: Path | None = None  # None: the knowledge base bundled with ragbot
 
@@ -101,7 +102,8 @@ class Settings:
 
     # Conversation.
     rewrite: bool = True  # resolve follow-ups into standalone questions
-    topic: bool = False  # opt-in until routing knows the entity: a follow-up that names nothing also searches with the topic
+    # opt-in until routing knows the entity: a follow-up that names nothing also searches with the topic
+    topic: bool = False
     history_tokens: int = 1200  # history sent to the model, counted with tiktoken
     fallback: str = "general"  # below the threshold: general | refuse | fixed
     fallback_reply: str | None = None  # the reply for fallback = "fixed"

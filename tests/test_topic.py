@@ -54,7 +54,9 @@ def songs(tmp_path):
 
 @pytest.fixture
 def kb(hash_settings, songs, tmp_path):
-    kb = KnowledgeBase.open(hash_settings.replace(threshold=0.28, sessions=tmp_path / "s.sqlite", topic=True), create=True)
+    kb = KnowledgeBase.open(
+        hash_settings.replace(threshold=0.28, sessions=tmp_path / "s.sqlite", topic=True), create=True
+    )
     kb.ingest([songs])
     return kb
 

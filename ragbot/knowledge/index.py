@@ -3,7 +3,8 @@
 Layout of an index directory::
 
     CURRENT            name of the live generation (replaced atomically with os.replace)
-    gen-<time>/        manifest.json, chunks.jsonl, vectors.npy, index.faiss, sources.json
+    gen-<time>/        manifest.json, chunks.jsonl, vectors.npy, index.faiss, sources.json,
+                       bm25/ (the lexical index of the same chunks, see ``lexical.py``)
     .lock              held by the one process writing (filelock; released if it dies)
 
 A write builds a complete new generation in a temporary directory, renames it into place,
@@ -34,6 +35,7 @@ from filelock import FileLock, Timeout
 
 from ragbot.errors import IndexAccessError, IndexCorruptError, IndexLockedError, IndexNotFoundError
 from ragbot.knowledge.chunking import Chunk
+from ragbot.knowledge.lexical import LexicalIndex
 
 FORMAT_VERSION = 1
 CURRENT = "CURRENT"
@@ -109,6 +111,7 @@ class StoredIndex:
         sources: dict[str, SourceRecord],
         vectors_path: Path | None = None,
         vectors: np.ndarray | None = None,
+        generation: Path | None = None,
     ):
         self.manifest = manifest
         self.chunks = chunks
@@ -116,6 +119,36 @@ class StoredIndex:
         self.sources = sources
         self._vectors_path = vectors_path
         self._vectors = vectors
+        self.generation = generation  # the directory it was loaded from, if any
+        self._lexical: LexicalIndex | None = None
+        self.lexical_stored: bool | None = None  # None: not looked for yet
+
+    @property
+    def lexical(self) -> LexicalIndex:
+        """The BM25 index of the chunks: loaded from the generation (memory-mapped), or built
+        from the chunk texts when the generation has none (an index written by an older ragbot)."""
+        if self._lexical is None:
+            found = LexicalIndex.load(self.generation, len(self.chunks)) if self.generation else None
+            self.lexical_stored = found is not None
+            self._lexical = found or LexicalIndex.build([c.embedding_text for c in self.chunks])
+        return self._lexical
+
+    @property
+    def has_stored_lexical(self) -> bool:
+        """Whether the BM25 index came from disk (False: built in memory, or never loaded)."""
+        _ = self.lexical
+        return bool(self.lexical_stored)
+
+    def lexical_search(self, query: str, k: int, floor: float = 0.0) -> list[tuple[int, float]]:
+        """Rows of the k chunks with the best BM25 scores for ``query``, best first (see
+        ``LexicalIndex.search`` for ``floor``)."""
+        return self.lexical.search(query, k, floor)
+
+    def cosine(self, query_vector: np.ndarray, rows: list[int]) -> list[float]:
+        """Cosine scores of chunks ``rows`` from their stored vectors (for hits only BM25 found)."""
+        if not rows:
+            return []
+        return [float(s) for s in np.asarray(self.vectors[rows], dtype=np.float32) @ query_vector.astype(np.float32)]
 
     @property
     def vectors(self) -> np.ndarray:
@@ -127,6 +160,10 @@ class StoredIndex:
 
     def search(self, query_vector: np.ndarray, k: int) -> list[tuple[Chunk, float]]:
         """The k nearest chunks with their cosine scores, best first."""
+        return [(self.chunks[i], s) for i, s in self.search_rows(query_vector, k)]
+
+    def search_rows(self, query_vector: np.ndarray, k: int) -> list[tuple[int, float]]:
+        """Rows of the k nearest chunks with their cosine scores, best first."""
         if not self.chunks:
             return []
         k = min(k, len(self.chunks))
@@ -140,7 +177,7 @@ class StoredIndex:
             scores, ids = self.faiss_index.search(query_vector.reshape(1, -1).astype(np.float32), k)
         finally:
             faiss.omp_set_num_threads(threads)
-        return [(self.chunks[i], float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0]
+        return [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0]
 
 
 def _damaged(directory: Path, what: str) -> IndexCorruptError:
@@ -246,7 +283,9 @@ def _load(directory: Path) -> StoredIndex:
             f"{faiss_index.ntotal} vectors but {len(chunks)} chunks, manifest says {manifest.chunks}",
         )
     vectors = _load_vectors(gen / "vectors.npy", len(chunks), manifest.dim)
-    return StoredIndex(manifest, chunks, faiss_index, sources, vectors_path=gen / "vectors.npy", vectors=vectors)
+    return StoredIndex(
+        manifest, chunks, faiss_index, sources, vectors_path=gen / "vectors.npy", vectors=vectors, generation=gen
+    )
 
 
 @contextmanager
@@ -300,6 +339,7 @@ def _save(directory: Path, stored: StoredIndex) -> None:
     with open(tmp / "vectors.npy", "wb") as fh:
         np.save(fh, np.ascontiguousarray(stored.vectors, dtype=np.float32), allow_pickle=False)
     faiss.write_index(stored.faiss_index, str(tmp / "index.faiss"))
+    stored.lexical.save(tmp)  # built from the chunk texts unless loaded with these chunks
     (tmp / "sources.json").write_text(
         json.dumps({p: asdict(r) for p, r in stored.sources.items()}, ensure_ascii=False),
         encoding="utf-8",
@@ -307,7 +347,7 @@ def _save(directory: Path, stored: StoredIndex) -> None:
     (tmp / "manifest.json").write_text(
         json.dumps(asdict(stored.manifest), ensure_ascii=False, indent=2), encoding="utf-8"
     )
-    for path in tmp.iterdir():
+    for path in [*tmp.iterdir(), *(tmp / "bm25").iterdir()]:
         _fsync(path)
 
     previous = (directory / CURRENT).read_text("utf-8", errors="replace").strip() if exists(directory) else None

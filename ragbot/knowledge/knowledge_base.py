@@ -3,7 +3,9 @@
 ``KnowledgeBase.open(settings)`` loads the embedder and the index (building the default
 index from the bundled knowledge base on first use); ``ingest(paths)`` adds, replaces and
 removes chunks incrementally; ``search(query)`` returns hits whose ``score`` is a cosine
-similarity in [-1, 1], each marked with whether it clears the confidence threshold.
+similarity in [-1, 1], each marked with whether it clears the confidence threshold. With
+``hybrid`` on (the default) the ranking fuses the dense (FAISS) and the lexical (BM25) hits
+by reciprocal rank fusion, but the threshold is still judged on each hit's cosine.
 """
 
 from __future__ import annotations
@@ -31,8 +33,14 @@ from ragbot.errors import (
 from ragbot.knowledge import index as store
 from ragbot.knowledge.chunking import Chunk, chunk_document
 from ragbot.knowledge.documents import find_files, iter_documents
+from ragbot.knowledge.fusion import fuse_rrf
 from ragbot.models.embedders import Embedder, make_embedder
 
+HYBRID_POOL = 20  # candidates taken from each of the dense and the BM25 rankings before fusion
+# A lexical hit takes part in the fusion only if it scores at least this share of the best BM25
+# score: a chunk sharing one common word with the question is not lexical evidence, and letting it
+# in gives the dense favourites a second vote that outweighs the chunk naming the exact entity.
+LEXICAL_FLOOR = 0.5
 MAX_QUERY_CHARS = 8000  # embedders only read the first few hundred tokens anyway
 CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 LONE_SURROGATE = re.compile("[\ud800-\udfff]")
@@ -40,7 +48,10 @@ LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 @dataclass(frozen=True)
 class Hit:
-    """A retrieved chunk with its cosine score and whether it clears the threshold."""
+    """A retrieved chunk with its cosine score and whether it clears the threshold.
+
+    In a hybrid search ``lexical_score`` is the chunk's BM25 score (None: BM25 did not rank
+    it) and ``fused_score`` its reciprocal-rank-fusion score, which decided its place."""
 
     id: str
     text: str
@@ -51,6 +62,8 @@ class Hit:
     doc_id: str | None = None
     position: int = 0
     headings: tuple[str, ...] = ()
+    lexical_score: float | None = None
+    fused_score: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -206,6 +219,8 @@ class KnowledgeBase:
             elif kb._is_stale(knowledge):
                 print("The bundled knowledge base changed; updating the default index...", file=sys.stderr)
                 kb.ingest([knowledge])
+            elif not kb.stored.has_stored_lexical:  # written by an older ragbot: store its BM25 index
+                kb.ingest([knowledge])
             else:
                 kb._load()
         elif not create:
@@ -257,7 +272,10 @@ class KnowledgeBase:
 
     def search(self, query: str, k: int | None = None, threshold: float | None = None) -> SearchResult:
         """Top-k hits for ``query`` (best first), each judged against ``threshold`` (default:
-        ``self.threshold``)."""
+        ``self.threshold``) by its cosine score. With ``hybrid`` on, "best first" is the reciprocal
+        rank fusion of the dense and the BM25 rankings; a hit only BM25 found gets its cosine from
+        the stored vectors. The hit with the best cosine is always among the hits, so whether any
+        hit clears the threshold does not depend on ``hybrid``."""
         query = clean_query(query)
         k = self.settings.top_k if k is None else k
         if isinstance(k, bool) or not isinstance(k, int):
@@ -270,20 +288,23 @@ class KnowledgeBase:
             raise QueryError(f"threshold must be a cosine similarity between -1 and 1, got {threshold!r}")
         vector = self.embedder.embed_query(query)
         threshold = self.threshold if threshold is None else threshold
-        hits = [
-            Hit(
-                id=chunk.id,
-                text=chunk.text,
-                source=chunk.source,
-                title=chunk.title,
-                score=score,
-                above_threshold=score >= threshold,
-                doc_id=chunk.doc_id,
-                position=chunk.position,
-                headings=chunk.headings,
-            )
-            for chunk, score in self.stored.search(vector, k)
-        ]
+        stored = self.stored
+        if not self.settings.hybrid:
+            hits = [self._hit(stored.chunks[row], cosine, threshold) for row, cosine in stored.search_rows(vector, k)]
+            return SearchResult(query=query, threshold=threshold, hits=hits)
+        pool = max(k, HYBRID_POOL)
+        dense = dict(stored.search_rows(vector, pool))
+        lexical = dict(self._lexical_search(query, pool))
+        ranked = fuse_rrf([list(dense), list(lexical)])
+        fused = ranked[:k]
+        # The best cosine always stays among the hits (last, if fusion ranked it lower), so the
+        # threshold decision, "does any hit clear it", is exactly the one dense search makes.
+        best = next(iter(dense), None)
+        if best is not None and all(row != best for row, _ in fused):
+            fused[-1] = next(pair for pair in ranked if pair[0] == best)
+        only_lexical = [row for row, _ in fused if row not in dense]
+        dense.update(zip(only_lexical, stored.cosine(vector, only_lexical), strict=True))
+        hits = [self._hit(stored.chunks[row], dense[row], threshold, lexical.get(row), rrf) for row, rrf in fused]
         return SearchResult(query=query, threshold=threshold, hits=hits)
 
     def documents(self) -> dict[str, str]:
@@ -304,20 +325,7 @@ class KnowledgeBase:
         order = np.argsort(-scores, kind="stable")[: self.settings.top_k if k is None else k]
         hits = []
         for i in order:
-            chunk, score = self.stored.chunks[rows[i]], float(scores[i])
-            hits.append(
-                Hit(
-                    chunk.id,
-                    chunk.text,
-                    chunk.source,
-                    chunk.title,
-                    score,
-                    score >= threshold,
-                    chunk.doc_id,
-                    chunk.position,
-                    chunk.headings,
-                )  # fmt: skip
-            )
+            hits.append(self._hit(self.stored.chunks[rows[i]], float(scores[i]), threshold))
         return SearchResult(query=query, threshold=threshold, hits=hits)
 
     def _documents(self) -> dict[str, tuple[str, list[int]]]:
@@ -330,6 +338,36 @@ class KnowledgeBase:
                 docs.setdefault(chunk.doc_id or chunk.source, (chunk.title, []))[1].append(row)
             cached = self._documents_cache = (stored, docs)
         return cached[1]
+
+    def _lexical_search(self, query: str, k: int) -> list[tuple[int, float]]:
+        stored = self.stored
+        if stored.lexical_stored is None and stored.generation is not None:
+            stored.lexical  # noqa: B018 -- loads it, or builds it for an index an older ragbot wrote
+            if not stored.lexical_stored:
+                print(
+                    f"note: the index at {self.directory} has no usable stored BM25 index (written by an older "
+                    "ragbot, or damaged); built it in memory for this run; `ragbot ingest` of the same paths stores it",
+                    file=sys.stderr,
+                )
+        return stored.lexical_search(query, k, LEXICAL_FLOOR)
+
+    @staticmethod
+    def _hit(
+        chunk: Chunk, cosine: float, threshold: float, lexical: float | None = None, fused: float | None = None
+    ) -> Hit:
+        return Hit(
+            id=chunk.id,
+            text=chunk.text,
+            source=chunk.source,
+            title=chunk.title,
+            score=cosine,
+            above_threshold=cosine >= threshold,
+            doc_id=chunk.doc_id,
+            position=chunk.position,
+            headings=chunk.headings,
+            lexical_score=lexical,
+            fused_score=fused,
+        )
 
     def retrieve(self, query: str, k: int | None = None) -> list[Hit]:
         """The top-k hits for ``query``; ``hit.above_threshold`` carries the threshold decision."""
@@ -409,7 +447,8 @@ class KnowledgeBase:
             report.unchanged = len(live_ids) - report.added
             report.chunks = len(chunks)
 
-            if old is not None and not report.added and not report.removed and not to_read:
+            # An index from an older ragbot (no stored BM25) is written again, to store it.
+            if old is not None and not report.added and not report.removed and not to_read and old.has_stored_lexical:
                 report.seconds = time.perf_counter() - started
                 return report  # nothing changed: leave the index exactly as it is
 
