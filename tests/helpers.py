@@ -18,6 +18,8 @@ import pytest
 from click.testing import CliRunner
 
 from ragbot.cli.main import main
+from ragbot.conversation.bot import RagBot
+from ragbot.testing.fakes import ScriptedChatModel
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -236,3 +238,14 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         if node not in state and (cycle := visit(node)):
             return cycle
     return None
+
+
+# --- the conversation engine on a scripted model -----------------------------------------------
+
+NILE_REWRITE = "思考：“它”指尼罗河。\n改写：尼罗河流经哪些国家？"  # the rewrite model's reply to "它流经哪些国家？"
+
+
+def make_bot(kb, replies=(), **settings):
+    """A bot over ``kb`` whose model answers ``replies`` in order (then "默认回答"), and that model."""
+    model = ScriptedChatModel(list(replies), default="默认回答")
+    return RagBot(kb, model, settings=kb.settings.replace(**settings)), model

@@ -11,16 +11,13 @@ import time
 import pytest
 
 from ragbot import KnowledgeBase
-from ragbot.conversation.bot import Answer, RagBot
+from ragbot.conversation.bot import Answer
 from ragbot.conversation.memory import ConversationStore, trim_history
 from ragbot.errors import ConversationError, ModelError, PromptError
 from ragbot.models.chat import Message
-from ragbot.testing.fakes import ScriptedChatModel
 from ragbot.tokens import count_tokens
 
-from helpers import run_cli
-
-NILE_REWRITE = "思考：“它”指尼罗河。\n改写：尼罗河流经哪些国家？"
+from helpers import NILE_REWRITE, make_bot, run_cli
 
 
 @pytest.fixture
@@ -28,11 +25,6 @@ def kb(hash_settings, corpus):
     kb = KnowledgeBase.open(hash_settings.replace(threshold=0.35), create=True)
     kb.ingest([corpus["md"].parent])
     return kb
-
-
-def make_bot(kb, replies=(), **settings):
-    model = ScriptedChatModel(list(replies), default="默认回答")
-    return RagBot(kb, model, settings=kb.settings.replace(**settings)), model
 
 
 def test_follow_up_is_rewritten_retrieved_and_answered_grounded_with_citations(kb):

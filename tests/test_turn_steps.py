@@ -2,11 +2,11 @@
 
 import pytest
 
-from ragbot import KnowledgeBase, RagBot, Route, Turn
+from ragbot import KnowledgeBase, Route, Turn
 from ragbot.errors import ConversationError
-from ragbot.testing.fakes import ScriptedChatModel
 
-NILE_REWRITE = "思考：“它”指尼罗河。\n改写：尼罗河流经哪些国家？"
+from helpers import NILE_REWRITE, make_bot
+
 HISTORY = [{"role": "user", "content": "尼罗河是什么？"}, {"role": "assistant", "content": "尼罗河是非洲的一条大河。"}]
 
 
@@ -15,11 +15,6 @@ def kb(hash_settings, corpus):
     kb = KnowledgeBase.open(hash_settings.replace(threshold=0.35), create=True)
     kb.ingest([corpus["md"].parent])
     return kb
-
-
-def make_bot(kb, replies=(), **settings):
-    model = ScriptedChatModel(list(replies), default="默认回答")
-    return RagBot(kb, model, settings=kb.settings.replace(**settings)), model
 
 
 def test_prepare_decides_the_route_without_calling_the_answer_model(kb):

@@ -46,13 +46,13 @@ from ragbot.conversation.topic import (
     update_topic,
 )
 from ragbot.errors import ConversationError, ConversationStoreError
+from ragbot.knowledge.fusion import fuse_rrf
 from ragbot.knowledge.knowledge_base import CONTROL_CHARS, Hit, KnowledgeBase, SearchResult, display_source, not_utf8
 from ragbot.models.chat import ChatModel, GenerationSettings, Message, Usage, make_chat_model
 
 MAX_QUESTION_CHARS = 4000
 CONTEXT_PASSAGES = 3  # passages put in the prompt: prompt processing dominates local latency
 TOPIC_DOCUMENTS = 2  # the topic's most recent documents whose chunks a follow-up also ranks
-RRF_K = 60  # reciprocal rank fusion's constant (Cormack et al. 2009)
 
 LABELS = {
     "general": {
@@ -390,7 +390,7 @@ class RagBot:
         lists = [result.hits, self.kb.search(topic_query, depth, threshold).hits]
         if topic_docs:
             lists.append(self.kb.search_documents(topic_query, topic_docs, depth, threshold).hits)
-        return SearchResult(query=query, threshold=result.threshold, hits=fuse_rrf(lists)[:depth])
+        return SearchResult(query=query, threshold=result.threshold, hits=fuse_hits(lists)[:depth])
 
     def route(self, result: SearchResult) -> tuple[Route, list[Hit]]:
         """Grounded on the confident passages when there are any, else the fallback."""
@@ -488,18 +488,16 @@ class RagBot:
         return messages
 
 
-def fuse_rrf(lists: Sequence[Sequence[Hit]], k: int = RRF_K) -> list[Hit]:
-    """Hits of several rankings in one, by reciprocal rank fusion (sum of 1 / (k + rank)); a hit
-    found by several queries keeps its highest cosine. (A local stand-in for
-    ``ragbot.knowledge.fusion.fuse_rrf``; only this function needs to change to use that.)"""
-    fused: dict[str, float] = {}
+def fuse_hits(lists: Sequence[Sequence[Hit]]) -> list[Hit]:
+    """Hits of several rankings in one, by reciprocal rank fusion of their ids
+    (``ragbot.knowledge.fusion``); a hit found by several queries keeps its highest cosine, and
+    equal fused ranks go to the higher cosine."""
     best: dict[str, Hit] = {}
-    for hits in lists:
-        for rank, hit in enumerate(hits, start=1):
-            fused[hit.id] = fused.get(hit.id, 0.0) + 1.0 / (k + rank)
-            if hit.id not in best or hit.score > best[hit.id].score:
-                best[hit.id] = hit
-    return [best[i] for i in sorted(fused, key=lambda i: (-fused[i], -best[i].score))]
+    for hit in (h for hits in lists for h in hits):
+        if hit.id not in best or hit.score > best[hit.id].score:
+            best[hit.id] = hit
+    fused = fuse_rrf([[h.id for h in hits] for hits in lists])
+    return [best[i] for i, _ in sorted(fused, key=lambda pair: (-pair[1], -best[pair[0]].score))]
 
 
 def turn_meta(answer: Answer) -> dict[str, Any]:

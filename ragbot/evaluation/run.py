@@ -1,18 +1,5 @@
-"""Batch evaluation: run the bot over a question set and measure each stage against the gold.
-
-``evaluate(questions, bot)`` runs every turn through the same engine as the chat (rewrite ->
-retrieve -> route -> generate) and scores what the row has gold for:
-
-* rewrite: exact match, BLEU-4, ROUGE-L against the gold ``rewrite``; the share of
-  already-standalone questions left unchanged; model calls made and skipped by the cheap
-  ``needs_rewrite`` check; and the same scores for the question as typed, as the baseline;
-* retrieval: recall@k and MRR of ``gold_passage_ids`` for three queries side by side -
-  the question as typed, the bot's standalone question, and the gold query (the ceiling);
-* routing: grounded vs fallback against ``expected_route``;
-* answers: token-F1 and embedding cosine against the good ``answer``, an LLM judge's
-  1-5 score when a judge model is given, and fact recall: the share of the row's gold facts
-  (``gold_facts``, or the ``gold_triples`` values the good answer states) the answer states;
-* cost: tokens, model calls and seconds per stage.
+"""``evaluate``: the bot over a question set, one scored row per turn (``scoring``), then the
+summary (``summary``) and what a run writes (``report``).
 
 With ``out``, each finished row is appended to ``results.jsonl`` at once, so an interrupted
 run resumes where it stopped (rows whose id is already there are not redone); a row that
