@@ -102,8 +102,10 @@ class Settings:
 
     # Conversation.
     rewrite: bool = True  # resolve follow-ups into standalone questions
-    # opt-in until routing knows the entity: a follow-up that names nothing also searches with the topic
+    # a follow-up that names nothing also searches with the conversation's topic entity and documents
     topic: bool = False
+    # ...when the question alone comes within this much of the threshold on the topic's documents
+    topic_margin: float = 0.03
     history_tokens: int = 1200  # history sent to the model, counted with tiktoken
     fallback: str = "general"  # below the threshold: general | refuse | fixed
     fallback_reply: str | None = None  # the reply for fallback = "fixed"
@@ -147,6 +149,7 @@ class Settings:
         _check_range("top_k", self.top_k, low=1)
         _check_range("hnsw_min_chunks", self.hnsw_min_chunks, low=1)
         _check_range("lock_timeout", self.lock_timeout, low=0)
+        _check_range("topic_margin", self.topic_margin, low=0)
         if self.num_threads is not None:
             _check_range("num_threads", self.num_threads, low=1)
         if self.threshold is not None and not -1.0 <= self.threshold <= 1.0:

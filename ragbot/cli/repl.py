@@ -74,10 +74,13 @@ def format_why(answer: Answer | None) -> str:
     lines.append(
         f"route:               {answer.route}"
         + (f" (threshold {answer.threshold:.3f})" if answer.threshold is not None else "")
+        + (f": {answer.route_reason}" if answer.route_reason else "")
     )
     lines.append(f"topic:               {answer.topic.describe()}")
     if answer.topic_query:
         lines.append(f"topic query:         {answer.topic_query} (fused with the standalone question)")
+    if answer.topic_reason:
+        lines.append(f"topic in retrieval:  {answer.topic_reason}")
     for rank, h in enumerate(answer.hits, start=1):
         mark = "above" if h.above_threshold else "below"
         lines.append(f"  {rank}. {h.score:.3f} {mark}  {h.title} - {display_source(h.source)}")

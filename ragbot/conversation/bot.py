@@ -36,6 +36,7 @@ from ragbot.conversation.memory import (
 )
 from ragbot.conversation.prompts import load_prompt
 from ragbot.conversation.rewrite import RewriteResult, is_chinese, rewrite_question
+from ragbot.conversation.routing import Evidence, evidence
 from ragbot.conversation.topic import (
     Topic,
     TopicDocument,
@@ -130,6 +131,9 @@ class Turn:
     timings: dict[str, float] = field(default_factory=dict)
     topic: Topic = field(default_factory=Topic)  # what the conversation was about before this turn
     topic_query: str = ""  # the question joined with the topic entity, when retrieval used the topic
+    topic_reason: str = ""  # why the topic was (or was not) used for this question
+    entities: list[str] = field(default_factory=list)  # whom the confident passages must be about
+    route_reason: str = ""  # why this route: shown by /why and in --json
 
 
 @dataclass(kw_only=True)
@@ -149,6 +153,8 @@ class Answer:
     threshold: float | None = None
     topic: Topic = field(default_factory=Topic)  # what the conversation is about after this turn
     topic_query: str = ""  # the query joined with the topic entity, if this turn's retrieval used it
+    topic_reason: str = ""  # why the topic was (or was not) used
+    route_reason: str = ""  # why this route ("passages about 尼罗河", "no confident passage is about ...")
 
     @property
     def total_usage(self) -> Usage:
@@ -162,6 +168,7 @@ class Answer:
             "question": self.question,
             "standalone_question": self.standalone_question,
             "route": self.route,
+            "route_reason": self.route_reason,
             "answer": self.text,
             "threshold": self.threshold,
             "sources": [
@@ -176,7 +183,12 @@ class Answer:
             "usage": {stage: u.to_dict() for stage, u in self.usage.items()},
             "timings": {k: round(v, 4) for k, v in self.timings.items()},
             "models": self.models,
-            "topic": {**self.topic.to_dict(), "used_in_retrieval": bool(self.topic_query), "query": self.topic_query},
+            "topic": {
+                **self.topic.to_dict(),
+                "used_in_retrieval": bool(self.topic_query),
+                "query": self.topic_query,
+                "reason": self.topic_reason,
+            },
         }
 
 
@@ -337,6 +349,7 @@ class RagBot:
         remembered = memory_reply(question, history)
         if remembered is not None:
             turn.route, turn.reply = Route.MEMORY, remembered
+            turn.route_reason = "a question about this conversation, answered from its history"
             return turn
 
         turn.history = trim_history(history, self.settings.history_tokens)
@@ -345,11 +358,16 @@ class RagBot:
         t_rewrite = time.perf_counter()
         turn.timings["rewrite"] = t_rewrite - started
 
-        turn.topic_query = self.topic_query(question, turn.standalone_question, turn.topic)
+        named = entity_names(f"{question}\n{turn.standalone_question}", self.titles())
+        turn.topic_query, turn.topic_reason = self.topic_query(turn.standalone_question, turn.topic, named)
         topic_docs = [d.doc_id for d in turn.topic.documents[:TOPIC_DOCUMENTS]] if turn.topic_query else []
         turn.search = self.retrieve(turn.standalone_question, k, topic_query=turn.topic_query, topic_docs=topic_docs)
         turn.timings["retrieval"] = time.perf_counter() - t_rewrite
-        turn.route, turn.sources = self.route(turn.search)
+        # the passages must be about what the question names, or what the topic query added
+        turn.entities = named or ([turn.topic.current] if turn.topic_query and turn.topic.current else [])
+        found = self.evidence(turn.search, turn.entities)
+        turn.route = Route.GROUNDED if found.sources else Route.FALLBACK
+        turn.sources, turn.route_reason = found.sources, found.reason
         if turn.route is Route.FALLBACK:
             if self.settings.fallback == "general":
                 turn.prefix = LABELS["general"][turn.language]
@@ -366,13 +384,23 @@ class RagBot:
             return RewriteResult(question, question, reason="skipped: rewrite disabled")
         return rewrite_question(question, history, self.rewrite_model, self.settings.prompt_dir)
 
-    def topic_query(self, question: str, standalone: str, topic: Topic) -> str:
+    def topic_query(self, standalone: str, topic: Topic, named: Sequence[str] = ()) -> tuple[str, str]:
         """The standalone question joined with the conversation's current entity, for a follow-up
-        that names no entity of its own ("那它是哪年发行的？"); "" when the question names one (a new
-        topic takes over) or there is no topic yet."""
-        if not self.settings.topic or topic.current is None or entity_names(f"{question}\n{standalone}", self.titles()):
-            return ""
-        return f"{topic.current} {standalone}"
+        that names no entity of its own ("那它是哪年发行的？"), and why; "" when the question names
+        one (``named``: a new topic takes over), there is no topic yet, or the question alone is
+        far from the topic's documents (a new subject: "怎么烤面包？" after the Nile)."""
+        if not self.settings.topic or topic.current is None:
+            return "", ""
+        if named:
+            return "", f"not used: the question names {', '.join(named[:3])}"
+        gate = self.kb.threshold - self.settings.topic_margin
+        docs = [d.doc_id for d in topic.documents[:TOPIC_DOCUMENTS]]
+        hits = (self.kb.search_documents(standalone, docs, 1) if docs else self.kb.search(standalone, 1)).hits
+        closest = hits[0].score if hits else -1.0
+        where = "the topic's documents" if docs else "the knowledge base"
+        if closest < gate:
+            return "", f"not used: the question alone is far from {where} ({closest:.3f} < {gate:.3f})"
+        return f"{topic.current} {standalone}", f"used: the question alone is close to {where} ({closest:.3f})"
 
     def retrieve(
         self, query: str, k: int | None = None, *, topic_query: str = "", topic_docs: Sequence[str] = ()
@@ -392,9 +420,15 @@ class RagBot:
             lists.append(self.kb.search_documents(topic_query, topic_docs, depth, threshold).hits)
         return SearchResult(query=query, threshold=result.threshold, hits=fuse_hits(lists)[:depth])
 
-    def route(self, result: SearchResult) -> tuple[Route, list[Hit]]:
-        """Grounded on the confident passages when there are any, else the fallback."""
-        sources = result.confident[: min(CONTEXT_PASSAGES, self.settings.top_k)]
+    def evidence(self, result: SearchResult, entities: Sequence[str] = ()) -> Evidence:
+        """The confident passages an answer may use, and why: when ``entities`` are given (named by
+        the question, or the topic entity a follow-up was searched with), only those about one of
+        them (``ragbot.conversation.routing``)."""
+        return evidence(result.confident, entities, min(CONTEXT_PASSAGES, self.settings.top_k))
+
+    def route(self, result: SearchResult, entities: Sequence[str] = ()) -> tuple[Route, list[Hit]]:
+        """Grounded on the confident passages (about ``entities``, when given), else the fallback."""
+        sources = self.evidence(result, entities).sources
         return (Route.GROUNDED, sources) if sources else (Route.FALLBACK, [])
 
     def generate(self, turn: Turn) -> Iterator[str | Answer]:
@@ -461,6 +495,8 @@ class RagBot:
                 self.titles(),
             ),
             topic_query=turn.topic_query,
+            topic_reason=turn.topic_reason,
+            route_reason=turn.route_reason,
         )
 
     def _generation(self) -> GenerationSettings:

@@ -118,7 +118,7 @@ def title_index(documents: Iterable[TopicDocument]) -> dict[str, TopicDocument]:
     return index
 
 
-def _has_name(text: str, name: str) -> int:
+def has_name(text: str, name: str) -> int:
     """Where ``name`` occurs in ``text`` as a name (whole words for Latin script), or -1."""
     if name.isascii():
         if name.lower() not in text.lower():
@@ -133,7 +133,7 @@ def entity_names(text: str, titles: Mapping[str, TopicDocument] | None = None) -
     titles (``titles`` from ``title_index``), and capitalised English names."""
     found: list[tuple[int, str]] = [(m.start(1), m.group(1).strip()) for m in _BOOK_TITLE.finditer(text)]
     for name in titles or {}:
-        at = _has_name(text, name)
+        at = has_name(text, name)
         if at >= 0:
             found.append((at, name))
     for m in _CAPITALISED.finditer(text):

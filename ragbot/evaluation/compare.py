@@ -31,6 +31,14 @@ def _run_settings(out: Path | None) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+def _on_gold(row: Mapping[str, Any]) -> bool | None:
+    """Whether a row with gold passages was answered grounded on one (None: no gold passages)."""
+    routing = row.get("routing", {})
+    if routing.get("shown_gold") is None:
+        return None
+    return routing.get("predicted") == "grounded" and routing["shown_gold"]
+
+
 def compare_runs(a, b) -> str:
     """A markdown comparison of two runs (``EvalRun``s): every figure side by side with the
     change, then the rows whose outcome changed."""
@@ -55,6 +63,8 @@ def compare_runs(a, b) -> str:
     changes = {
         "routing fixed": [],
         "routing broken": [],
+        "now grounded on a gold document": [],
+        "no longer grounded on a gold document": [],
         "retrieval better": [],
         "retrieval worse": [],
         "answer closer to the good one": [],
@@ -71,6 +81,11 @@ def compare_runs(a, b) -> str:
             changes["routing fixed"].append(rb["id"])
         elif ca is True and cb is False:
             changes["routing broken"].append(rb["id"])
+        ga, gb = _on_gold(ra), _on_gold(rb)
+        if ga is not None and gb is not None and ga != gb:
+            changes["now grounded on a gold document" if gb else "no longer grounded on a gold document"].append(
+                rb["id"]
+            )
         if ra.get("retrieval") and rb.get("retrieval"):
             a_rank = ra["retrieval"]["rewritten"]["rank"] or 10**6
             b_rank = rb["retrieval"]["rewritten"]["rank"] or 10**6

@@ -22,6 +22,7 @@ from ragbot.evaluation.tables import (
     answer_counts,
     answer_figures,
     fact_routes,
+    gold_shown,
     retrieval_rows,
 )
 
@@ -237,6 +238,8 @@ def _routing_section(rows, ro, plots) -> list[str]:
             "",
         ]
         lines += _confusion_lines(ro["confusion"], markdown=True)
+    if "grounded_precision_gold" in ro:
+        lines += ["", f"- {gold_shown(ro)}."]
     lines.append("")
     if "scores" in plots:
         lines += [f"![score distributions]({plots['scores']})", ""]
@@ -257,6 +260,25 @@ def _routing_section(rows, ro, plots) -> list[str]:
                     r["hits"][0]["title"] if r.get("hits") else "-",
                 ]
                 for r in wrong[:WORST]
+            ],
+        )
+        lines.append("")
+    off = [r for r in _ok(rows) if r.get("routing", {}).get("predicted") == "grounded"]
+    off = [r for r in off if r["routing"].get("shown_gold") is False]
+    if off:
+        lines += [f"### Grounded without a gold document ({min(WORST, len(off))} of {len(off)})", ""]
+        lines += _md_table(
+            ["id", "question", "standalone", "gold", "shown", "why"],
+            [
+                [
+                    r["id"],
+                    r["question"],
+                    r["rewrite"]["standalone"],
+                    ", ".join(r["retrieval"]["gold_ids"]) if r.get("retrieval") else "-",
+                    ", ".join(r["routing"]["shown"]),
+                    r["routing"].get("reason", ""),
+                ]
+                for r in off[:WORST]
             ],
         )
         lines.append("")

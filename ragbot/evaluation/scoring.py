@@ -16,7 +16,7 @@ from ragbot.evaluation import metrics
 from ragbot.evaluation.facts import fact_recall
 from ragbot.evaluation.question_sets import BadRow, EvalCase
 from ragbot.evaluation.retrieval import doc_ranking, first_gold_rank
-from ragbot.knowledge.knowledge_base import SearchResult
+from ragbot.knowledge.knowledge_base import Hit, SearchResult
 from ragbot.models.chat import ChatModel, GenerationSettings, Message
 
 QUERY_KINDS = ("typed", "rewritten", "gold")
@@ -97,7 +97,13 @@ class TurnEvaluator:
             "top_score": round(top_score, 4) if top_score is not None else None,
             "threshold": threshold,
             "correct": (route == case.expected) if case.expected else None,
+            "reason": turn.route_reason,
+            # the documents of the passages the answer was given, and whether a gold one is among them
+            "shown": list(dict.fromkeys(h.doc_id or h.source for h in turn.sources)),
+            "shown_gold": shows_gold(turn.sources, case.gold_passage_ids) if case.gold_passage_ids else None,
         }
+        if turn.topic_reason:
+            row["routing"]["topic"] = turn.topic_reason
         row["hits"] = [
             {"doc_id": h.doc_id, "title": h.title, "score": round(h.score, 4), "source": h.source}
             for h in top_hits[: self.bot.settings.top_k]
@@ -182,6 +188,11 @@ class TurnEvaluator:
         if not found:
             return {"judge": None, "judge_reason": f"no score in the judge's reply: {completion.text[:120]!r}"}
         return {"judge": int(found[-1]), "judge_reason": completion.text.strip()[:300]}
+
+
+def shows_gold(sources: Sequence[Hit], gold_ids: Sequence[str]) -> bool:
+    """Whether a gold document is among the passages shown to the answer model."""
+    return any((h.doc_id or h.source) in gold_ids for h in sources)
 
 
 def _row_head(case: EvalCase | BadRow) -> dict[str, Any]:

@@ -159,7 +159,21 @@ def _routing_summary(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
             )
         )
         out["expected_inferred"] = sum(bool(r["routing"].get("expected_inferred")) for r in labelled)
+    out.update(_grounded_precision(rows))
     return out
+
+
+def _grounded_precision(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Of the turns routed grounded that have gold passages, the share whose shown passages (the
+    sources the answer model was given) include a gold document."""
+    judged = [
+        r["routing"]["shown_gold"]
+        for r in rows
+        if r.get("routing", {}).get("predicted") == "grounded" and r["routing"].get("shown_gold") is not None
+    ]
+    if not judged:
+        return {}
+    return {"grounded_with_gold": len(judged), "grounded_precision_gold": sum(judged) / len(judged)}
 
 
 def _answer_summary(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:

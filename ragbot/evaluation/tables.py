@@ -120,6 +120,8 @@ def format_summary(summary: Mapping[str, Any]) -> str:
             f"recall {_pct(ro['recall'])}; fallback recall {_pct(ro['fallback_recall'])}"
         )
         lines += _confusion_lines(ro["confusion"], markdown=False)
+    if "grounded_precision_gold" in ro:
+        lines += ["", gold_shown(ro)]
     if "groups" in summary:
         lines += ["", f"By {summary['groups']['field']}"]
         lines += _table(*_group_table(summary["groups"]))
@@ -165,9 +167,18 @@ def fact_routes(facts: Mapping[str, Any]) -> str:
     )
 
 
+def gold_shown(ro: Mapping[str, Any]) -> str:
+    """The grounded precision against the gold documents, as one line."""
+    n, share = ro["grounded_with_gold"], ro["grounded_precision_gold"]
+    return (
+        f"grounded on a gold document: {_pct(share)} ({round(share * n)} of the {n} turns routed grounded that "
+        "have gold passages were shown one)"
+    )
+
+
 def _group_table(groups: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
-    headers = [groups["field"], "n", "routing accuracy", "bot grounded", "bot fallback", "recall@5 typed",
-               "recall@5 bot"]  # fmt: skip
+    headers = [groups["field"], "n", "routing accuracy", "bot grounded", "bot fallback", "grounded on gold",
+               "recall@5 typed", "recall@5 bot"]  # fmt: skip
     rows = []
     for value, g in groups["values"].items():
         ro, rt = g["routing"], g.get("retrieval", {})
@@ -178,6 +189,7 @@ def _group_table(groups: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]
                 _pct(ro.get("accuracy")),
                 ro["predicted"].get("grounded", 0),
                 ro["predicted"].get("fallback", 0),
+                _pct(ro.get("grounded_precision_gold")),
                 _num(rt.get("typed", {}).get("recall@5")),
                 _num(rt.get("rewritten", {}).get("recall@5")),
             ]

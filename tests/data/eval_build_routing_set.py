@@ -13,11 +13,22 @@ Reads the development data in ../shared/data at run time (it is not copied into 
 
 Each row has ``id``, ``question``, ``expected_route`` and ``kind`` (one of the groups above),
 so results can be split by kind with ``ragbot eval ... --where kind=film-not-in-kb``.
+
+    python tests/data/eval_build_routing_set.py --after-topic routing_topic.jsonl   # film knowledge base
+    python tests/data/eval_build_routing_set.py --after-nile routing_nile.jsonl     # bundled knowledge base
+
+The same questions with a conversation before them, for the topic gate (does a new subject
+inherit the old topic?): ``--after-topic`` gives the KdConv follow-ups whose entity is only in the
+history (grounded, gold passages) and the out-of-KB questions, 100 of the already-standalone Su et
+al. questions (seed 7) and the issue's "怎么烤面包？", each after the history of a KdConv film
+conversation (fallback); ``--after-nile`` puts the Chinese ones after a conversation about the
+Nile, for the bundled knowledge base, next to Nile follow-ups written for this set (grounded).
 """
 
 from __future__ import annotations
 
 import json
+import random
 import sys
 from pathlib import Path
 
@@ -72,17 +83,84 @@ def build(data: Path = DATA) -> list[dict]:
     return rows
 
 
+ISSUE_EXAMPLES = ["怎么烤面包？"]
+NILE_HISTORY = ["尼罗河是什么？", "尼罗河是非洲的一条大河，全长约6650公里，向北流入地中海。"]
+NILE_FOLLOW_UPS = [
+    "它流经哪些国家？", "它有多长？", "它的源头在哪里？", "它最后流入哪里？", "那它的流域面积有多大？",
+    "沿岸有哪些国家？", "它为什么会定期泛滥？", "它对古埃及有什么意义？",
+]  # fmt: skip
+
+
+def _standalone_su(data: Path, n: int = 100, seed: int = 7) -> list[str]:
+    rows = [json.loads(line) for line in (data / "rewrite_zh_su2019_dev.jsonl").open(encoding="utf-8")]
+    questions = [r["question"] for r in rows if r.get("needs_rewrite") is False]
+    random.Random(seed).shuffle(questions)
+    return questions[:n]
+
+
+def _negatives(data: Path, chinese_only: bool = False) -> list[tuple[str, str]]:
+    groups = [("issue", ISSUE_EXAMPLES), ("zh-other", ZH_OTHER_SUBJECTS), ("small-talk", SMALL_TALK),
+              ("su-standalone", _standalone_su(data))]  # fmt: skip
+    if not chinese_only:
+        groups.append(("film-not-in-kb", FILMS_NOT_IN_KB))
+        cast = [json.loads(line) for line in (data / "rewrite_en_trec_cast_2019_2020.jsonl").open(encoding="utf-8")]
+        groups.append(("cast-en", [r["question"] for r in cast if not r["history"]]))
+    return [(kind, q) for kind, questions in groups for q in questions]
+
+
+def build_after_topic(data: Path = DATA) -> list[dict]:
+    """KdConv follow-ups (grounded) and the out-of-KB questions after a KdConv conversation (fallback)."""
+    follow_ups = []
+    for line in (data / "convqa_zh_kdconv_film.jsonl").open(encoding="utf-8"):
+        r = json.loads(line)
+        if not r["entity_in_question"]:
+            follow_ups.append(r)
+    rows = [
+        {"id": f"follow-{r['id']}", "question": r["question"], "history": r["history"],
+         "history_roles": r["history_roles"], "expected_route": "grounded", "gold_passage_ids": r["gold_passage_ids"],
+         "kind": "kdconv-follow-up"}
+        for r in follow_ups
+    ]  # fmt: skip
+    for i, (kind, question) in enumerate(_negatives(data)):
+        before = follow_ups[(i * 7) % len(follow_ups)]  # a deterministic spread over the conversations
+        rows.append(
+            {"id": f"after-film-{kind}-{i}", "question": question, "history": before["history"],
+             "history_roles": before["history_roles"], "expected_route": "fallback", "kind": f"after-film:{kind}"}
+        )  # fmt: skip
+    return rows
+
+
+def build_after_nile(data: Path = DATA) -> list[dict]:
+    """Nile follow-ups (grounded) and Chinese questions on other subjects after the Nile (fallback),
+    for the bundled knowledge base (its 长江 document answers "长江有多长？", so that one is left out)."""
+    history, roles = NILE_HISTORY, ["user", "assistant"]
+    rows = [
+        {"id": f"nile-follow-{i}", "question": q, "history": history, "history_roles": roles,
+         "expected_route": "grounded", "kind": "nile-follow-up"}
+        for i, q in enumerate(NILE_FOLLOW_UPS)
+    ]  # fmt: skip
+    negatives = [(kind, q) for kind, q in _negatives(data, chinese_only=True) if "长江" not in q]
+    rows += [
+        {"id": f"after-nile-{kind}-{i}", "question": q, "history": history, "history_roles": roles,
+         "expected_route": "fallback", "kind": f"after-nile:{kind}"}
+        for i, (kind, q) in enumerate(negatives)
+    ]  # fmt: skip
+    return rows
+
+
 def main() -> None:
-    if len(sys.argv) != 2:
-        sys.exit(f"usage: python {sys.argv[0]} OUT.jsonl")
+    args = sys.argv[1:]
+    mode = args.pop(0) if args and args[0] in ("--after-topic", "--after-nile") else None
+    if len(args) != 1:
+        sys.exit(f"usage: python {sys.argv[0]} [--after-topic | --after-nile] OUT.jsonl")
     if not DATA.is_dir():
         sys.exit(f"missing {DATA}: the development data lives in ../shared/data")
-    rows = build()
-    Path(sys.argv[1]).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    rows = {"--after-topic": build_after_topic, "--after-nile": build_after_nile}.get(mode, build)()
+    Path(args[0]).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     kinds = {}
     for r in rows:
         kinds[r["kind"]] = kinds.get(r["kind"], 0) + 1
-    print(f"wrote {len(rows)} rows to {sys.argv[1]}: {kinds}")
+    print(f"wrote {len(rows)} rows to {args[0]}: {kinds}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,70 @@
+"""Which confident passages may ground an answer: routing that knows the entity.
+
+A cosine above the threshold says a passage is close to the question's domain, not that it is
+about the same film: "《楚门的世界》是哪年上映的？" is close to every passage that gives a release
+year. So when the question names an entity (or a follow-up was searched with the topic's
+entity), only the confident passages about that entity are evidence: their document title names
+it, or their title, headings or text contain it. None left -> the fallback, with the reason.
+
+A name in one script cannot be checked against a passage in another ("Yangtze" against a
+Chinese passage on 长江): such a passage is not rejected on that name (cross-lingual hits stay
+evidence when their cosine says so).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ragbot.conversation.rewrite import is_chinese
+from ragbot.conversation.topic import has_name
+from ragbot.knowledge.knowledge_base import Hit
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """The passages an answer may use (best first) and why: shown by ``/why`` and ``--json``."""
+
+    sources: list[Hit]
+    reason: str
+
+
+def titled(hit: Hit, name: str) -> bool:
+    """Whether the hit's document title names ``name`` ("尼罗河" for "尼罗河：非洲的生命之河")."""
+    return has_name(hit.title, name) >= 0
+
+
+def mentions(hit: Hit, name: str) -> bool:
+    """Whether the passage's title, headings or text contain ``name``."""
+    return any(has_name(text, name) >= 0 for text in (hit.title, *hit.headings, hit.text))
+
+
+def checkable(hit: Hit, name: str) -> bool:
+    """Whether ``name`` could be written in the passage: a Latin-script name in a Chinese passage
+    (or a Chinese name in a passage without Chinese) cannot be looked for there."""
+    return is_chinese(name) == is_chinese(f"{hit.title}\n{hit.text}")
+
+
+def evidence(confident: Sequence[Hit], names: Sequence[str], limit: int) -> Evidence:
+    """The first ``limit`` of the ``confident`` hits (best first) that are about one of ``names``
+    (all of them when ``names`` is empty): those whose title names it first, then those that
+    mention it, then those that cannot be checked for it (another script)."""
+    if not confident:
+        return Evidence([], "no passage reaches the threshold")
+    if not names:
+        return Evidence(list(confident[:limit]), "passages above the threshold")
+    named = ", ".join(names[:3])
+    tiers: list[list[Hit]] = [[], [], []]
+    for hit in confident:
+        if any(titled(hit, n) for n in names):
+            tiers[0].append(hit)
+        elif any(mentions(hit, n) for n in names):
+            tiers[1].append(hit)
+        elif all(not checkable(hit, n) for n in names):
+            tiers[2].append(hit)
+    kept = [h for tier in tiers for h in tier][:limit]
+    if not kept:
+        return Evidence([], f"no confident passage is about {named}")
+    if not tiers[0] and not tiers[1]:
+        return Evidence(kept, f"passages above the threshold (not in the language of {named})")
+    return Evidence(kept, f"passages about {named}")
