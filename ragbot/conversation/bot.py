@@ -41,6 +41,7 @@ from ragbot.conversation.topic import (
     Topic,
     TopicDocument,
     entity_names,
+    short_name,
     title_index,
     topic_from_history,
     topic_from_turns,
@@ -364,7 +365,7 @@ class RagBot:
         turn.search = self.retrieve(turn.standalone_question, k, topic_query=turn.topic_query, topic_docs=topic_docs)
         turn.timings["retrieval"] = time.perf_counter() - t_rewrite
         # the passages must be about what the question names, or what the topic query added
-        turn.entities = named or ([turn.topic.current] if turn.topic_query and turn.topic.current else [])
+        turn.entities = named or (topic_names(turn.topic) if turn.topic_query else [])
         found = self.evidence(turn.search, turn.entities)
         turn.route = Route.GROUNDED if found.sources else Route.FALLBACK
         turn.sources, turn.route_reason = found.sources, found.reason
@@ -522,6 +523,13 @@ class RagBot:
         messages = [m if isinstance(m, Message) else messages_from_pairs([m])[0] for m in history]
         validate_history(messages)
         return messages
+
+
+def topic_names(topic: Topic) -> list[str]:
+    """What a follow-up searched with the topic is about: the current entity, or one of the topic's
+    most recent documents (the one grounded last is often the film when the entity is its actor)."""
+    names = [topic.current or "", *(short_name(d.title) for d in topic.documents[:TOPIC_DOCUMENTS] if d.title)]
+    return [n for n in dict.fromkeys(names) if n]
 
 
 def fuse_hits(lists: Sequence[Sequence[Hit]]) -> list[Hit]:

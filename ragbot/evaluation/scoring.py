@@ -15,7 +15,7 @@ from ragbot.errors import EvaluationError, ModelError
 from ragbot.evaluation import metrics
 from ragbot.evaluation.facts import fact_recall
 from ragbot.evaluation.question_sets import BadRow, EvalCase
-from ragbot.evaluation.retrieval import doc_ranking, first_gold_rank
+from ragbot.evaluation.retrieval import doc_key, doc_ranking, first_gold_rank
 from ragbot.knowledge.knowledge_base import Hit, SearchResult
 from ragbot.models.chat import ChatModel, GenerationSettings, Message
 
@@ -99,7 +99,7 @@ class TurnEvaluator:
             "correct": (route == case.expected) if case.expected else None,
             "reason": turn.route_reason,
             # the documents of the passages the answer was given, and whether a gold one is among them
-            "shown": list(dict.fromkeys(h.doc_id or h.source for h in turn.sources)),
+            "shown": list(dict.fromkeys(doc_key(h) for h in turn.sources)),
             "shown_gold": shows_gold(turn.sources, case.gold_passage_ids) if case.gold_passage_ids else None,
         }
         if turn.topic_reason:
@@ -192,7 +192,7 @@ class TurnEvaluator:
 
 def shows_gold(sources: Sequence[Hit], gold_ids: Sequence[str]) -> bool:
     """Whether a gold document is among the passages shown to the answer model."""
-    return any((h.doc_id or h.source) in gold_ids for h in sources)
+    return any(doc_key(h) in gold_ids or h.source in gold_ids for h in sources)
 
 
 def _row_head(case: EvalCase | BadRow) -> dict[str, Any]:
