@@ -206,5 +206,7 @@ def test_chat_why_shows_the_topic_and_reset_clears_it(env):
     before, after = out.stdout.split("Conversation reset.")
     assert "topic:               七里香" in before
     assert "topic query:         七里香 那它是哪年发行的？" in before
+    assert "topic in retrieval:  used: the question alone is close to the topic's documents" in before
+    assert "route:               grounded (threshold 0.280): passages about 七里香" in before
     assert "topic:" in after and "七里香" not in after.split("topic:")[1].splitlines()[0]
     assert "topic query:" not in after
