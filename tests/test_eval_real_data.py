@@ -62,6 +62,11 @@ def test_calibrating_on_the_routing_set_does_not_make_routing_worse(film, tmp_pa
     cal = calibrate(path, kb)
     assert cal.chosen.balanced_accuracy >= cal.current.balanced_accuracy
     assert cal.chosen.accuracy > 0.8, cal.summary()
-    # the evaluation routes exactly as the calibration predicted for the current threshold
+    # calibration predicts routing from the threshold alone; the bot also drops confident passages about
+    # another entity (ragbot.conversation.routing), which on this set only sends wrong-film questions to the
+    # fallback: it routes at least as well as the threshold alone, and grounds no question the threshold would not
     run = evaluate(path, RagBot(kb, EchoChatModel()), generate=False, rewrite_model=False)
-    assert run.summary["routing"]["accuracy"] == pytest.approx(cal.current.accuracy)
+    assert run.summary["routing"]["accuracy"] >= cal.current.accuracy
+    grounded = sum(r["routing"]["predicted"] == "grounded" for r in run.rows if r.get("routing"))
+    above = sum((r["routing"]["top_score"] or -1) >= cal.current.threshold for r in run.rows if r.get("routing"))
+    assert grounded <= above
