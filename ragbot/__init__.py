@@ -29,6 +29,8 @@ from ragbot.errors import (
     QueryError,
     QuestionFileError,
     RagbotError,
+    StoreUnavailableError,
+    StoreUnreachableError,
     TrainingFileError,
 )
 from ragbot.knowledge.chunking import Chunk, chunk_document, split_sentences
@@ -68,6 +70,8 @@ __all__ = [
     "Route",
     "SearchResult",
     "Settings",
+    "StoreUnavailableError",
+    "StoreUnreachableError",
     "TrainingFileError",
     "Turn",
     "chunk_document",

@@ -12,6 +12,7 @@ import difflib
 import json
 import numbers
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -111,13 +112,16 @@ class Settings:
     fallback: str = "general"  # below the threshold: general | refuse | fixed
     fallback_reply: str | None = None  # the reply for fallback = "fixed"
     prompt_dir: Path | None = None  # your prompt files override the bundled ones
-    sessions: Path | None = None  # SQLite file of saved conversations; None: data_home()
+    # saved conversations: a SQLite file, or a postgresql:// URL (kept as text); None: data_home()
+    sessions: Path | str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, (list, str)):
             object.__setattr__(self, "stop", (self.stop,) if isinstance(self.stop, str) else tuple(self.stop))
         for name in ("index", "knowledge_dir", "lora_path", "prompt_dir", "sessions", "models_dir"):  # accept str
             value = getattr(self, name)
+            if name in _URL_SETTINGS and is_url(value):
+                continue
             if isinstance(value, str) and not value.strip():
                 raise ConfigError(f"bad value for {name}: {value!r} is not a path; give a path or None")
             if isinstance(value, (str, os.PathLike)) and not isinstance(value, Path):
@@ -161,8 +165,17 @@ class Settings:
         return self.index if self.index is not None else data_home() / "index"
 
     @property
-    def sessions_path(self) -> Path:
+    def sessions_location(self) -> Path | str:
+        """Where conversations are saved: the SQLite file, or the database URL."""
         return self.sessions if self.sessions is not None else data_home() / "conversations.sqlite"
+
+    @property
+    def sessions_path(self) -> Path:
+        """The SQLite file of saved conversations (``sessions_location`` when it may be a URL)."""
+        location = self.sessions_location
+        if isinstance(location, str):
+            raise ConfigError(f"sessions is a database URL, not a file; this needs a SQLite file: {location}")
+        return location
 
     @property
     def uses_default_index(self) -> bool:
@@ -206,11 +219,18 @@ _ENV_NOT_SETTINGS = {"RAGBOT_HOME"}
 _FIELDS = {f.name: f for f in fields(Settings)}
 _TYPES: dict[str, tuple[type, bool]] = {}  # name -> (base type, optional)
 _KINDS = {int: "an integer", float: "a number", bool: "true or false", Path: "a path", tuple: "a list of strings"}
+_URL_SETTINGS = {"sessions"}  # paths that may also be a database URL ("postgresql://..."), kept as text
+
+
+def is_url(value: Any) -> bool:
+    """``scheme://...`` text: a URL, which ``Path`` would mangle (it folds ``//``)."""
+    return isinstance(value, str) and re.match(r"\s*[A-Za-z][A-Za-z0-9+.-]*://", value) is not None
 
 
 def _field_type(name: str) -> tuple[type, bool]:
     if not _TYPES:
         hints = {"str": str, "int": int, "float": float, "bool": bool, "Path": Path, "tuple[str,...]": tuple}
+        hints["Path|str"] = Path  # a path or, for _URL_SETTINGS, a URL
         for f in fields(Settings):
             text = str(f.type).replace(" ", "")
             optional = text.endswith("|None")
@@ -271,6 +291,8 @@ def _coerce(key: str, value: Any, where: str, env: bool) -> Any:
         if base is Path:
             if not isinstance(value, (str, Path)) or not str(value).strip():
                 raise ValueError
+            if key in _URL_SETTINGS and is_url(value):
+                return value.strip()
             return Path(value).expanduser()
         if not isinstance(value, str):
             raise ValueError
@@ -285,6 +307,8 @@ def _checked_type(name: str, value: Any) -> Any:
     numbers are normalised (numpy's included) so later comparisons cannot raise ``TypeError``."""
     base, optional = _field_type(name)
     if value is None and optional:
+        return value
+    if name in _URL_SETTINGS and is_url(value):
         return value
     if base in (int, float) and isinstance(value, numbers.Real) and not isinstance(value, bool):
         if base is float:
@@ -311,4 +335,4 @@ def _check_range(name: str, value: float, low: float) -> None:
         raise ConfigError(f"bad value for {name}: {value!r}; it must be at least {low}")
 
 
-__all__ = ["Settings", "load_settings", "data_home"]
+__all__ = ["Settings", "load_settings", "data_home", "is_url"]

@@ -70,6 +70,15 @@ class ConversationStoreError(RagbotError):
     """The conversations file cannot be used: damaged, read-only, or written by a newer ragbot."""
 
 
+class StoreUnavailableError(ConversationStoreError):
+    """The conversation database went away while ragbot ran: the turn was not saved; it works again,
+    without a restart, once the database is back (a server answers 503 meanwhile)."""
+
+
+class StoreUnreachableError(StoreUnavailableError):
+    """The conversation database named by ``sessions`` cannot be reached when it is opened."""
+
+
 class FinetuneError(RagbotError):
     """Fine-tuning could not go on: unknown job or model, a job that failed on the server."""
 

@@ -1,4 +1,4 @@
-"""Backends by name: chat models, embedders, and (coming) vector stores and conversation stores.
+"""Backends by name: chat models, embedders, conversation stores, and (coming) vector stores.
 
 Each backend registers a factory under a name in its own module; code that needs one asks the
 registry by name (``settings.llm``, ``settings.embedder``) and never imports the module that
@@ -125,8 +125,13 @@ embedders: Registry = Registry("embedder", "embedder", BUILTIN_EMBEDDERS)
 vector_stores: Registry = Registry("vector store", "vector_store")
 """Where an index keeps its vectors; the FAISS index (``"faiss"``) is to register here."""
 
-conversation_stores: Registry = Registry("conversation store", "conversation_store")
-"""Where conversations are saved; the SQLite store (``"sqlite"``) is to register here."""
+BUILTIN_CONVERSATION_STORES = {
+    "sqlite": "ragbot.conversation.store_sqlite",
+    "postgresql": "ragbot.conversation.store_postgres",
+}
+conversation_stores: Registry = Registry("conversation store", "sessions", BUILTIN_CONVERSATION_STORES)
+"""``factory(location)`` -> a ``ConversationStore``: a SQLite file path, or a database URL whose scheme
+names the store (``ragbot.conversation.store.open_store`` chooses)."""
 
 
 __all__ = ["Registry", "chat_models", "conversation_stores", "embedders", "vector_stores"]

@@ -27,7 +27,11 @@ from ragbot.errors import TrainingFileError
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the train/validation split.")
 @click.option("--index", default=None, help="Index directory for --with-passages (default: the bundled KB's).")
 @click.option("--embedder", default=None, help="Embedder the index was built with.")
-@click.option("--sessions", default=None, help="SQLite file of saved conversations (default: the configured one).")
+@click.option(
+    "--sessions",
+    default=None,
+    help="Saved conversations: a SQLite file or postgresql:// URL (default: the configured one).",
+)
 @click.pass_context
 def prepare(ctx, sources, out, with_passages, only_good, valid_share, seed, **flags) -> None:
     """Build training files from SOURCES: question sets (.jsonl/.csv with question and answer),

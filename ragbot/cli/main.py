@@ -112,6 +112,9 @@ _MODEL_OPTIONS = [
     click.option("--embedder", default=None),
     click.option("--threshold", type=float, default=None, help="Confidence threshold (cosine)."),
     click.option("--fallback", default=None, help="Below the threshold: general | refuse | fixed."),
+    click.option(
+        "--sessions", default=None, help="Where --session conversations are saved: a SQLite file or postgresql:// URL."
+    ),
 ]
 
 

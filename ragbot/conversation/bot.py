@@ -26,17 +26,11 @@ from typing import Any
 
 from ragbot.config import Settings, load_settings
 from ragbot.conversation.citations import CitationFilter
-from ragbot.conversation.memory import (
-    ConversationStore,
-    Feedback,
-    make_feedback,
-    messages_from_pairs,
-    trim_history,
-    validate_history,
-)
+from ragbot.conversation.memory import messages_from_pairs, trim_history, validate_history
 from ragbot.conversation.prompts import load_prompt
 from ragbot.conversation.rewrite import RewriteResult, is_chinese, rewrite_question
 from ragbot.conversation.routing import Evidence, evidence, topic_gate
+from ragbot.conversation.store import ConversationStore, Feedback, make_feedback, open_store
 from ragbot.conversation.topic import (
     Topic,
     TopicDocument,
@@ -268,20 +262,22 @@ class RagBot:
     def load(cls, settings: Settings | None = None, **overrides: Any) -> RagBot:
         """A bot from settings (defaults < ragbot.toml < RAGBOT_* < ``overrides``)."""
         settings = settings.replace(**overrides) if settings else load_settings(overrides=overrides)
+        # a database is opened now, so one that cannot be reached fails at start (a SQLite file when first used)
+        store = open_store(settings.sessions) if isinstance(settings.sessions, str) else None
         kb = KnowledgeBase.open(settings)
         answer = make_chat_model(settings, "answer")
         same = (settings.rewrite_model or settings.model) == (settings.answer_model or settings.model)
         rewrite = answer if same else make_chat_model(settings, "rewrite")
-        return cls(kb, answer, rewrite, settings)
+        return cls(kb, answer, rewrite, settings, store)
 
     @property
     def store(self) -> ConversationStore:
         if self._store is None:
-            self._store = ConversationStore(self.settings.sessions_path)
+            self._store = open_store(self.settings.sessions_location)
         return self._store
 
     def conversation(self, name: str | None = None) -> Conversation:
-        """A conversation; a named one is saved in SQLite and resumes where it stopped."""
+        """A conversation; a named one is saved (``sessions``: SQLite or PostgreSQL) and resumes where it stopped."""
         return Conversation(self, name)
 
     def rewrite(self, question: str, history: Sequence[Message] | Sequence[dict] = ()) -> str:
@@ -647,7 +643,7 @@ class Conversation:
         stored = store.history(self.name)
         if stored and stored != self.history:
             raise ConversationStoreError(
-                f"the conversations file {store.path} was replaced while this chat ran, and its session "
+                f"the conversations file {store.location} was replaced while this chat ran, and its session "
                 f"{self.name!r} differs from this chat: use another session name, or move the file away"
             )
         if not stored:
@@ -656,7 +652,7 @@ class Conversation:
             for turn, marked in self.ratings.items():
                 store.set_feedback(self.name, turn, marked)
         return (
-            f"The conversations file {store.path} was deleted or replaced while this chat ran; "
+            f"The conversations file {store.location} was deleted or replaced while this chat ran; "
             f"it is open again and holds this chat's {len(self.history) // 2} earlier turn(s)."
         )
 

@@ -24,8 +24,9 @@ from typing import Any
 
 from ragbot.config import Settings, load_settings
 from ragbot.conversation.bot import CONTEXT_PASSAGES, LABELS, answer_messages, passages_from_meta
-from ragbot.conversation.memory import ConversationStore, StoredTurn, trim_history
+from ragbot.conversation.memory import trim_history
 from ragbot.conversation.rewrite import is_chinese
+from ragbot.conversation.store import ConversationStore, StoredTurn, open_store
 from ragbot.errors import FinetuneError, TrainingFileError
 from ragbot.evaluation.question_sets import QuestionFileError, jsonl_objects, read_questions
 from ragbot.knowledge.knowledge_base import Hit, KnowledgeBase, display_source
@@ -105,7 +106,7 @@ def collect(
     for source in sources:
         spec = str(source)
         if spec == "sessions" or spec.startswith("sessions:"):
-            found = session_turns(ConversationStore(settings.sessions_path), spec.partition(":")[2], only_good)
+            found = session_turns(open_store(settings.sessions_location), spec.partition(":")[2], only_good)
         else:
             found = file_turns(Path(spec).expanduser())
         for item in found:
@@ -121,7 +122,7 @@ def session_turns(
     names = store.names()
     if name and name not in names:
         known = ", ".join(names) or "none"
-        raise TrainingFileError(f"no saved conversation named {name!r} in {store.path} (saved: {known})")
+        raise TrainingFileError(f"no saved conversation named {name!r} in {store.location} (saved: {known})")
     for conversation in [name] if name else names:
         history: list[Message] = []
         for turn in store.turns(conversation):

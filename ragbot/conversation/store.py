@@ -1,0 +1,177 @@
+"""Where named conversations are saved: the interface both stores follow, and ``open_store``.
+
+``sessions`` names the store: a path is a SQLite file (the default, ``store_sqlite``), a
+``postgresql://`` URL a PostgreSQL database shared by any number of processes (``store_postgres``).
+Both apply the same numbered migrations when opened and save each finished turn in one
+transaction, numbering it in the database, so processes appending to one conversation never
+lose or repeat a turn.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
+
+from ragbot import registry
+from ragbot.config import is_url
+from ragbot.errors import ConfigError, ConversationError
+from ragbot.models.chat import Message
+
+RATINGS = ("good", "bad")
+
+
+@dataclass(frozen=True)
+class Feedback:
+    """A user's verdict on one answer: good, or bad with an optional corrected answer."""
+
+    rating: str
+    correction: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.rating not in RATINGS:
+            raise ConversationError(f"unknown rating {self.rating!r}; use 'good' or 'bad'")
+        if self.rating == "good" and self.correction:
+            raise ConversationError("a correction goes with a 'bad' rating; mark the answer 'bad' to correct it")
+
+
+def make_feedback(rating: str, correction: str | None = None) -> Feedback:
+    """Feedback from loose input: the rating in any case, a blank correction taken as none."""
+    correction = correction.strip() if isinstance(correction, str) else correction
+    return Feedback(str(rating).strip().lower(), correction or None)
+
+
+@dataclass(frozen=True)
+class StoredTurn:
+    """One saved turn: the question, the answer, what the turn used (``meta``) and its feedback."""
+
+    conversation: str
+    turn: int
+    question: str
+    answer: str
+    meta: dict[str, Any] = field(default_factory=dict)
+    feedback: Feedback | None = None
+
+
+class ConversationStore(ABC):
+    """Named conversations: their turns, the state after the last one, and feedback per turn.
+
+    Safe for several threads, and for several processes sharing the same file or database.
+    ``location`` names the store in messages (a database URL with its password masked).
+    """
+
+    location: str
+
+    @abstractmethod
+    def history(self, name: str) -> list[Message]:
+        """The saved messages of ``name``, user and assistant alternating (empty if unknown)."""
+
+    @abstractmethod
+    def append_turn(
+        self,
+        name: str,
+        question: str,
+        answer: str,
+        meta: dict[str, Any] | None = None,
+        state: dict[str, Any] | None = None,
+    ) -> int:
+        """Save one finished turn in one transaction (with the conversation's ``state`` after it
+        when given); return its number, 0-based, given by the store so concurrent writers never share one."""
+
+    @abstractmethod
+    def state(self, name: str) -> tuple[int, dict[str, Any]] | None:
+        """The saved state of a conversation and the number of turns it covers, or None."""
+
+    @abstractmethod
+    def clear(self, name: str) -> None:
+        """Delete the turns, feedback and state of ``name`` (its name stays known)."""
+
+    @abstractmethod
+    def set_feedback(self, name: str, turn: int, feedback: Feedback) -> None:
+        """Record (or replace) the feedback on turn ``turn`` (0-based) of conversation ``name``."""
+
+    @abstractmethod
+    def feedback(self, name: str) -> dict[int, Feedback]:
+        """The feedback of a conversation by turn (0-based)."""
+
+    @abstractmethod
+    def turns(self, name: str) -> list[StoredTurn]:
+        """The saved turns of a conversation, in order, with their meta and feedback."""
+
+    @abstractmethod
+    def names(self) -> list[str]:
+        """Every saved conversation, oldest first."""
+
+    def check(self) -> bool:
+        """Before a turn: raise ``ConversationStoreError`` if it could not be saved. True when the store
+        was opened again (a SQLite file deleted or replaced), so the caller saves back what it held."""
+        return False
+
+    def close(self) -> None:  # noqa: B027 -- a store with nothing to let go of needs no close
+        """Let go of the file or the connections (a later call opens them again where it can)."""
+
+
+def turns_from_rows(
+    name: str, rows: list[tuple[int, str, str, dict[str, Any]]], ratings: dict[int, Feedback]
+) -> list[StoredTurn]:
+    """Saved turns from ``(turn, role, content, meta)`` message rows in order (both stores read them so)."""
+    questions: dict[int, str] = {}
+    out = []
+    for turn, role, content, meta in rows:
+        if role == "user":
+            questions[turn] = content
+        elif turn in questions:
+            out.append(StoredTurn(name, turn, questions[turn], content, meta, ratings.get(turn)))
+    return out
+
+
+SCHEMES = {"postgresql": "postgresql", "postgres": "postgresql"}  # URL scheme -> conversation store
+
+
+def mask_url(url: str) -> str:
+    """``url`` with its password (in the user part or a ``password=`` parameter) shown as ``***``."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        user, _, host = netloc.rpartition("@")
+        if ":" in user:
+            user = user.split(":", 1)[0] + ":***"
+        netloc = f"{user}@{host}"
+    query = parts.query
+    if query:
+        pairs = [(k, "***" if k.lower() == "password" else v) for k, v in parse_qsl(query, keep_blank_values=True)]
+        query = urlencode(pairs, safe="/*:", quote_via=quote)
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def url_secrets(url: str) -> list[str]:
+    """The password in ``url`` as written and decoded, to take out of any message a driver returns."""
+    parts = urlsplit(url)
+    found = [v for k, v in parse_qsl(parts.query, keep_blank_values=True) if k.lower() == "password"]
+    if parts.password:
+        found += [parts.password, unquote(parts.password)]
+    return [s for s in found if s]
+
+
+def open_store(location: str | Path) -> ConversationStore:
+    """The conversation store at ``location``: a SQLite file path, or a ``postgresql://`` URL."""
+    if not is_url(location):
+        return registry.conversation_stores.create("sqlite", Path(location).expanduser())
+    location = str(location).strip()
+    scheme = location.split("://", 1)[0].lower()
+    if scheme not in SCHEMES:
+        raise ConfigError(f"bad value for sessions: a {scheme}:// URL; give a SQLite file path or a postgresql:// URL")
+    return registry.conversation_stores.create(SCHEMES[scheme], location)
+
+
+__all__ = [
+    "ConversationStore",
+    "Feedback",
+    "RATINGS",
+    "StoredTurn",
+    "make_feedback",
+    "mask_url",
+    "open_store",
+]

@@ -1,0 +1,345 @@
+"""Conversations in PostgreSQL: one database shared by any number of ragbot processes.
+
+psycopg 3 with a connection pool (``psycopg_pool``; ``pip install "ragbot[postgres]"``). Each
+finished turn is one transaction that locks its conversation's row (``SELECT ... FOR UPDATE``)
+before numbering the turn, so workers appending to one conversation take turns; a unique index
+on (conversation, turn, role) refuses a duplicate whatever else writes, and a transaction that
+loses a race (deadlock, unique violation) is run again. The schema comes from the same numbered
+migrations as the SQLite file, recorded in the database's ``_migrations`` table.
+
+A database that cannot be reached when the store opens is a ``StoreUnreachableError`` naming the
+URL (password masked). One that goes away later is a ``StoreUnavailableError`` for each call
+until it is back; the pool checks a connection before lending it and opens new ones, so the
+store works again without a restart.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from ragbot import registry
+from ragbot.conversation.store import (
+    ConversationStore,
+    Feedback,
+    StoredTurn,
+    mask_url,
+    turns_from_rows,
+    url_secrets,
+)
+from ragbot.errors import (
+    ConfigError,
+    ConversationError,
+    ConversationStoreError,
+    StoreUnavailableError,
+    StoreUnreachableError,
+)
+from ragbot.migrations import Migrations, run_script
+from ragbot.models.chat import Message
+
+try:
+    import psycopg
+    from psycopg import errors as pg_errors
+    from psycopg.conninfo import conninfo_to_dict
+    from psycopg_pool import ConnectionPool, PoolTimeout
+except ImportError:  # pragma: no cover - depends on the install
+    psycopg = None
+
+# Transactions that lost a race with another writer; run again.
+RETRIES = 5
+_RACES = (
+    () if psycopg is None else (pg_errors.UniqueViolation, pg_errors.DeadlockDetected, pg_errors.SerializationFailure)
+)
+_MIGRATION_LOCK = 0x7261_6762  # pg_advisory_xact_lock key: one process migrates at a time ("ragb")
+
+
+class PostgresMigrations(Migrations):
+    """The migrations machinery on PostgreSQL: an advisory lock instead of SQLite's write lock."""
+
+    def _lock(self, db: Any) -> None:
+        db.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+        db.execute(
+            "CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at DOUBLE PRECISION NOT NULL)"
+        )
+
+    def _applied(self, db: Any) -> set[str]:
+        (table,) = db.execute("SELECT to_regclass('_migrations')").fetchone()
+        return {name for (name,) in db.execute("SELECT name FROM _migrations")} if table else set()
+
+    def _record(self, db: Any, name: str) -> None:
+        db.execute("INSERT INTO _migrations (name, applied_at) VALUES (%s, %s)", (name, time.time()))
+
+
+# The same numbered migrations as ``store_sqlite.MIGRATIONS`` (tests check the names match), in
+# PostgreSQL's dialect; append a new one to both lists.
+MIGRATIONS = PostgresMigrations("conversation database")
+
+
+@MIGRATIONS
+def m001_initial(db: Any) -> None:
+    """Conversations, their messages (one user and one assistant row per turn) and feedback."""
+    run_script(db, _SCHEMA_1)
+
+
+_SCHEMA_1 = """
+CREATE TABLE conversations (
+    name TEXT PRIMARY KEY,
+    created_at DOUBLE PRECISION NOT NULL
+);
+CREATE TABLE messages (
+    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    conversation TEXT NOT NULL REFERENCES conversations(name) ON DELETE CASCADE,
+    turn INTEGER NOT NULL,
+    role TEXT NOT NULL CHECK (role IN ('user', 'assistant')),
+    content TEXT NOT NULL,
+    meta TEXT NOT NULL DEFAULT '{}',
+    created_at DOUBLE PRECISION NOT NULL,
+    UNIQUE (conversation, turn, role)
+);
+CREATE INDEX messages_by_conversation ON messages(conversation, id);
+CREATE TABLE feedback (
+    conversation TEXT NOT NULL REFERENCES conversations(name) ON DELETE CASCADE,
+    turn INTEGER NOT NULL,
+    rating TEXT NOT NULL CHECK (rating IN ('good', 'bad')),
+    correction TEXT,
+    created_at DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (conversation, turn)
+)
+"""
+
+
+@MIGRATIONS
+def m002_conversation_state(db: Any) -> None:
+    """What each conversation is about (``ragbot.conversation.topic``), as JSON, and how many turns it covers."""
+    run_script(db, _SCHEMA_2)
+
+
+_SCHEMA_2 = """
+CREATE TABLE conversation_state (
+    conversation TEXT PRIMARY KEY REFERENCES conversations(name) ON DELETE CASCADE,
+    turns INTEGER NOT NULL,
+    state TEXT NOT NULL
+)
+"""
+
+_WHAT_TO_DO = "start PostgreSQL or fix the URL in `sessions` (RAGBOT_SESSIONS, --sessions)"
+
+
+@registry.conversation_stores.register("postgresql")
+class PostgresStore(ConversationStore):
+    """Conversations in a PostgreSQL database, through a pool of up to ``max_size`` connections.
+
+    ``timeout`` is how long a call waits for a connection (so for the database to come back)
+    before it raises ``StoreUnavailableError``.
+    """
+
+    def __init__(self, url: str, *, min_size: int = 1, max_size: int = 8, timeout: float = 5.0):
+        if psycopg is None:
+            raise ConfigError(
+                'a postgresql:// URL in `sessions` needs psycopg: pip install "ragbot[postgres]" '
+                "(or set `sessions` to a SQLite file)"
+            )
+        self.url = url
+        self.location = mask_url(url)
+        self._secrets = url_secrets(url)
+        try:
+            params = conninfo_to_dict(url)
+        except psycopg.ProgrammingError as exc:
+            raise ConfigError(
+                f"bad value for sessions: {self.location} is not a usable URL ({self._reason(exc)})"
+            ) from None
+        self._connect_timeout = int(params.get("connect_timeout") or 5)  # seconds; libpq's default is to wait forever
+        self._migrate()
+        self._pool = ConnectionPool(
+            url,
+            kwargs={"connect_timeout": self._connect_timeout},
+            min_size=min_size,
+            max_size=max_size,
+            timeout=timeout,
+            # a connection broken while the database was away fails this check and is replaced
+            check=ConnectionPool.check_connection,
+            # short give-up time between rounds of reconnection, so a database that is back is found soon
+            reconnect_timeout=max(timeout, 2.0),
+            name="ragbot-conversations",
+            open=True,
+        )
+
+    def _connect(self) -> Any:
+        try:
+            return psycopg.connect(self.url, connect_timeout=self._connect_timeout)
+        except psycopg.OperationalError as exc:
+            raise StoreUnreachableError(
+                f"cannot reach the conversation database {self.location} ({self._reason(exc)}): {_WHAT_TO_DO}"
+            ) from None
+
+    def _migrate(self) -> None:
+        """Check the database can be reached, and apply its pending migrations (one process at a time)."""
+        with contextlib.closing(self._connect()) as db:
+            try:
+                MIGRATIONS.apply(db, self.location, ConversationStoreError)
+                db.commit()
+            except psycopg.Error as exc:
+                raise ConversationStoreError(
+                    f"cannot set up the conversation database {self.location} ({self._reason(exc)}): "
+                    "check that its user may create tables, or set `sessions` to another database"
+                ) from None
+
+    def _reason(self, exc: BaseException) -> str:
+        """The driver's message on one line, without libpq's prefixes and with no password in it."""
+        text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        text = re.sub(r"^connection (failed|is bad): ", "", text)
+        text = re.sub(r'^connection to server (on socket "[^"]*"|at "[^"]*"(, port \d+)?) failed: ', "", text)
+        text = text.replace("FATAL:  ", "").strip()
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[Any]:
+        """A pooled connection in one transaction (committed at the end, rolled back on an error);
+        a database that is away becomes ``StoreUnavailableError``."""
+        try:
+            with self._pool.connection() as db:
+                yield db
+        except _RACES:
+            raise  # the caller runs the transaction again
+        except PoolTimeout:
+            raise StoreUnavailableError(self._unavailable(self._probe())) from None
+        except psycopg.OperationalError as exc:
+            raise StoreUnavailableError(self._unavailable(self._reason(exc))) from None
+        except psycopg.Error as exc:
+            raise ConversationStoreError(
+                f"cannot use the conversation database {self.location} ({self._reason(exc)}): check the database"
+            ) from None
+
+    def _probe(self) -> str:
+        """Why no connection came: what a fresh connection attempt says."""
+        try:
+            psycopg.connect(self.url, connect_timeout=2).close()
+        except psycopg.Error as exc:
+            return self._reason(exc)
+        return f"no free connection within {self._pool.timeout:g} s"
+
+    def _unavailable(self, reason: str) -> str:
+        return (
+            f"the conversation database {self.location} is unavailable ({reason}); nothing was saved: "
+            "try again once it is back"
+        )
+
+    def close(self) -> None:
+        self._pool.close()
+
+    def check(self) -> bool:
+        with self._transaction() as db:
+            db.execute("SELECT 1")
+        return False
+
+    def history(self, name: str) -> list[Message]:
+        with self._transaction() as db:
+            rows = db.execute(
+                "SELECT role, content FROM messages WHERE conversation = %s ORDER BY turn, id", (name,)
+            ).fetchall()
+        return [Message(role, content) for role, content in rows]
+
+    def append_turn(
+        self,
+        name: str,
+        question: str,
+        answer: str,
+        meta: dict[str, Any] | None = None,
+        state: dict[str, Any] | None = None,
+    ) -> int:
+        meta_text = json.dumps(meta or {}, ensure_ascii=False)
+        state_text = None if state is None else json.dumps(state, ensure_ascii=False)
+        for attempt in range(RETRIES):
+            try:
+                with self._transaction() as db:
+                    return self._append(db, name, question, answer, meta_text, state_text)
+            except _RACES as exc:
+                if attempt == RETRIES - 1:
+                    raise ConversationStoreError(
+                        f"could not save the turn of conversation {name!r} in {self.location} after {RETRIES} "
+                        f"tries ({self._reason(exc)}): try again"
+                    ) from None
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    def _append(db: Any, name: str, question: str, answer: str, meta: str, state: str | None) -> int:
+        now = time.time()
+        db.execute(
+            "INSERT INTO conversations(name, created_at) VALUES (%s, %s) ON CONFLICT (name) DO NOTHING", (name, now)
+        )
+        db.execute("SELECT 1 FROM conversations WHERE name = %s FOR UPDATE", (name,))  # one writer per conversation
+        (turn,) = db.execute("SELECT COUNT(*) / 2 FROM messages WHERE conversation = %s", (name,)).fetchone()
+        db.execute(
+            "INSERT INTO messages(conversation, turn, role, content, created_at) VALUES (%s, %s, 'user', %s, %s)",
+            (name, turn, question, now),
+        )
+        db.execute(
+            "INSERT INTO messages(conversation, turn, role, content, meta, created_at) "
+            "VALUES (%s, %s, 'assistant', %s, %s, %s)",
+            (name, turn, answer, meta, now),
+        )
+        if state is not None:
+            db.execute(
+                "INSERT INTO conversation_state(conversation, turns, state) VALUES (%s, %s, %s) "
+                "ON CONFLICT (conversation) DO UPDATE SET turns = EXCLUDED.turns, state = EXCLUDED.state",
+                (name, turn + 1, state),
+            )
+        return int(turn)
+
+    def state(self, name: str) -> tuple[int, dict[str, Any]] | None:
+        with self._transaction() as db:
+            row = db.execute("SELECT turns, state FROM conversation_state WHERE conversation = %s", (name,)).fetchone()
+        if row is None:
+            return None
+        try:
+            state = json.loads(row[1])
+        except ValueError:
+            return None  # rebuilt from the turns
+        return (row[0], state) if isinstance(state, dict) else None
+
+    def clear(self, name: str) -> None:
+        with self._transaction() as db:
+            db.execute("SELECT 1 FROM conversations WHERE name = %s FOR UPDATE", (name,))
+            for table in ("messages", "feedback", "conversation_state"):
+                db.execute(f"DELETE FROM {table} WHERE conversation = %s", (name,))
+
+    def set_feedback(self, name: str, turn: int, feedback: Feedback) -> None:
+        with self._transaction() as db:
+            exists = db.execute(
+                "SELECT 1 FROM messages WHERE conversation = %s AND turn = %s AND role = 'assistant'", (name, turn)
+            ).fetchone()
+            if not exists:
+                raise ConversationError(f"conversation {name!r} has no saved turn {turn + 1}; nothing to mark")
+            db.execute(
+                "INSERT INTO feedback(conversation, turn, rating, correction, created_at) VALUES (%s, %s, %s, %s, %s) "
+                "ON CONFLICT (conversation, turn) DO UPDATE SET rating = EXCLUDED.rating, "
+                "correction = EXCLUDED.correction, created_at = EXCLUDED.created_at",
+                (name, turn, feedback.rating, feedback.correction, time.time()),
+            )
+
+    def feedback(self, name: str) -> dict[int, Feedback]:
+        with self._transaction() as db:
+            rows = db.execute("SELECT turn, rating, correction FROM feedback WHERE conversation = %s", (name,))
+            return {turn: Feedback(rating, correction) for turn, rating, correction in rows.fetchall()}
+
+    def turns(self, name: str) -> list[StoredTurn]:
+        with self._transaction() as db:
+            rows = db.execute(
+                "SELECT turn, role, content, meta FROM messages WHERE conversation = %s ORDER BY turn, id", (name,)
+            ).fetchall()
+            ratings = db.execute("SELECT turn, rating, correction FROM feedback WHERE conversation = %s", (name,))
+            feedback = {turn: Feedback(rating, correction) for turn, rating, correction in ratings.fetchall()}
+        return turns_from_rows(name, [(t, r, c, json.loads(m or "{}")) for t, r, c, m in rows], feedback)
+
+    def names(self) -> list[str]:
+        with self._transaction() as db:
+            return [r[0] for r in db.execute("SELECT name FROM conversations ORDER BY created_at, name").fetchall()]
+
+
+__all__ = ["MIGRATIONS", "PostgresStore"]

@@ -1,0 +1,272 @@
+"""Conversations in one SQLite file: the default store, for one machine.
+
+A turn (the question and its answer) is written in one transaction when the answer is
+complete, so a process killed between turns (or in the middle of one) never leaves a
+half turn behind: the saved history always alternates user/assistant. The transaction takes
+SQLite's write lock before it counts the turns, so processes sharing the file number turns
+one after another.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from ragbot import registry
+from ragbot.conversation.store import ConversationStore, Feedback, StoredTurn, turns_from_rows
+from ragbot.errors import ConversationError, ConversationStoreError
+from ragbot.migrations import Migrations, run_script
+from ragbot.models.chat import Message
+
+MIGRATIONS = Migrations("conversations file")
+
+
+@MIGRATIONS
+def m001_initial(db: sqlite3.Connection) -> None:
+    """The schema from before migrations: ``IF NOT EXISTS``, so a file that code wrote is taken as is."""
+    run_script(db, _SCHEMA_1)
+
+
+_SCHEMA_1 = """
+CREATE TABLE IF NOT EXISTS conversations (
+    name TEXT PRIMARY KEY,
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS messages (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    conversation TEXT NOT NULL REFERENCES conversations(name) ON DELETE CASCADE,
+    turn INTEGER NOT NULL,
+    role TEXT NOT NULL CHECK (role IN ('user', 'assistant')),
+    content TEXT NOT NULL,
+    meta TEXT NOT NULL DEFAULT '{}',
+    created_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS messages_by_conversation ON messages(conversation, id);
+CREATE TABLE IF NOT EXISTS feedback (
+    conversation TEXT NOT NULL REFERENCES conversations(name) ON DELETE CASCADE,
+    turn INTEGER NOT NULL,
+    rating TEXT NOT NULL CHECK (rating IN ('good', 'bad')),
+    correction TEXT,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (conversation, turn)
+);
+"""
+
+
+@MIGRATIONS
+def m002_conversation_state(db: sqlite3.Connection) -> None:
+    """What each conversation is about (``ragbot.conversation.topic``), as JSON, and how many turns
+    it covers: a state that does not cover every saved turn is rebuilt from the turns."""
+    run_script(db, _SCHEMA_2)
+
+
+_SCHEMA_2 = """
+CREATE TABLE IF NOT EXISTS conversation_state (
+    conversation TEXT PRIMARY KEY REFERENCES conversations(name) ON DELETE CASCADE,
+    turns INTEGER NOT NULL,
+    state TEXT NOT NULL
+);
+"""
+
+
+def store_error(path: Path, exc: sqlite3.Error) -> ConversationStoreError:
+    """One line saying what is wrong with the conversations file and what to do about it."""
+    text = str(exc)
+    other = "or set `sessions` (RAGBOT_SESSIONS) to another file"
+    if "not a database" in text or "malformed" in text:
+        return ConversationStoreError(f"the conversations file {path} is damaged ({text}): move it away {other}")
+    if "readonly" in text or "read-only" in text:
+        return ConversationStoreError(
+            f"the conversations file {path} is read-only ({text}): make it and its folder writable, {other}"
+        )
+    if "locked" in text or "busy" in text:
+        return ConversationStoreError(
+            f"the conversations file {path} is busy ({text}): another program holds it; try again"
+        )
+    if "unable to open" in text:
+        return ConversationStoreError(
+            f"cannot open the conversations file {path} ({text}): make sure it and its folder can be read and "
+            f"written, {other}"
+        )
+    return ConversationStoreError(f"cannot use the conversations file {path} ({text}): check it {other}")
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+@registry.conversation_stores.register("sqlite")
+class SQLiteStore(ConversationStore):
+    """Conversations in one SQLite file (WAL mode; safe for several threads and processes).
+
+    Opening applies the file's pending migrations. ``check`` runs before each turn, so a file
+    that became read-only, or was deleted or replaced, is noticed before the model is called.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.location = str(self.path)
+        self._lock = threading.RLock()  # one connection, used by one thread at a time
+        self._db: sqlite3.Connection | None = None
+        self._identity: tuple[int, int] | None = None  # the file the connection has open
+        self._open()
+
+    def _open(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConversationStoreError(
+                f"cannot create the folder of the conversations file {self.path} ({exc.strerror}): "
+                "set `sessions` (RAGBOT_SESSIONS) to another file"
+            ) from None
+        with self._use() as db:
+            MIGRATIONS.apply(db, self.path, ConversationStoreError)
+            self._identity = _identity(self.path)
+
+    @contextlib.contextmanager
+    def _use(self) -> Iterator[sqlite3.Connection]:
+        """The connection, for one thread at a time, with SQLite's errors turned into one line for the user."""
+        with self._lock:
+            try:
+                if self._db is None:
+                    db = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
+                    try:
+                        db.execute("PRAGMA journal_mode=WAL")
+                        db.execute("PRAGMA foreign_keys=ON")
+                    except sqlite3.Error:
+                        db.close()
+                        raise
+                    self._db = db
+                yield self._db
+            except sqlite3.Error as exc:
+                raise store_error(self.path, exc) from None
+
+    def close(self) -> None:
+        """Close the connection (the next call opens it again)."""
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+    def _reopen(self) -> None:
+        """Let go of the old file and open the one now at the path (creating it if it is gone)."""
+        if self._db is not None:
+            # SQLite leaves an unlinked file's -wal at the path's name; emptied, it cannot leak into the new file.
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                self._db.close()
+            self._db = None
+        self._open()
+
+    def check(self) -> bool:
+        """Make sure the next turn can be saved: raise ``ConversationStoreError`` if the file cannot be
+        written. A file deleted or replaced since it was opened is opened again at the path (created
+        if missing); returns True then, so the caller can save again what the old file held."""
+        with self._lock:
+            reopened = _identity(self.path) != self._identity
+            if reopened:
+                self._reopen()
+            with self._use() as db:
+                db.execute("BEGIN IMMEDIATE")  # succeeds on a read-only file; the write below does not
+                try:
+                    (version,) = db.execute("PRAGMA user_version").fetchone()
+                    db.execute(f"PRAGMA user_version = {int(version)}")
+                finally:
+                    db.rollback()
+        return reopened
+
+    def history(self, name: str) -> list[Message]:
+        with self._use() as db:
+            rows = db.execute("SELECT role, content FROM messages WHERE conversation = ? ORDER BY id", (name,))
+            return [Message(role, content) for role, content in rows]
+
+    def append_turn(
+        self,
+        name: str,
+        question: str,
+        answer: str,
+        meta: dict[str, Any] | None = None,
+        state: dict[str, Any] | None = None,
+    ) -> int:
+        """Save one finished turn atomically, with the conversation's ``state`` after it when given."""
+        now = time.time()
+        with self._use() as db, db:  # one transaction: both messages or neither
+            db.execute("INSERT OR IGNORE INTO conversations(name, created_at) VALUES (?, ?)", (name, now))
+            (turn,) = db.execute("SELECT COUNT(*) / 2 FROM messages WHERE conversation = ?", (name,)).fetchone()
+            db.execute(
+                "INSERT INTO messages(conversation, turn, role, content, created_at) VALUES (?, ?, 'user', ?, ?)",
+                (name, turn, question, now),
+            )
+            db.execute(
+                "INSERT INTO messages(conversation, turn, role, content, meta, created_at) "
+                "VALUES (?, ?, 'assistant', ?, ?, ?)",
+                (name, turn, answer, json.dumps(meta or {}, ensure_ascii=False), now),
+            )
+            if state is not None:
+                db.execute(
+                    "INSERT OR REPLACE INTO conversation_state(conversation, turns, state) VALUES (?, ?, ?)",
+                    (name, turn + 1, json.dumps(state, ensure_ascii=False)),
+                )
+        return turn
+
+    def state(self, name: str) -> tuple[int, dict[str, Any]] | None:
+        """The saved state of a conversation and the number of turns it covers, or None."""
+        with self._use() as db:
+            row = db.execute("SELECT turns, state FROM conversation_state WHERE conversation = ?", (name,)).fetchone()
+        if row is None:
+            return None
+        try:
+            state = json.loads(row[1])
+        except ValueError:
+            return None  # rebuilt from the turns
+        return (row[0], state) if isinstance(state, dict) else None
+
+    def clear(self, name: str) -> None:
+        with self._use() as db, db:
+            db.execute("DELETE FROM messages WHERE conversation = ?", (name,))
+            db.execute("DELETE FROM feedback WHERE conversation = ?", (name,))
+            db.execute("DELETE FROM conversation_state WHERE conversation = ?", (name,))
+
+    def set_feedback(self, name: str, turn: int, feedback: Feedback) -> None:
+        """Record (or replace) the feedback on turn ``turn`` (0-based) of conversation ``name``."""
+        with self._use() as db, db:
+            exists = db.execute(
+                "SELECT 1 FROM messages WHERE conversation = ? AND turn = ? AND role = 'assistant'", (name, turn)
+            ).fetchone()
+            if not exists:
+                raise ConversationError(f"conversation {name!r} has no saved turn {turn + 1}; nothing to mark")
+            db.execute(
+                "INSERT OR REPLACE INTO feedback(conversation, turn, rating, correction, created_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (name, turn, feedback.rating, feedback.correction, time.time()),
+            )
+
+    def feedback(self, name: str) -> dict[int, Feedback]:
+        """The feedback of a conversation by turn (0-based)."""
+        with self._use() as db:
+            rows = db.execute("SELECT turn, rating, correction FROM feedback WHERE conversation = ?", (name,))
+            return {turn: Feedback(rating, correction) for turn, rating, correction in rows}
+
+    def turns(self, name: str) -> list[StoredTurn]:
+        """The saved turns of a conversation, in order, with their meta and feedback."""
+        with self._use() as db:
+            rows = db.execute(
+                "SELECT turn, role, content, meta FROM messages WHERE conversation = ? ORDER BY id", (name,)
+            )
+            rows = rows.fetchall()
+        return turns_from_rows(name, [(t, r, c, json.loads(m or "{}")) for t, r, c, m in rows], self.feedback(name))
+
+    def names(self) -> list[str]:
+        with self._use() as db:
+            return [r[0] for r in db.execute("SELECT name FROM conversations ORDER BY created_at")]
