@@ -11,6 +11,7 @@ import pytest
 from ragbot.config import Settings
 
 from helpers import run_cli, write_sample_corpus
+from postgres_server import postgres_server  # noqa: F401 -- a session fixture: a throwaway PostgreSQL
 
 
 @pytest.fixture(autouse=True)

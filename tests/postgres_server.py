@@ -11,6 +11,7 @@ from __future__ import annotations
 import glob
 import itertools
 import os
+import pwd
 import shutil
 import subprocess
 import tempfile
@@ -84,12 +85,24 @@ class PostgresServer:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
+def _has_user(name: str) -> bool:
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
+
+
 @pytest.fixture(scope="session")
 def postgres_server():
     """A PostgreSQL server for the whole test session."""
     bin_dir = find_binaries()
+    message = None
     if bin_dir is None:
         message = f"PostgreSQL's initdb and pg_ctl were not found on PATH nor in /usr/lib/postgresql/*/bin: {INSTALL}"
+    elif os.geteuid() == 0 and not _has_user("postgres"):
+        message = f"tests run as root and initdb refuses root, but there is no 'postgres' user to run it as: {INSTALL}"
+    if message:
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)

@@ -133,11 +133,11 @@ _WHAT_TO_DO = "start PostgreSQL or fix the URL in `sessions` (RAGBOT_SESSIONS, -
 class PostgresStore(ConversationStore):
     """Conversations in a PostgreSQL database, through a pool of up to ``max_size`` connections.
 
-    ``timeout`` is how long a call waits for a connection (so for the database to come back)
-    before it raises ``StoreUnavailableError``.
+    The URL's ``connect_timeout`` (default 5 s) is also how long a call waits for a connection (so
+    for the database to come back) before it raises ``StoreUnavailableError``.
     """
 
-    def __init__(self, url: str, *, min_size: int = 1, max_size: int = 8, timeout: float = 5.0):
+    def __init__(self, url: str, *, min_size: int = 1, max_size: int = 8):
         if psycopg is None:
             raise ConfigError(
                 'a postgresql:// URL in `sessions` needs psycopg: pip install "ragbot[postgres]" '
@@ -152,7 +152,13 @@ class PostgresStore(ConversationStore):
             raise ConfigError(
                 f"bad value for sessions: {self.location} is not a usable URL ({self._reason(exc)})"
             ) from None
-        self._connect_timeout = int(params.get("connect_timeout") or 5)  # seconds; libpq's default is to wait forever
+        try:  # seconds; libpq's default is to wait forever, and below 2 it waits 2
+            self._connect_timeout = max(2, int(params.get("connect_timeout") or 5))
+        except ValueError:
+            raise ConfigError(
+                f"bad value for sessions: {self.location} has a connect_timeout that is not whole seconds"
+            ) from None
+        timeout = float(self._connect_timeout)
         self._migrate()
         self._pool = ConnectionPool(
             url,

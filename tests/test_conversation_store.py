@@ -1,0 +1,296 @@
+"""The conversation store contract, run against a real SQLite file and a real PostgreSQL server that the
+tests start (``postgres_server``): turns, state, feedback, clear, names, migrations, two processes
+appending to one conversation, and PostgreSQL unreachable at start or going away mid-run."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from ragbot import KnowledgeBase
+from ragbot.cli.main import main
+from ragbot.config import Settings, load_settings
+from ragbot.conversation.store import Feedback, open_store
+from ragbot.conversation.store_postgres import MIGRATIONS as PG_MIGRATIONS
+from ragbot.conversation.store_postgres import PostgresStore
+from ragbot.conversation.store_sqlite import MIGRATIONS as SQLITE_MIGRATIONS
+from ragbot.errors import (
+    ConfigError,
+    ConversationError,
+    ConversationStoreError,
+    StoreUnavailableError,
+    StoreUnreachableError,
+)
+
+from helpers import make_bot
+
+REPO = Path(__file__).resolve().parents[1]
+UNREACHABLE = "postgresql://ragbot:s3cret-pw@127.0.0.1:1/ragbot"
+MASKED = "postgresql://ragbot:***@127.0.0.1:1/ragbot"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def location(request, tmp_path) -> str | Path:
+    """Where a test's store lives: a new SQLite file, or a new database on the test PostgreSQL server."""
+    if request.param == "sqlite":
+        return tmp_path / "conversations.sqlite"
+    return request.getfixturevalue("postgres_server").new_database()
+
+
+@pytest.fixture
+def stores(location):
+    """``stores()`` opens the test's store (again); every store opened is closed at the end."""
+    opened = []
+
+    def make():
+        opened.append(open_store(location))
+        return opened[-1]
+
+    yield make
+    for store in opened:
+        store.close()
+
+
+def test_migrations_of_both_stores_have_the_same_names():
+    assert PG_MIGRATIONS.names == SQLITE_MIGRATIONS.names == ["m001_initial", "m002_conversation_state"]
+
+
+def test_a_turn_is_saved_whole_and_read_back_by_another_store(stores):
+    store = stores()
+    meta = {"route": "grounded", "standalone_question": "尼罗河流经哪些国家？", "passages": [{"chunk_id": "c1"}]}
+    assert store.append_turn("trip", "尼罗河是什么？", "尼罗河是非洲的一条大河。") == 0
+    assert store.append_turn("trip", "它流经哪些国家？", "乌干达和埃及 [1]。", meta, state={"entity": "尼罗河"}) == 1
+    again = stores()  # what another process sees
+    assert [(m.role, m.content) for m in again.history("trip")] == [
+        ("user", "尼罗河是什么？"),
+        ("assistant", "尼罗河是非洲的一条大河。"),
+        ("user", "它流经哪些国家？"),
+        ("assistant", "乌干达和埃及 [1]。"),
+    ]
+    turns = again.turns("trip")
+    assert [(t.turn, t.question, t.answer) for t in turns] == [
+        (0, "尼罗河是什么？", "尼罗河是非洲的一条大河。"),
+        (1, "它流经哪些国家？", "乌干达和埃及 [1]。"),
+    ]
+    assert turns[0].meta == {} and turns[1].meta == meta
+    assert again.state("trip") == (2, {"entity": "尼罗河"})
+    assert again.history("nobody") == [] and again.state("nobody") is None and again.turns("nobody") == []
+
+
+def test_feedback_is_kept_per_turn_and_replaced(stores):
+    store = stores()
+    store.append_turn("trip", "What is the Nile?", "A river.")
+    store.append_turn("trip", "How long is it?", "About 100 km.")
+    store.set_feedback("trip", 0, Feedback("good"))
+    store.set_feedback("trip", 1, Feedback("bad", "About 6,650 km."))
+    store.set_feedback("trip", 0, Feedback("bad"))  # changed its mind
+    again = stores()
+    assert again.feedback("trip") == {0: Feedback("bad"), 1: Feedback("bad", "About 6,650 km.")}
+    assert [t.feedback for t in again.turns("trip")] == [Feedback("bad"), Feedback("bad", "About 6,650 km.")]
+    with pytest.raises(ConversationError, match="conversation 'trip' has no saved turn 3; nothing to mark"):
+        again.set_feedback("trip", 2, Feedback("good"))
+    assert again.feedback("trip") == {0: Feedback("bad"), 1: Feedback("bad", "About 6,650 km.")}
+
+
+def test_clear_forgets_turns_feedback_and_state_and_names_list_oldest_first(stores):
+    store = stores()
+    store.append_turn("first", "q", "a", state={"entity": "x"})
+    store.set_feedback("first", 0, Feedback("good"))
+    store.append_turn("second", "q", "a")
+    store.clear("first")
+    again = stores()
+    assert again.history("first") == [] and again.feedback("first") == {} and again.state("first") is None
+    assert again.history("second") != []
+    assert again.names() == ["first", "second"]
+    assert again.append_turn("first", "new start", "ok") == 0  # numbering starts again
+    assert again.check() is False  # usable, nothing to save back
+
+
+def test_the_migrations_are_recorded_and_a_newer_schema_is_refused(stores, location):
+    stores()
+    import sqlite3
+
+    if isinstance(location, Path):
+        db = sqlite3.connect(location)
+        applied = [name for (name,) in db.execute("SELECT name FROM _migrations ORDER BY name")]
+        db.execute("INSERT INTO _migrations VALUES ('m099_from_the_future', 0)")
+        db.commit()
+        db.close()
+    else:
+        import psycopg
+
+        with psycopg.connect(location) as db:
+            applied = [name for (name,) in db.execute("SELECT name FROM _migrations ORDER BY name")]
+            db.execute("INSERT INTO _migrations VALUES ('m099_from_the_future', 0)")
+    assert applied == ["m001_initial", "m002_conversation_state"]
+    with pytest.raises(ConversationStoreError, match="by a newer ragbot .*m099_from_the_future.*upgrade ragbot"):
+        stores()
+
+
+# --- many processes, one conversation -----------------------------------------------------------
+
+WORKER = textwrap.dedent(
+    """
+    import os, sys, time
+    from ragbot.conversation.store import open_store
+
+    location, worker, turns, folder = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+    store = open_store(location)
+    open(os.path.join(folder, "ready-" + worker), "w").close()
+    while not os.path.exists(os.path.join(folder, "go")):
+        time.sleep(0.001)
+    started = time.time()
+    numbers = [store.append_turn("shared", f"q {worker} {i}", f"a {worker} {i}") for i in range(turns)]
+    print(started, time.time())
+    print(" ".join(map(str, numbers)))
+    """
+)
+
+
+def test_two_processes_appending_to_one_conversation_lose_and_repeat_no_turn(location, tmp_path):
+    turns = 60
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", WORKER, str(location), name, str(turns), str(tmp_path)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for name in ("A", "B")
+    ]
+    deadline = time.monotonic() + 60
+    while not all((tmp_path / f"ready-{name}").exists() for name in "AB"):  # both have opened the store
+        assert time.monotonic() < deadline and all(w.poll() is None for w in workers), "a worker did not start"
+        time.sleep(0.01)
+    (tmp_path / "go").touch()
+    given, spans = {}, {}
+    for name, worker in zip("AB", workers, strict=True):
+        out, err = worker.communicate(timeout=60)
+        assert worker.returncode == 0, err
+        span, numbers = out.splitlines()
+        spans[name] = [float(t) for t in span.split()]
+        given[name] = [int(n) for n in numbers.split()]
+    assert spans["A"][0] < spans["B"][1] and spans["B"][0] < spans["A"][1]  # they appended at the same time
+    store = open_store(location)
+    try:
+        saved = store.turns("shared")
+        history = store.history("shared")
+    finally:
+        store.close()
+    assert sorted(given["A"] + given["B"]) == list(range(2 * turns))  # each append was told a different number
+    assert [t.turn for t in saved] == list(range(2 * turns))
+    for t in saved:  # each turn's question and answer come from the same append
+        assert t.answer == t.question.replace("q ", "a ", 1)
+    assert sorted(t.question for t in saved) == sorted(f"q {w} {i}" for w in "AB" for i in range(turns))
+    assert [m.role for m in history] == ["user", "assistant"] * (2 * turns)
+    for name, numbers in given.items():  # the number each append was given is the turn saved with its question
+        assert [saved[n].question for n in numbers] == [f"q {name} {i}" for i in range(turns)]
+
+
+# --- PostgreSQL unreachable, or going away -----------------------------------------------------
+
+
+def test_an_unreachable_database_is_one_line_naming_the_url_without_its_password():
+    with pytest.raises(StoreUnreachableError) as info:
+        open_store(UNREACHABLE)
+    message = str(info.value)
+    assert message == (
+        f"cannot reach the conversation database {MASKED} (Connection refused): start PostgreSQL or fix the URL "
+        "in `sessions` (RAGBOT_SESSIONS, --sessions)"
+    )
+    assert isinstance(info.value, StoreUnavailableError)  # a server answers 503 for it too
+
+
+@pytest.mark.parametrize("how", ["flag", "setting"])
+def test_chat_with_an_unreachable_database_exits_1_with_that_line(how, monkeypatch, capsys):
+    if how == "flag":
+        code = main(["chat", "--session", "trip", "--sessions", UNREACHABLE, "--llm", "fake", "--embedder", "hash"])
+    else:
+        monkeypatch.setenv("RAGBOT_SESSIONS", UNREACHABLE)
+        code = main(["chat", "--llm", "fake", "--embedder", "hash"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert err.splitlines()[-1] == (
+        f"ragbot: error: cannot reach the conversation database {MASKED} (Connection refused): start PostgreSQL "
+        "or fix the URL in `sessions` (RAGBOT_SESSIONS, --sessions)"
+    )
+    assert "s3cret" not in err
+
+
+def test_a_url_the_driver_cannot_parse_is_a_config_error_without_the_password():
+    with pytest.raises(ConfigError) as info:
+        open_store("postgresql://ragbot:pw%zz@db.example/ragbot")
+    assert str(info.value).startswith("bad value for sessions: postgresql://ragbot:***@db.example/ragbot is not a")
+    assert "pw%zz" not in str(info.value)
+    with pytest.raises(ConfigError, match="a mysql:// URL; give a SQLite file path or a postgresql:// URL"):
+        open_store("mysql://db/ragbot")
+
+
+def test_sessions_takes_a_url_as_text_and_a_path_as_a_path(monkeypatch, tmp_path):
+    url = "postgresql://ragbot:pw@db.internal:5432/ragbot?sslmode=require"
+    assert Settings(sessions=url).sessions == url
+    monkeypatch.setenv("RAGBOT_SESSIONS", url)
+    assert load_settings().sessions_location == url
+    (tmp_path / "ragbot.toml").write_text('sessions = "~/chats.sqlite"\n')
+    monkeypatch.delenv("RAGBOT_SESSIONS")
+    assert load_settings().sessions_location == Path("~/chats.sqlite").expanduser()
+    with pytest.raises(ConfigError, match="sessions is a database URL, not a file"):
+        _ = Settings(sessions=url).sessions_path
+
+
+def test_postgres_stopped_mid_run_is_store_unavailable_then_works_again_without_a_restart(postgres_server):
+    store = PostgresStore(postgres_server.new_database() + "&connect_timeout=2")  # wait 2 s for it, not 5
+    try:
+        store.append_turn("trip", "before", "saved")
+        postgres_server.stop()
+        try:
+            for call in (lambda: store.append_turn("trip", "during", "lost"), store.check):
+                with pytest.raises(StoreUnavailableError) as info:
+                    call()
+                message = str(info.value)
+                assert message.startswith(f"the conversation database {store.location} is unavailable (")
+                assert message.endswith("nothing was saved: try again once it is back") and "\n" not in message
+        finally:
+            postgres_server.start()
+        started = time.monotonic()
+        assert store.append_turn("trip", "after", "saved too") == 1  # the first call after the restart works
+        assert time.monotonic() - started < 5
+        assert [m.content for m in store.history("trip")] == ["before", "saved", "after", "saved too"]
+    finally:
+        store.close()
+
+
+def test_a_named_conversation_in_postgres_is_refused_before_the_model_is_called_while_it_is_away(
+    postgres_server, hash_settings, corpus
+):
+    url = postgres_server.new_database() + "&connect_timeout=2"
+    kb = KnowledgeBase.open(hash_settings.replace(threshold=0.35), create=True)
+    kb.ingest([corpus["md"].parent])
+    bot, model = make_bot(kb, ["尼罗河是非洲的一条大河 [1]。", "第二个回答。"], sessions=url, rewrite=False)
+    bot.conversation("trip").ask("尼罗河是什么？")
+    conversation = bot.conversation("trip")  # as a stateless worker does for each request
+    assert [m.content for m in conversation.history] == ["尼罗河是什么？", "尼罗河是非洲的一条大河 [1]。"]
+    calls = len(model.calls)
+    postgres_server.stop()
+    try:
+        with pytest.raises(StoreUnavailableError, match="is unavailable"):
+            conversation.ask("怎么烤面包？")
+        assert len(model.calls) == calls  # checked before the model was asked: nothing to throw away
+    finally:
+        postgres_server.start()
+    assert conversation.ask("怎么烤面包？").text.endswith("第二个回答。")
+    saved = open_store(url)
+    try:
+        assert [t.question for t in saved.turns("trip")] == ["尼罗河是什么？", "怎么烤面包？"]
+        assert saved.state("trip") == (2, conversation.topic.to_dict())
+    finally:
+        saved.close()
+        bot.store.close()
