@@ -1,3 +1,3 @@
 """Test doubles that ship with ragbot, for its tests and yours: a deterministic embedder, scripted chat
-models, and a local fake of the OpenAI fine-tuning API.
+models, a local fake of the OpenAI fine-tuning API, and a throwaway PostgreSQL server.
 """
