@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import re
 import time
 from collections.abc import Iterator
@@ -48,6 +49,10 @@ try:
     from psycopg_pool import ConnectionPool, PoolTimeout
 except ImportError:  # pragma: no cover - depends on the install
     psycopg = None
+
+# The pool logs each failed reconnection as a warning: kept for an application that configures logging,
+# not printed by Python's last-resort handler in the middle of a terminal chat.
+logging.getLogger("psycopg.pool").addHandler(logging.NullHandler())
 
 # Transactions that lost a race with another writer; run again.
 RETRIES = 5

@@ -30,15 +30,17 @@ def find_binaries() -> Path | None:
 
 class PostgresServer:
     """One cluster in ``root``: ``url`` for the ``postgres`` database, ``new_database()`` for a fresh one;
-    ``stop()`` and ``start()`` it to see what a client does while it is away; ``remove()`` at the end."""
+    ``stop()`` and ``start()`` it to see what a client does while it is away; ``remove()`` at the end.
+    ``durable=False`` (tests) turns off fsync: faster, and a crash of the machine may lose data."""
 
-    def __init__(self, bin_dir: Path | None = None):
+    def __init__(self, bin_dir: Path | None = None, durable: bool = False):
         bin_dir = bin_dir or find_binaries()
         if bin_dir is None:
             raise RuntimeError(
                 f"PostgreSQL's initdb and pg_ctl are not on PATH nor in /usr/lib/postgresql/*/bin: {INSTALL}"
             )
         self.bin_dir = bin_dir
+        self.durable = durable
         self.root = Path(tempfile.mkdtemp(prefix="ragbot-pg-"))  # short: a socket path has ~100 characters
         self.data = self.root / "data"
         self.port = 5432  # names the socket file only: listen_addresses is empty
@@ -65,7 +67,9 @@ class PostgresServer:
         return self.url_of("postgres")
 
     def start(self) -> None:
-        options = f"-k {self.root} -p {self.port} -c listen_addresses='' -c fsync=off -c full_page_writes=off"
+        options = f"-k {self.root} -p {self.port} -c listen_addresses=''"
+        if not self.durable:
+            options += " -c fsync=off -c full_page_writes=off"
         self._run("pg_ctl", "-D", str(self.data), "-l", str(self.root / "log"), "-o", options, "-w", "start")
 
     def stop(self) -> None:
