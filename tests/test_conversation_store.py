@@ -294,3 +294,47 @@ def test_a_named_conversation_in_postgres_is_refused_before_the_model_is_called_
     finally:
         saved.close()
         bot.store.close()
+
+
+def test_the_terminal_chat_keeps_its_session_while_postgres_is_away(
+    postgres_server, hash_settings, corpus, monkeypatch
+):
+    import io
+
+    from ragbot.cli import repl
+
+    url = postgres_server.new_database() + "&connect_timeout=2"
+    kb = KnowledgeBase.open(hash_settings.replace(threshold=0.35), create=True)
+    kb.ingest([corpus["md"].parent])
+    bot, _ = make_bot(kb, ["尼罗河是非洲的一条大河 [1]。", "烤面包要面粉。"], sessions=url, rewrite=False)
+    typed = iter(["尼罗河是什么？", "stop", "怎么烤面包？", "start", "怎么烤面包？"])
+
+    def read(prompt: str) -> str:  # the user types; between two lines the database goes away, then comes back
+        line = next(typed, None)
+        if line is None:
+            raise EOFError
+        if line in ("stop", "start"):
+            getattr(postgres_server, line)()
+            return read(prompt)
+        return line
+
+    monkeypatch.setattr(repl, "_reader", lambda: read)
+    out = io.StringIO()
+    try:
+        assert repl.run_chat(bot.conversation("trip"), out=out) == 0
+    finally:
+        if not postgres_server.running:
+            postgres_server.start()
+    shown = out.getvalue()
+    assert f"error: the conversation database {bot.store.location} is unavailable (" in shown
+    assert "[not asked: the session is kept; ask again once the database is back]" in shown
+    assert "烤面包要面粉。" in shown and UNSAVED_MARK not in shown
+    saved = open_store(url)
+    try:
+        assert [t.question for t in saved.turns("trip")] == ["尼罗河是什么？", "怎么烤面包？"]
+    finally:
+        saved.close()
+        bot.store.close()
+
+
+UNSAVED_MARK = "goes on without saving"

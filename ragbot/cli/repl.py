@@ -4,7 +4,8 @@ Line editing and history come from prompt_toolkit (when stdin is a terminal). Ct
 while an answer streams stops that answer (the turn is not saved) and the session goes
 on; Ctrl-D or /quit leaves. Errors are printed on one line and the session goes on. A named
 session's file is checked before each question: if it cannot be written the error is printed
-and the chat goes on unsaved (saying so), so no turn is lost without a word.
+and the chat goes on unsaved (saying so), so no turn is lost without a word; a database that is away
+(PostgreSQL) keeps the session, and the question can be asked again once it is back.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Callable
 
 from ragbot.config import data_home
 from ragbot.conversation.bot import Answer, Conversation
-from ragbot.errors import ConversationStoreError, RagbotError
+from ragbot.errors import ConversationStoreError, RagbotError, StoreUnavailableError
 from ragbot.knowledge.knowledge_base import Hit, display_source
 
 HELP = """Commands:
@@ -28,6 +29,7 @@ HELP = """Commands:
   /help     this help
   /quit     leave (Ctrl-D works too); Ctrl-C stops an answer that is streaming"""
 UNSAVED = "[this chat goes on without saving: its turns are kept in memory only until you leave]"
+AWAY = "[not asked: the session is kept; ask again once the database is back]"
 
 
 def _reader() -> Callable[[str], str]:
@@ -166,6 +168,9 @@ def run_chat(conversation: Conversation, out=None) -> int:
                 notice = conversation.check_storage()
                 if notice:
                     say(notice)
+            except StoreUnavailableError as exc:  # a database that is away comes back: wait for it
+                say(f"error: {exc}\n{AWAY}")
+                continue
             except ConversationStoreError as exc:
                 say(f"error: {exc}")
                 conversation.keep_in_memory()
@@ -182,6 +187,8 @@ def run_chat(conversation: Conversation, out=None) -> int:
         except KeyboardInterrupt:
             stream.close()
             say("\n[stopped; this turn was not saved]")
+        except StoreUnavailableError as exc:  # the answer came but the database went away
+            say(f"\nerror: {exc}\n[this turn was not saved; the session is kept: ask again once the database is back]")
         except ConversationStoreError as exc:  # the answer came but could not be saved
             say(f"\nerror: {exc}")
             conversation.keep_in_memory()

@@ -66,7 +66,14 @@ class PostgresServer:
     def url(self) -> str:
         return self.url_of("postgres")
 
+    @property
+    def running(self) -> bool:
+        status = subprocess.run([*self._as_user, str(self.bin_dir / "pg_ctl"), "-D", str(self.data), "status"],
+                                capture_output=True, timeout=30)  # fmt: skip
+        return status.returncode == 0
+
     def start(self) -> None:
+        """Start the server (it is running when this returns)."""
         options = f"-k {self.root} -p {self.port} -c listen_addresses=''"
         if not self.durable:
             options += " -c fsync=off -c full_page_writes=off"
