@@ -4,6 +4,7 @@ appending to one conversation, and PostgreSQL unreachable at start or going away
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -338,3 +339,19 @@ def test_the_terminal_chat_keeps_its_session_while_postgres_is_away(
 
 
 UNSAVED_MARK = "goes on without saving"
+
+
+def test_feedback_saved_in_postgres_becomes_fine_tuning_data(postgres_server, tmp_path):
+    from ragbot.finetune.data import prepare
+
+    url = postgres_server.new_database()
+    worker = open_store(url)  # what a server worker saved
+    try:
+        worker.append_turn("trip", "尼罗河有多长？", "大约一百公里。")
+        worker.set_feedback("trip", 0, Feedback("bad", "尼罗河长约6650公里。"))
+    finally:
+        worker.close()
+    report = prepare(["sessions"], tmp_path / "ft", settings=Settings(embedder="hash", sessions=url), valid_share=0)
+    assert report.files["sft.train.jsonl"] == 1 and report.files["dpo.train.jsonl"] == 1
+    (example,) = [json.loads(line) for line in (tmp_path / "ft" / "sft.train.jsonl").read_text().splitlines()]
+    assert example["messages"][-1] == {"role": "assistant", "content": "尼罗河长约6650公里。"}
