@@ -173,8 +173,9 @@ class PostgresStore(ConversationStore):
             timeout=timeout,
             # a connection broken while the database was away fails this check and is replaced
             check=ConnectionPool.check_connection,
-            # short give-up time between rounds of reconnection, so a database that is back is found soon
-            reconnect_timeout=max(timeout, 2.0),
+            # a round of reconnection (backing off from 1 s) gives up within half the wait, so a call made
+            # just after the database is back finds it before its own wait is over
+            reconnect_timeout=timeout / 2,
             name="ragbot-conversations",
             open=True,
         )
