@@ -167,18 +167,22 @@ def test_two_processes_appending_to_one_conversation_lose_and_repeat_no_turn(loc
         )
         for name in ("A", "B")
     ]
-    deadline = time.monotonic() + 60
-    while not all((tmp_path / f"ready-{name}").exists() for name in "AB"):  # both have opened the store
-        assert time.monotonic() < deadline and all(w.poll() is None for w in workers), "a worker did not start"
-        time.sleep(0.01)
-    (tmp_path / "go").touch()
     given, spans = {}, {}
-    for name, worker in zip("AB", workers, strict=True):
-        out, err = worker.communicate(timeout=60)
-        assert worker.returncode == 0, err
-        span, numbers = out.splitlines()
-        spans[name] = [float(t) for t in span.split()]
-        given[name] = [int(n) for n in numbers.split()]
+    try:
+        deadline = time.monotonic() + 60
+        while not all((tmp_path / f"ready-{name}").exists() for name in "AB"):  # both have opened the store
+            assert time.monotonic() < deadline and all(w.poll() is None for w in workers), "a worker did not start"
+            time.sleep(0.01)
+        (tmp_path / "go").touch()
+        for name, worker in zip("AB", workers, strict=True):
+            out, err = worker.communicate(timeout=60)
+            assert worker.returncode == 0, err
+            span, numbers = out.splitlines()
+            spans[name] = [float(t) for t in span.split()]
+            given[name] = [int(n) for n in numbers.split()]
+    finally:
+        for worker in workers:
+            worker.kill()
     assert spans["A"][0] < spans["B"][1] and spans["B"][0] < spans["A"][1]  # they appended at the same time
     store = open_store(location)
     try:
