@@ -17,7 +17,7 @@ import pytest
 from ragbot import KnowledgeBase
 from ragbot.cli.main import main
 from ragbot.config import Settings, load_settings
-from ragbot.conversation.store import Feedback, open_store
+from ragbot.conversation.store import Feedback, mask_url, open_store
 from ragbot.conversation.store_postgres import MIGRATIONS as PG_MIGRATIONS
 from ragbot.conversation.store_postgres import PostgresStore
 from ragbot.conversation.store_sqlite import MIGRATIONS as SQLITE_MIGRATIONS
@@ -228,6 +228,17 @@ def test_chat_with_an_unreachable_database_exits_1_with_that_line(how, monkeypat
         "or fix the URL in `sessions` (RAGBOT_SESSIONS, --sessions)"
     )
     assert "s3cret" not in err
+
+
+def test_a_password_in_the_url_or_its_parameters_is_never_shown():
+    assert (
+        mask_url("postgresql://u:p%40ss@db:5432/chat?sslmode=require")
+        == "postgresql://u:***@db:5432/chat?sslmode=require"
+    )
+    assert mask_url("postgresql://db/chat?user=u&password=secret") == "postgresql://db/chat?user=u&password=***"
+    with pytest.raises(StoreUnreachableError) as info:
+        open_store("postgresql://127.0.0.1:1/chat?user=u&password=secret")
+    assert "secret" not in str(info.value) and "password=***" in str(info.value)
 
 
 def test_a_url_the_driver_cannot_parse_is_a_config_error_without_the_password():
