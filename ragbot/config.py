@@ -122,7 +122,8 @@ class Settings:
     def __post_init__(self) -> None:
         if isinstance(self.stop, (list, str)):
             object.__setattr__(self, "stop", (self.stop,) if isinstance(self.stop, str) else tuple(self.stop))
-        for name in ("index", "knowledge_dir", "lora_path", "prompt_dir", "sessions", "models_dir", "api_keys_file"):  # accept str
+        paths = ("index", "knowledge_dir", "lora_path", "prompt_dir", "sessions", "models_dir", "api_keys_file")
+        for name in paths:  # accept str
             value = getattr(self, name)
             if isinstance(value, str) and not value.strip():
                 raise ConfigError(f"bad value for {name}: {value!r} is not a path; give a path or None")

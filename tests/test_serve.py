@@ -226,16 +226,17 @@ def test_a_chunked_body_over_the_limit_is_refused(served):
 
 
 def test_a_full_server_answers_429_with_retry_after_and_a_broken_store_503(kb, tmp_path):
-    model = PacedChatModel(default="慢" * 40, delay=0.02, name="ragbot-test")
+    model = PacedChatModel(default="慢" * 200, delay=0.01, name="ragbot-test")  # 50 pieces, 0.5 s
     bot = make_bot(kb, model, max_concurrent=1, queue_timeout=0, rewrite=False)
     with LiveServer(create_app(bot, ApiKeys([]))) as server:
         body = {"model": "ragbot-test", "messages": [{"role": "user", "content": "怎么烤面包？"}], "stream": True}
         with httpx.stream("POST", server.url + "/v1/chat/completions", json=body, timeout=20) as busy:
-            next(busy.iter_lines())  # the one slot is taken while this answer streams
+            lines = busy.iter_lines()  # kept: a dropped iterator closes the response
+            next(lines)  # the one slot is taken while this answer streams
             refused = post(server, {**body, "stream": False})
             assert refused.status_code == 429 and refused.headers["Retry-After"] == "1"
             assert "busy" in refused.json()["error"]["message"]
-            list(busy.iter_lines())
+            assert list(lines)[-2:] == ["data: [DONE]", ""]
         assert post(server, {**body, "stream": False}).status_code == 200  # the slot is free again
 
     damaged = tmp_path / "damaged.sqlite"
@@ -246,7 +247,7 @@ def test_a_full_server_answers_429_with_retry_after_and_a_broken_store_503(kb, t
         assert response.status_code == 503 and response.json()["error"]["code"] == "store_unavailable"
         assert "damaged" in response.json()["error"]["message"] and "Retry-After" in response.headers
         ready = httpx.get(server.url + "/ready")
-        assert ready.status_code == 503 and ready.json()["checks"]["index"] == "ok"
+        assert ready.status_code == 503 and ready.json()["checks"]["index"] == "ok", ready.text
         assert "damaged" in ready.json()["checks"]["conversations"]
         assert httpx.get(server.url + "/health").json() == {"status": "ok"}
         # a stateless request needs no store: still answered
@@ -274,7 +275,7 @@ def test_a_client_that_disconnects_mid_stream_stops_the_generation_and_nothing_i
         assert model.pieces < 40  # stopped soon after the client left, far from the 75 pieces
         # the slot was given back and nothing of the unfinished turn was saved
         done = api.chat.completions.create(model="ragbot-test", messages=[{"role": "user", "content": "你好"}])
-        assert done.choices[0].message.content.startswith("尼罗河")
+        assert done.choices[0].message.content.endswith("尼罗河" * 100)
     assert saved_conversations(kb) == []
 
 
@@ -331,7 +332,9 @@ def test_ragbot_serve_command_serves_and_refuses_a_bad_keys_file(kb, tmp_path):
                 assert server.poll() is None and time.monotonic() < deadline, "".join(log)
                 time.sleep(0.1)
         api = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="key-cli-3333", max_retries=0)
-        answer = api.chat.completions.create(model="fake-echo", messages=[{"role": "user", "content": "尼罗河是什么？"}])
+        answer = api.chat.completions.create(
+            model="fake-echo", messages=[{"role": "user", "content": "尼罗河是什么？"}]
+        )
         assert answer.choices[0].message.content == "(fake model) You asked: 尼罗河是什么？ [1]"
     finally:
         server.send_signal(signal.SIGINT)

@@ -177,7 +177,9 @@ def serve(ctx, host, port, workers, **flags) -> None:
     try:
         from ragbot.server.app import serve as run_server
     except ImportError as exc:
-        raise click.ClickException(f"ragbot serve needs FastAPI and uvicorn ({exc}): pip install -e '.[serve]'") from None
+        raise click.ClickException(
+            f"ragbot serve needs FastAPI and uvicorn ({exc}): pip install -e '.[serve]'"
+        ) from None
     settings = _settings(ctx, **flags)
     click.echo(f"Loading the knowledge base and the model, then serving on http://{host}:{port}/v1 ...", err=True)
     run_server(settings, host=host, port=port, workers=workers)

@@ -104,7 +104,7 @@ def create_app(bot: RagBot, keys: ApiKeys | None = None) -> FastAPI:
     async def ready() -> JSONResponse:
         """The index answers a search and the conversation store can save a turn (readiness)."""
         checks = {}
-        for part, check in (("index", lambda: bot.kb.search("ready", 1)), ("conversations", bot.store.check)):
+        for part, check in (("index", lambda: bot.kb.search("ready", 1)), ("conversations", lambda: bot.store.check())):
             try:
                 await in_thread(check)
                 checks[part] = "ok"

@@ -39,7 +39,7 @@ def stored_name(owner: str, conversation_id: str) -> str:
 def unknown_conversation(conversation_id: str) -> APIError:
     return APIError(
         404,
-        f"no conversation {conversation_id!r} for this API key; start one with \"store\": true "
+        f'no conversation {conversation_id!r} for this API key; start one with "store": true '
         "(the response's ragbot.conversation_id names it), or drop conversation_id and send the history",
         code="conversation_not_found",
         param="conversation_id",

@@ -87,7 +87,9 @@ async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
         message = f"no such endpoint {request.method} {request.url.path}; see GET /v1/models, POST /v1/chat/completions"
         return APIError(404, message, code="unknown_url").response()
     if exc.status_code == 405:
-        return APIError(405, f"{request.url.path} does not accept {request.method}", code="method_not_allowed").response()
+        return APIError(
+            405, f"{request.url.path} does not accept {request.method}", code="method_not_allowed"
+        ).response()
     code = "request_too_large" if exc.status_code == 413 else None
     return APIError(exc.status_code, str(exc.detail), code=code, headers=dict(exc.headers or {})).response()
 
