@@ -92,8 +92,8 @@ def create_app(bot: RagBot, keys: ApiKeys | None = None) -> FastAPI:
     app = FastAPI(title="ragbot", exception_handlers=HANDLERS, docs_url=None, redoc_url=None)
     app.add_middleware(BodyLimit, limit=settings.max_request_bytes)
 
-    def owner(authorization: str | None = Header(default=None)) -> str:
-        return keys.owner(authorization)
+    async def owner(authorization: str | None = Header(default=None)) -> str:
+        return keys.owner(authorization)  # a hash of a short string: no need for a worker thread
 
     @app.get("/health")
     async def health() -> dict[str, str]:
