@@ -228,7 +228,10 @@ def main() -> None:
     log(f"indexing {KNOWLEDGE_DIR} with the hash embedder")
     KnowledgeBase.open(settings, create=True).ingest([KNOWLEDGE_DIR])
     rows, results = [], {}
-    for label, clients, turns in (("1 client", 1, args.turns * 3), (f"{args.clients} clients", args.clients, args.turns)):
+    for label, clients, turns in (
+        ("1 client", 1, args.turns * 3),
+        (f"{args.clients} clients", args.clients, args.turns),
+    ):
         work = plan(clients, turns)
         log(f"{label}: in-process")
         inproc, inproc_errors = in_process(settings.replace(sessions=tmp / f"inproc-{clients}.sqlite"), work)
@@ -266,7 +269,16 @@ def main() -> None:
             f"{len(http) / wall:.1f} turns/s"
         )
     print_table(
-        ["clients", "in-proc p50", "served p50", "overhead p50", "in-proc p95", "served p95", "overhead p95", "p95 ratio"],
+        [
+            "clients",
+            "in-proc p50",
+            "served p50",
+            "overhead p50",
+            "in-proc p95",
+            "served p95",
+            "overhead p95",
+            "p95 ratio",
+        ],
         rows,
         title=f"turn latency in ms (hash embedder, fake model, {args.workers} worker(s), half the turns streamed)",
     )

@@ -340,3 +340,20 @@ def test_ragbot_serve_command_serves_and_refuses_a_bad_keys_file(kb, tmp_path):
         server.send_signal(signal.SIGINT)
         server.wait(timeout=10)
     assert "key-cli-3333" not in "".join(log)
+
+
+def test_a_model_that_is_down_gets_503_whole_and_streamed_and_an_unknown_path_404(kb):
+    from ragbot.errors import ModelError
+
+    down = ModelError("the chat endpoint http://127.0.0.1:9/v1 did not answer; start it or fix base_url")
+    model = ScriptedChatModel([down, down], name="ragbot-test")
+    with LiveServer(create_app(make_bot(kb, model, rewrite=False), ApiKeys([]))) as server:
+        body = {"model": "ragbot-test", "messages": [HISTORY[0]], "store": True}
+        for stream in (False, True):
+            response = post(server, {**body, "stream": stream})
+            assert response.status_code == 503, response.text
+            error = response.json()["error"]
+            assert error["code"] == "model_unavailable" and "did not answer" in error["message"]
+        missing = httpx.get(server.url + "/v1/nothing")
+        assert missing.status_code == 404 and "no such endpoint" in missing.json()["error"]["message"]
+    assert saved_conversations(kb) == []
