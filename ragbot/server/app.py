@@ -1,19 +1,17 @@
 """The HTTP application over one ``RagBot``: routes, access, limits, and running it with uvicorn.
 
-Every model, index or store call runs in a worker thread (the bot is synchronous); a streamed
-answer is pulled from ``Conversation.stream`` one piece at a time, so a client that disconnects
-stops the generation at the next piece and the unfinished turn is never saved.
+Every model, index or store call runs in a worker thread (the bot is synchronous); a turn runs on
+a thread of its own (``turns``), so a client that disconnects stops the generation at the next
+piece and the unfinished turn is never saved.
 """
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
 import logging
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -30,6 +28,7 @@ from ragbot.server.errors import HANDLERS, APIError, from_ragbot_error
 from ragbot.server.keys import ApiKeys
 from ragbot.server.limits import BodyLimit, TurnSlots
 from ragbot.server.schemas import ChatCompletionRequest, SearchRequest
+from ragbot.server.turns import TurnRunner
 
 log = logging.getLogger("ragbot.server")
 SETTINGS_ENV = "RAGBOT_SERVE_SETTINGS"  # the resolved settings, for worker processes (--workers > 1)
@@ -37,32 +36,6 @@ SETTINGS_ENV = "RAGBOT_SERVE_SETTINGS"  # the resolved settings, for worker proc
 
 async def in_thread(func: Callable[..., Any], *args: Any) -> Any:
     return await anyio.to_thread.run_sync(func, *args)
-
-
-class TurnThread:
-    """A turn's generator resumed one piece at a time, always on its own thread: a local model refuses
-    a second generation started on the thread its first is running on, which a shared pool would do."""
-
-    def __init__(self, turn: Iterator[str | Answer]):
-        self.turn = turn
-        self._thread = ThreadPoolExecutor(1, thread_name_prefix="ragbot-turn")
-
-    async def _run(self, func: Callable[..., Any], *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._thread, func, *args)
-
-    async def next(self) -> str | Answer:
-        return await self._run(next, self.turn)
-
-    async def answer(self) -> Answer:
-        *_, answer = await self._run(list, self.turn)
-        return answer
-
-    async def close(self) -> None:
-        """Stop the turn (after the piece being made, if any): a turn not finished is not saved."""
-        try:
-            await self._run(self.turn.close)
-        finally:
-            self._thread.shutdown(wait=False)
 
 
 class TurnStream(StreamingResponse):
@@ -175,9 +148,6 @@ def create_app(bot: RagBot, keys: ApiKeys | None = None) -> FastAPI:
         else:
             conversation = None
         name = conversation.name if conversation is not None else None
-        turn = TurnThread(
-            conversation.stream(question) if conversation is not None else bot.stream_answer(question, history)
-        )
         await slots.acquire()
         if name in busy:
             slots.release()
@@ -189,6 +159,10 @@ def create_app(bot: RagBot, keys: ApiKeys | None = None) -> FastAPI:
             )
         if name:
             busy.add(name)
+        turn = TurnRunner(  # starts the turn, on a thread of its own
+            conversation.stream(question) if conversation is not None else bot.stream_answer(question, history),
+            whole=not body.stream,
+        )
 
         async def close() -> None:
             try:
@@ -206,7 +180,7 @@ def create_app(bot: RagBot, keys: ApiKeys | None = None) -> FastAPI:
                     await close()
             return completions.completion(answer, models[0], completion_id, conversation_id)
         try:
-            first = await turn.next()  # the rewrite and the search: their errors still get a status
+            first = await turn.batch()  # the rewrite and the search: their errors still get a status
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await close()
@@ -219,15 +193,21 @@ def create_app(bot: RagBot, keys: ApiKeys | None = None) -> FastAPI:
 
 
 async def _events(
-    turn: TurnThread, item: str | Answer, writer: ChunkWriter, conversation_id: str | None
+    turn: TurnRunner, batch: list[str | Answer], writer: ChunkWriter, conversation_id: str | None
 ) -> AsyncIterator[str]:
-    """The chunks of a turn whose first piece is ``item``; an error after the start ends the stream
-    with an error event (no [DONE])."""
-    yield writer.start()
+    """The chunks of a turn whose first pieces are ``batch``, the pieces made meanwhile sent together;
+    an error after the start ends the stream with an error event (no [DONE])."""
+    events = [writer.start()]
     try:
-        while not isinstance(item, Answer):
-            yield writer.text(item)
-            item = await turn.next()
+        while True:
+            for item in batch:
+                if isinstance(item, Answer):
+                    yield "".join(events) + writer.end(item, conversation_id)
+                    return
+                events.append(writer.text(item))
+            yield "".join(events)
+            events = []
+            batch = await turn.batch()
     except RagbotError as exc:
         yield writer.error(from_ragbot_error(exc))
         return
@@ -235,7 +215,6 @@ async def _events(
         log.exception("a streamed answer failed")
         yield writer.error(APIError(500, "the server failed while answering; see its log", "server_error"))
         return
-    yield writer.end(item, conversation_id)
 
 
 def _settings_from_environment() -> Settings:
