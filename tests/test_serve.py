@@ -357,3 +357,24 @@ def test_a_model_that_is_down_gets_503_whole_and_streamed_and_an_unknown_path_40
         missing = httpx.get(server.url + "/v1/nothing")
         assert missing.status_code == 404 and "no such endpoint" in missing.json()["error"]["message"]
     assert saved_conversations(kb) == []
+
+
+def test_a_stream_cut_by_the_model_ends_with_an_error_event_and_saves_nothing(kb):
+    from ragbot.errors import ModelError
+
+    cut = ModelError("the chat endpoint closed the stream early; try again")
+    model = PacedChatModel(default="尼罗河是非洲的一条大河", delay=0.001, name="ragbot-test", then_raise=cut)
+    with LiveServer(create_app(make_bot(kb, model, rewrite=False), ApiKeys([]))) as server:
+        body = {"model": "ragbot-test", "messages": [HISTORY[0]], "store": True, "stream": True}
+        with httpx.stream("POST", server.url + "/v1/chat/completions", json=body, timeout=20) as response:
+            lines = list(response.iter_lines())
+        assert "data: [DONE]" not in lines
+        events = [json.loads(line[6:]) for line in lines if line.startswith("data: {")]
+        text = "".join(e["choices"][0]["delta"].get("content") or "" for e in events if e.get("choices"))
+        assert text == "尼罗河是非洲的一条大河"  # what was made before the cut reached the client
+        assert (
+            events[-1]["error"]["code"] == "model_unavailable" and "closed the stream" in events[-1]["error"]["message"]
+        )
+        with pytest.raises(openai.APIError, match="closed the stream"):
+            list(client(server).chat.completions.create(model="ragbot-test", messages=[HISTORY[0]], stream=True))
+    assert saved_conversations(kb) == []

@@ -59,7 +59,7 @@ def create_app(bot: RagBot, keys: ApiKeys | None = None) -> FastAPI:
     settings = bot.settings
     keys = keys if keys is not None else ApiKeys.from_settings(settings)
     slots = TurnSlots(settings.max_concurrent, settings.queue_timeout)
-    models = list(dict.fromkeys([bot.answer_model.name]))
+    models = [bot.answer_model.name]  # the name clients send as `model`
     busy: set[str] = set()  # conversations answering a message in this process
 
     app = FastAPI(title="ragbot", exception_handlers=HANDLERS, docs_url=None, redoc_url=None)

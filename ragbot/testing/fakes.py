@@ -79,11 +79,20 @@ def _pieces(text: str, size: int = 4) -> Iterator[str]:
 
 class PacedChatModel(ScriptedChatModel):
     """A scripted model that takes ``delay`` seconds per piece, like a real one streaming, and counts
-    the pieces it made (``pieces``), so a test can see a generation stop when its reader went away."""
+    the pieces it made (``pieces``), so a test can see a generation stop when its reader went away;
+    ``then_raise`` is raised after the reply, like an endpoint that drops a stream half-way."""
 
-    def __init__(self, replies: Sequence[str] = (), default: str = "OK", delay: float = 0.05, name: str = "paced"):
+    def __init__(
+        self,
+        replies: Sequence[str] = (),
+        default: str = "OK",
+        delay: float = 0.05,
+        name: str = "paced",
+        then_raise: BaseException | None = None,
+    ):
         super().__init__(replies, default, name)
         self.delay = delay
+        self.then_raise = then_raise
         self.pieces = 0
 
     def _stream(self, messages: Sequence[Message], generation: GenerationSettings) -> Iterator[Delta]:
@@ -91,6 +100,8 @@ class PacedChatModel(ScriptedChatModel):
             time.sleep(self.delay)
             self.pieces += 1
             yield delta
+        if self.then_raise is not None:
+            raise self.then_raise
 
 
 class EchoChatModel(ScriptedChatModel):
