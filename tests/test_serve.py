@@ -295,7 +295,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_ragbot_serve_command_serves_and_refuses_a_bad_keys_file(kb, tmp_path):
+def test_ragbot_serve_command_with_two_workers_shares_conversations_and_refuses_a_bad_keys_file(kb, tmp_path):
     env = {
         **os.environ,
         "RAGBOT_EMBEDDER": "hash",
@@ -314,7 +314,7 @@ def test_ragbot_serve_command_serves_and_refuses_a_bad_keys_file(kb, tmp_path):
     assert bad.returncode == 1 and "missing.txt" in bad.stderr.strip().splitlines()[-1]
     port = _free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "ragbot", "serve", "--port", str(port)],
+        [sys.executable, "-m", "ragbot", "serve", "--port", str(port), "--workers", "2"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -326,16 +326,31 @@ def test_ragbot_serve_command_serves_and_refuses_a_bad_keys_file(kb, tmp_path):
         deadline = time.monotonic() + 30
         while True:
             try:
-                if httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200:
+                if httpx.get(f"http://127.0.0.1:{port}/ready").status_code == 200:
                     break
             except httpx.TransportError:
                 assert server.poll() is None and time.monotonic() < deadline, "".join(log)
                 time.sleep(0.1)
         api = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="key-cli-3333", max_retries=0)
         answer = api.chat.completions.create(
-            model="fake-echo", messages=[{"role": "user", "content": "尼罗河是什么？"}]
+            model="fake-echo", messages=[{"role": "user", "content": "尼罗河是什么？"}], store=True
         )
         assert answer.choices[0].message.content == "(fake model) You asked: 尼罗河是什么？ [1]"
+        conversation_id = answer.model_extra["ragbot"]["conversation_id"]
+        for n in range(2, 6):  # whichever worker answers continues the same saved conversation
+            more = api.chat.completions.create(
+                model="fake-echo",
+                messages=[{"role": "user", "content": f"第{n}个问题"}],
+                extra_body={"conversation_id": conversation_id},
+            )
+            assert more.choices[0].message.content.endswith(f"第{n}个问题")
+        saved = httpx.get(
+            f"http://127.0.0.1:{port}/v1/conversations/{conversation_id}",
+            headers={"Authorization": "Bearer key-cli-3333"},
+        ).json()["messages"]
+        assert [m["content"] for m in saved if m["role"] == "user"] == ["尼罗河是什么？"] + [
+            f"第{n}个问题" for n in range(2, 6)
+        ]
     finally:
         server.send_signal(signal.SIGINT)
         server.wait(timeout=10)
