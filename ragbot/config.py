@@ -115,10 +115,17 @@ class Settings:
     # saved conversations: a SQLite file, or a postgresql:// URL (kept as text); None: data_home()
     sessions: Path | str | None = None
 
+    # Serving (``ragbot serve``). API keys come from RAGBOT_API_KEYS and/or this file, never from a setting.
+    api_keys_file: Path | None = None
+    max_request_bytes: int = 1_000_000  # a larger request body gets 413
+    max_concurrent: int = 8  # turns and searches one server process runs at once
+    queue_timeout: float = 30.0  # seconds a request waits for a free slot, then 429
+
     def __post_init__(self) -> None:
         if isinstance(self.stop, (list, str)):
             object.__setattr__(self, "stop", (self.stop,) if isinstance(self.stop, str) else tuple(self.stop))
-        for name in ("index", "knowledge_dir", "lora_path", "prompt_dir", "sessions", "models_dir"):  # accept str
+        paths = ("index", "knowledge_dir", "lora_path", "prompt_dir", "sessions", "models_dir", "api_keys_file")
+        for name in paths:  # accept str
             value = getattr(self, name)
             if name in _URL_SETTINGS and is_url(value):
                 continue
@@ -155,6 +162,9 @@ class Settings:
         _check_range("hnsw_min_chunks", self.hnsw_min_chunks, low=1)
         _check_range("lock_timeout", self.lock_timeout, low=0)
         _check_range("topic_margin", self.topic_margin, low=0)
+        _check_range("max_request_bytes", self.max_request_bytes, low=1024)
+        _check_range("max_concurrent", self.max_concurrent, low=1)
+        _check_range("queue_timeout", self.queue_timeout, low=0)
         if self.num_threads is not None:
             _check_range("num_threads", self.num_threads, low=1)
         if self.threshold is not None and not -1.0 <= self.threshold <= 1.0:
@@ -214,8 +224,9 @@ def load_settings(
     return Settings(**values)
 
 
-# RAGBOT_HOME chooses the data directory itself (see data_home), it is not a Settings key.
-_ENV_NOT_SETTINGS = {"RAGBOT_HOME"}
+# RAGBOT_HOME chooses the data directory itself (see data_home); RAGBOT_API_KEYS are secrets of
+# `ragbot serve` and RAGBOT_SERVE_SETTINGS its settings for worker processes: none is a Settings key.
+_ENV_NOT_SETTINGS = {"RAGBOT_HOME", "RAGBOT_API_KEYS", "RAGBOT_SERVE_SETTINGS"}
 _FIELDS = {f.name: f for f in fields(Settings)}
 _TYPES: dict[str, tuple[type, bool]] = {}  # name -> (base type, optional)
 _KINDS = {int: "an integer", float: "a number", bool: "true or false", Path: "a path", tuple: "a list of strings"}

@@ -18,6 +18,7 @@ LAYERS = [
     ("conversation", ["ragbot.conversation"]),
     ("evaluation", ["ragbot.evaluation"]),
     ("finetune", ["ragbot.finetune"]),
+    ("server", ["ragbot.server"]),
     ("testing", ["ragbot.testing"]),
     ("cli", ["ragbot.cli"]),
     ("api", ["ragbot", "ragbot.__main__", "ragbot.bot", "ragbot.knowledge_base"]),

@@ -168,6 +168,26 @@ def chat(ctx, session, **flags) -> None:
     run_chat(_load_bot(ctx, **flags).conversation(session))
 
 
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every interface).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="Port to listen on.")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, help="Server processes.")
+@click.option("--sessions", default=None, help="Conversation store (default: the SQLite file in RAGBOT_HOME).")
+@_model_options
+@click.pass_context
+def serve(ctx, host, port, workers, **flags) -> None:
+    """Serve the bot over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/models, /v1/search)."""
+    try:
+        from ragbot.server.app import serve as run_server
+    except ImportError as exc:
+        raise click.ClickException(
+            f"ragbot serve needs FastAPI and uvicorn ({exc}): pip install -e '.[serve]'"
+        ) from None
+    settings = _settings(ctx, **flags)
+    click.echo(f"Loading the knowledge base and the model, then serving on http://{host}:{port}/v1 ...", err=True)
+    run_server(settings, host=host, port=port, workers=workers)
+
+
 # --------------------------------------------------------------------------- evaluation
 _EVAL_MODEL_OPTIONS = [
     click.option("--kb", "--index", "index", default=None, help="Index directory (default: the bundled KB's)."),

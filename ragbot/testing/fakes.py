@@ -7,6 +7,7 @@ against ragbot without loading a model. ``llm = "fake"`` and ``embedder = "hash"
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -74,6 +75,33 @@ class ScriptedChatModel(ChatModel):
 def _pieces(text: str, size: int = 4) -> Iterator[str]:
     for i in range(0, len(text), size):
         yield text[i : i + size]
+
+
+class PacedChatModel(ScriptedChatModel):
+    """A scripted model that takes ``delay`` seconds per piece, like a real one streaming, and counts
+    the pieces it made (``pieces``), so a test can see a generation stop when its reader went away;
+    ``then_raise`` is raised after the reply, like an endpoint that drops a stream half-way."""
+
+    def __init__(
+        self,
+        replies: Sequence[str] = (),
+        default: str = "OK",
+        delay: float = 0.05,
+        name: str = "paced",
+        then_raise: BaseException | None = None,
+    ):
+        super().__init__(replies, default, name)
+        self.delay = delay
+        self.then_raise = then_raise
+        self.pieces = 0
+
+    def _stream(self, messages: Sequence[Message], generation: GenerationSettings) -> Iterator[Delta]:
+        for delta in super()._stream(messages, generation):
+            time.sleep(self.delay)
+            self.pieces += 1
+            yield delta
+        if self.then_raise is not None:
+            raise self.then_raise
 
 
 class EchoChatModel(ScriptedChatModel):
