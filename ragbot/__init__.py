@@ -30,6 +30,7 @@ from ragbot.errors import (
     QuestionFileError,
     RagbotError,
     TrainingFileError,
+    VectorStoreError,
 )
 from ragbot.knowledge.chunking import Chunk, chunk_document, split_sentences
 from ragbot.knowledge.documents import Document, read_documents
@@ -69,6 +70,7 @@ __all__ = [
     "SearchResult",
     "Settings",
     "TrainingFileError",
+    "VectorStoreError",
     "Turn",
     "chunk_document",
     "evaluate",
