@@ -5,6 +5,7 @@ the same cosine scores and the same threshold decision."""
 
 from __future__ import annotations
 
+import json
 import socket
 
 import pytest
@@ -155,3 +156,20 @@ def test_bad_milvus_settings_name_the_value(milvus_settings):
         Settings(milvus_collection="my-kb")
     with pytest.raises(IndexNotFoundError, match=r"no index at .*kb\.db \(Milvus collection 'ragbot'\); create one"):
         KnowledgeBase.open(milvus_settings)
+
+
+def test_rows_an_interrupted_ingest_left_behind_are_never_hits_and_the_next_write_removes_them(milvus_settings, corpus):
+    folder = corpus["md"].parent
+    kb = open_kb(milvus_settings)
+    kb.ingest([folder])
+    question = "卧虎藏龙是谁执导的"
+    # what a crash between inserting the new chunks and switching CURRENT leaves: a row nothing lists
+    chunk = {"id": "stray", "text": "x", "source": "gone.md", "title": "gone", "position": 0}
+    stray = {"id": "stray", "chunk": json.dumps(chunk)}
+    kb.store.client.upsert(kb.store.name, [{**stray, "vector": kb.embedder.embed_query(question).tolist()}])
+    reopened = KnowledgeBase.open(milvus_settings)
+    found = reopened.search(question, k=3).hits
+    assert [h.doc_id for h in found][:1] == ["film-1"] and "stray" not in [h.id for h in found]
+    corpus["txt"].write_text("Oolong tea is partly oxidised.\n", encoding="utf-8")
+    reopened.ingest([folder])
+    assert reopened.store.rows() == len(reopened)

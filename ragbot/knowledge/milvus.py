@@ -55,6 +55,7 @@ CONNECT_TIMEOUT = 10.0  # seconds to reach a server at start
 BATCH = 256  # rows per insert, get or query page
 PART_CHARS = 60_000  # sources JSON is stored in parts under Milvus's 65,535-byte VARCHAR limit
 CURRENT = "CURRENT"
+MAX_LIMIT = 16_384  # Milvus's largest search limit
 
 
 def _connect(uri: str) -> Any:
@@ -93,6 +94,8 @@ class MilvusIndex(StoredIndex):
         super().__init__(manifest, chunks, None, sources)
         self._store = store
         self._rows = {c.id: i for i, c in enumerate(chunks)}
+        # rows this generation does not list (left by an interrupted write): searches ask for that many more
+        self._extra = max(store.rows() - len(chunks), 0)
 
     @property
     def has_stored_lexical(self) -> bool:
@@ -112,12 +115,20 @@ class MilvusIndex(StoredIndex):
         if not self.chunks:
             return []
         k = min(k, len(self.chunks))
-        # Rows of a newer or an interrupted write may be in the collection too: ask for enough to skip them.
-        limit = min(k + max(self._store.rows() - len(self.chunks), 0), 16_384)
+        limit = min(k + self._extra, MAX_LIMIT)
+        while True:
+            found = self._search(query_vector, limit)
+            hits = [(self._rows[h["id"]], float(h["distance"])) for h in found if h["id"] in self._rows]
+            # Rows a newer write added may outrank this generation's: then ask for more.
+            if len(hits) >= k or len(found) < limit or limit == MAX_LIMIT:
+                return hits[:k]
+            limit = min(limit * 4, MAX_LIMIT)
+
+    def _search(self, query_vector: np.ndarray, limit: int) -> list[dict[str, Any]]:
         params: dict[str, Any] = {"metric_type": "IP"}
         if self.manifest.index_type == "hnsw":
             params["params"] = {"ef": max(HNSW_EF_SEARCH, limit)}
-        found = self._store.client.search(
+        return self._store.client.search(
             self._store.name,
             data=[query_vector.reshape(-1).astype(np.float32).tolist()],
             anns_field="vector",
@@ -125,8 +136,6 @@ class MilvusIndex(StoredIndex):
             search_params=params,
             output_fields=[],
         )[0]
-        hits = [(self._rows[h["id"]], float(h["distance"])) for h in found if h["id"] in self._rows]
-        return hits[:k]
 
     def _vectors_of(self, rows: list[int]) -> np.ndarray:
         ids = [self.chunks[r].id for r in rows]
