@@ -173,3 +173,10 @@ def test_rows_an_interrupted_ingest_left_behind_are_never_hits_and_the_next_writ
     corpus["txt"].write_text("Oolong tea is partly oxidised.\n", encoding="utf-8")
     reopened.ingest([folder])
     assert reopened.store.rows() == len(reopened)
+
+
+def test_a_calibrated_threshold_is_stored_in_the_collection(milvus_settings, corpus):
+    open_kb(milvus_settings).ingest([corpus["md"].parent])
+    assert KnowledgeBase.open(milvus_settings).write_threshold(0.42) == 0.42
+    reopened = KnowledgeBase.open(milvus_settings)
+    assert reopened.threshold == 0.42 and reopened.search("卧虎藏龙").threshold == 0.42
