@@ -143,7 +143,9 @@ def test_an_unreachable_milvus_uri_is_one_line_naming_it_and_exit_1(tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"ragbot: error: cannot reach Milvus at {uri} (")
     assert "start the server or fix milvus_uri" in lines[0]
-    with pytest.raises(VectorStoreError, match=r"cannot open the Milvus Lite file .*missing/kb\.db"):
+    with pytest.raises(
+        VectorStoreError, match=r"cannot open the Milvus Lite file .*missing/kb\.db: the folder .*missing does not"
+    ):
         KnowledgeBase.open(Settings(embedder="hash", vector_store="milvus", milvus_uri=str(tmp_path / "missing/kb.db")))
 
 
@@ -180,3 +182,15 @@ def test_a_calibrated_threshold_is_stored_in_the_collection(milvus_settings, cor
     assert KnowledgeBase.open(milvus_settings).write_threshold(0.42) == 0.42
     reopened = KnowledgeBase.open(milvus_settings)
     assert reopened.threshold == 0.42 and reopened.search("卧虎藏龙").threshold == 0.42
+
+
+def test_a_lite_file_another_process_has_open_is_refused_with_what_to_do(milvus_settings, corpus):
+    open_kb(milvus_settings).ingest([corpus["md"].parent])  # this process now holds the file (Lite serves one)
+    env = {"RAGBOT_EMBEDDER": "hash", "RAGBOT_VECTOR_STORE": "milvus", "RAGBOT_MILVUS_URI": milvus_settings.milvus_uri}
+    second = run_cli_process("search", "尼罗河", env=env)
+    assert second.returncode == 1 and "Traceback" not in second.stderr
+    assert second.stderr.strip().splitlines() == [
+        f"ragbot: error: cannot open the Milvus Lite file {milvus_settings.milvus_uri}: another process has it open "
+        "(Milvus Lite serves one process per file); stop that process, or run a Milvus server and set milvus_uri "
+        "to its address, e.g. http://localhost:19530"
+    ]

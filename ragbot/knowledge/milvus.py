@@ -71,14 +71,20 @@ def _connect(uri: str) -> Any:
     # warns and Lite's in-process gRPC server logs a traceback. Neither is the user's concern.
     logging.getLogger("pymilvus").setLevel(logging.ERROR)
     logging.getLogger("grpc._server").setLevel(logging.CRITICAL)
+    logging.getLogger("milvus_lite.server_manager").setLevel(logging.CRITICAL)  # a traceback; ours is one line
     try:
         return MilvusClient(uri=uri, token=os.environ.get("MILVUS_TOKEN", ""), timeout=CONNECT_TIMEOUT)
     except MilvusException as exc:
+        if uri.endswith(".db") and not Path(uri).expanduser().parent.is_dir():
+            raise VectorStoreError(
+                f"cannot open the Milvus Lite file {uri}: the folder {Path(uri).parent} does not exist; "
+                "create it or fix milvus_uri"
+            ) from None
         if uri.endswith(".db"):
             raise VectorStoreError(
-                f"cannot open the Milvus Lite file {uri} ({exc.message}); its folder must exist and no other "
-                "process may have it open (Milvus Lite serves one process); for several processes set "
-                "milvus_uri to a Milvus server such as http://localhost:19530"
+                f"cannot open the Milvus Lite file {uri}: another process has it open (Milvus Lite serves one "
+                "process per file); stop that process, or run a Milvus server and set milvus_uri to its "
+                "address, e.g. http://localhost:19530"
             ) from None
         raise VectorStoreError(
             f"cannot reach Milvus at {uri} ({exc.message}); start the server or fix milvus_uri "
