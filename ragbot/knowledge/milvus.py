@@ -72,8 +72,11 @@ def _connect(uri: str) -> Any:
     logging.getLogger("pymilvus").setLevel(logging.ERROR)
     logging.getLogger("grpc._server").setLevel(logging.CRITICAL)
     logging.getLogger("milvus_lite.server_manager").setLevel(logging.CRITICAL)  # a traceback; ours is one line
+    # pymilvus pings every 10 s even between calls; Milvus Lite's local server answers an idle chat's pings
+    # with GOAWAY "too_many_pings", which gRPC prints on stderr. A local server needs no keepalive.
+    lite = {"grpc_options": {"grpc.keepalive_permit_without_calls": False}} if uri.endswith(".db") else {}
     try:
-        return MilvusClient(uri=uri, token=os.environ.get("MILVUS_TOKEN", ""), timeout=CONNECT_TIMEOUT)
+        return MilvusClient(uri=uri, token=os.environ.get("MILVUS_TOKEN", ""), timeout=CONNECT_TIMEOUT, **lite)
     except MilvusException as exc:
         if uri.endswith(".db") and not Path(uri).expanduser().parent.is_dir():
             raise VectorStoreError(
