@@ -32,6 +32,7 @@ from ragbot.errors import (
     StoreUnavailableError,
     StoreUnreachableError,
     TrainingFileError,
+    VectorStoreError,
 )
 from ragbot.knowledge.chunking import Chunk, chunk_document, split_sentences
 from ragbot.knowledge.documents import Document, read_documents
@@ -73,6 +74,7 @@ __all__ = [
     "StoreUnavailableError",
     "StoreUnreachableError",
     "TrainingFileError",
+    "VectorStoreError",
     "Turn",
     "chunk_document",
     "evaluate",

@@ -27,6 +27,8 @@ ENV_PREFIX = "RAGBOT_"
 
 FALLBACKS = ("general", "refuse", "fixed")
 INDEX_TYPES = ("auto", "flat", "hnsw")
+MILVUS_SCHEMES = ("http://", "https://", "tcp://", "grpc://", "unix:")
+MILVUS_COLLECTION = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,200}")
 
 
 def data_home() -> Path:
@@ -69,6 +71,11 @@ class Settings:
     index_type: str = "auto"  # flat (exact) | hnsw (approximate) | auto (by size)
     hnsw_min_chunks: int = 200_000  # auto switches to HNSW from this many chunks
     lock_timeout: float = 60.0  # seconds a second writer waits for the first
+    # Where the vectors live: FAISS files in `index` (embedded), or a Milvus collection: milvus_uri is a
+    # local file ending in .db (Milvus Lite, in-process) or http://host:19530 (a server); None: data_home()
+    vector_store: str = "faiss"  # faiss | milvus
+    milvus_uri: str | None = None
+    milvus_collection: str = "ragbot"
 
     # Chunking, in tiktoken (cl100k_base) tokens.
     chunk_tokens: int = 256
@@ -137,6 +144,19 @@ class Settings:
             object.__setattr__(self, f.name, _checked_type(f.name, getattr(self, f.name)))
         registry.embedders.check(self.embedder)  # the built-in backends and any you registered
         _check_choice("index_type", self.index_type, INDEX_TYPES)
+        registry.vector_stores.check(self.vector_store)
+        if self.milvus_uri is not None and not (
+            self.milvus_uri.startswith(MILVUS_SCHEMES) or self.milvus_uri.strip().endswith(".db")
+        ):
+            raise ConfigError(
+                f"bad value for milvus_uri: {self.milvus_uri!r}; give a local file ending in .db (Milvus Lite) "
+                "or a server address such as http://localhost:19530"
+            )
+        if not MILVUS_COLLECTION.fullmatch(self.milvus_collection):
+            raise ConfigError(
+                f"bad value for milvus_collection: {self.milvus_collection!r}; use letters, digits and "
+                "underscores, starting with a letter or an underscore"
+            )
         registry.chat_models.check(self.llm, also=("auto",))
         _check_choice("fallback", self.fallback, FALLBACKS)
         if self.fallback == "fixed" and not self.fallback_reply:
@@ -188,8 +208,14 @@ class Settings:
         return location
 
     @property
+    def milvus_address(self) -> str:
+        return self.milvus_uri if self.milvus_uri is not None else str(data_home() / "milvus.db")
+
+    @property
     def uses_default_index(self) -> bool:
-        return self.index is None
+        """Whether the index is ragbot's own, built from the bundled knowledge base (FAISS only:
+        a Milvus collection is always the user's)."""
+        return self.index is None and self.vector_store == "faiss"
 
     def replace(self, **changes: Any) -> Settings:
         """A copy with ``changes`` applied, validated like any other source."""

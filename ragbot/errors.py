@@ -46,6 +46,10 @@ class IndexAccessError(RagbotError):
     """The index directory cannot be created, read or written (a file in the way, no permission)."""
 
 
+class VectorStoreError(RagbotError):
+    """The configured vector store cannot be reached or opened (a Milvus URI that does not answer)."""
+
+
 class EmbedderError(RagbotError):
     """The embedder cannot be loaded or did not answer (missing package, endpoint down)."""
 

@@ -116,14 +116,16 @@ BUILTIN_EMBEDDERS = {
     "hash": "ragbot.testing.fakes",
 }
 
+BUILTIN_VECTOR_STORES = {"faiss": "ragbot.knowledge.index", "milvus": "ragbot.knowledge.milvus"}
+
 chat_models: Registry = Registry("chat model", "llm", BUILTIN_CHAT_MODELS)
 """``factory(settings, role="answer")`` -> a ``ChatModel`` for the answer or the rewrite role."""
 
 embedders: Registry = Registry("embedder", "embedder", BUILTIN_EMBEDDERS)
 """``factory(settings)`` -> an ``Embedder``."""
 
-vector_stores: Registry = Registry("vector store", "vector_store")
-"""Where an index keeps its vectors; the FAISS index (``"faiss"``) is to register here."""
+vector_stores: Registry = Registry("vector store", "vector_store", BUILTIN_VECTOR_STORES)
+"""``factory(settings, embedder)`` -> a ``VectorStore``: the FAISS files or a Milvus collection."""
 
 BUILTIN_CONVERSATION_STORES = {
     "sqlite": "ragbot.conversation.store_sqlite",

