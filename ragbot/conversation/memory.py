@@ -21,7 +21,7 @@ from typing import Any
 from ragbot.errors import ConversationError, ConversationStoreError
 from ragbot.migrations import Migrations, run_script
 from ragbot.models.chat import Message
-from ragbot.tokens import count_tokens
+from ragbot.tokens import count_tokens, encoding
 
 
 def validate_history(history: Sequence[Message]) -> None:
@@ -60,6 +60,34 @@ def trim_history(history: Sequence[Message], budget: int) -> list[Message]:
         kept[:0] = pair
         used += cost
     return kept
+
+
+def recent_messages(history: Sequence[Message], budget: int, message_tokens: int) -> list[Message]:
+    """The history the rewrite sees: the most recent messages first, each clipped to
+    ``message_tokens``, while they fit in ``budget`` tokens (in their original order).
+
+    The rewrite needs the latest mention of what a follow-up points back to; a long answer
+    earlier in the conversation would otherwise crowd it out, or drown it for a small model.
+    A message is clipped at its end: an answer names its subject in its first sentences.
+    """
+    kept: list[Message] = []
+    used = 0
+    for message in reversed(history):
+        content = clip_tokens(message.content, message_tokens)
+        cost = count_tokens(content) + 4
+        if used + cost > budget:
+            break
+        kept.insert(0, Message(message.role, content))
+        used += cost
+    return kept
+
+
+def clip_tokens(text: str, limit: int) -> str:
+    """``text`` cut to its first ``limit`` tokens (marked with an ellipsis when cut)."""
+    tokens = encoding().encode(text, disallowed_special=())
+    if len(tokens) <= limit:
+        return text
+    return encoding().decode(tokens[:limit]).rstrip("\ufffd") + "…"
 
 
 MIGRATIONS = Migrations("conversations file")

@@ -36,7 +36,8 @@ _ZH_PRONOUN = re.compile(
 _ZH_ATTRIBUTE = re.compile(
     r"主演|导演|编剧|票房|上映|剧情|类型|出品|发行|制片|拍摄|演员|作者|出生|年龄|多大|身高|国籍|首都|人口|面积"
     r"|成立|创始人|总部|价格|多少钱|生日|代表作|作品|妻子|丈夫|老婆|老公|父母|成员|毕业|职业|配音|片长|语言|对白"
-    r"|奖项|别名|原名|地址|电话|营业|门票"
+    r"|奖项|别名|原名|地址|电话|营业|门票|评价|口碑|评分|女主|男主|主角|配角|讲述|讲的|讲什么|获奖|得奖|星座"
+    r"|去世|时长|多长|哪里看|哪看|结局|续集|原著|改编|风格|经营|背景|故事"
 )
 _ZH_NAMED = re.compile(r"[《“「\"]|[A-Z][a-z]+")
 _ZH_COMPARISON = re.compile(r"^(那|那么|还有)|呢[？?！!。]*$")
@@ -83,8 +84,8 @@ def needs_rewrite(question: str, history: Sequence[str]) -> RewriteDecision:
             return RewriteDecision(True, "comparison follow-up")
         if len(_CJK.findall(q)) <= 6:
             return RewriteDecision(True, "short question, subject probably omitted")
-        if (m := _ZH_ATTRIBUTE.search(q)) and not _ZH_NAMED.search(q):
-            return RewriteDecision(True, f"asks about {m.group(0)!r} without naming whose")
+        if owner := _ownerless_attribute(q):
+            return RewriteDecision(True, f"asks about {owner!r} without naming whose")
         return RewriteDecision(False, "names its subject")
     if _EN_SMALL_TALK.match(q):
         return RewriteDecision(False, "small talk")
@@ -95,6 +96,16 @@ def needs_rewrite(question: str, history: Sequence[str]) -> RewriteDecision:
     if len(q.split()) <= 3:
         return RewriteDecision(True, "short question, subject probably omitted")
     return RewriteDecision(False, "names its subject")
+
+
+def _ownerless_attribute(question: str) -> str | None:
+    """The attribute a Chinese question asks about without naming whose, if any: the clause
+    that asks it ("知道影片编剧是谁吗") names no title or proper name, even when an earlier
+    clause does ("出品公司是Les Films Corona，知道影片编剧是谁吗？")."""
+    for clause in re.split(r"[，,。；;！!？?]", question):
+        if (m := _ZH_ATTRIBUTE.search(clause)) and not _ZH_NAMED.search(clause):
+            return m.group(0)
+    return None
 
 
 def parse_rewrite(text: str) -> tuple[str, str] | None:
