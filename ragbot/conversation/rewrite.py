@@ -19,7 +19,9 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from ragbot.conversation.memory import recent_messages
 from ragbot.conversation.prompts import load_prompt
+from ragbot.conversation.rewrite_examples import RewriteExample, format_examples, load_bank, select_examples
 from ragbot.errors import ModelError, PromptError
 from ragbot.models.chat import ChatModel, GenerationSettings, Message, Usage
 
@@ -198,10 +200,19 @@ def rewrite_question(
     prompt_dir=None,
     generation: GenerationSettings | None = None,
     force: bool = False,
+    *,
+    history_tokens: int | None = None,
+    message_tokens: int = 120,
+    examples: Sequence[RewriteExample] | None = None,
 ) -> RewriteResult:
-    """The standalone form of ``question``; the original when no rewrite is needed or possible."""
+    """The standalone form of ``question``; the original when no rewrite is needed or possible.
+
+    ``history_tokens``: the model sees only the most recent messages within this budget (each
+    clipped to ``message_tokens``). ``examples``: the bank to pick similar few-shot examples
+    from (used when the prompt has ``${examples}``); None loads the bundled bank."""
     started = time.perf_counter()
     texts = [m.content for m in history]
+    users = [m.content for m in history if m.role == "user"]
     decision = needs_rewrite(question, texts)
     if not force and not decision.needed:
         log.info("rewrite skipped (%s): %r", decision.reason, question)
@@ -209,9 +220,16 @@ def rewrite_question(
     if not history:
         return RewriteResult(question, question, reason="skipped: first turn")
     log.info("rewrite called (%s): %r", decision.reason, question)
+    if history_tokens is not None:
+        history = recent_messages(history, history_tokens, message_tokens) or list(history[-1:])
     chinese = is_chinese(question) or (not re.search(r"[A-Za-z]{3,}", question) and is_chinese(" ".join(texts)))
     prompt = load_prompt("rewrite.zh" if chinese else "rewrite.en", prompt_dir)
-    messages = prompt.render(history=format_history(history, chinese), question=question)
+    values = {"history": format_history(history, chinese), "question": question}
+    if "examples" in prompt.variables:
+        bank = load_bank(prompt_dir) if examples is None else examples
+        chosen = select_examples(question, [m.content for m in history], "zh" if chinese else "en", bank)
+        values["examples"] = format_examples(chosen, chinese)
+    messages = prompt.render(**values)
     generation = generation or GenerationSettings(temperature=0.0, max_tokens=160)
     result = RewriteResult(question, question, called_model=True)
     try:
@@ -220,7 +238,7 @@ def rewrite_question(
         log.warning("rewrite model failed, using the question as typed: %s", exc)
         result.reason = f"model failed: {exc}"
         result.seconds = time.perf_counter() - started
-        return result
+        return _comparison_fallback(result, users)
     except PromptError:
         raise
     result.raw_output = completion.text
@@ -230,12 +248,83 @@ def rewrite_question(
     if parsed is None:
         result.reason = "unparseable model output"
         log.warning("rewrite output unparseable, using the question as typed: %r", completion.text[:200])
-        return result
+        return _comparison_fallback(result, users)
     result.reasoning, candidate = parsed
     if name := introduced_name(candidate, question, texts):
         result.reason = f"rejected: introduces {name!r}, found neither in the history nor the question"
         log.warning("rewrite %r rejected: invents %r", candidate, name)
+        return _comparison_fallback(result, users)
+    if earlier := repeated_question(candidate, question, users):
+        result.reason = f"rejected: repeats the earlier question {earlier!r} instead of the new one"
+        log.warning("rewrite %r rejected: repeats %r", candidate, earlier)
         return result
     result.question = candidate
     result.reason = decision.reason
+    return _comparison_fallback(result, users)
+
+
+_EN_COMPARISON = re.compile(
+    r"^\s*(?i:and|what about|how about)\s+(?P<subject>(?:the\s+)?[A-Z][^?.!,]{0,60}?)\s*[?.!]*\s*$"
+)
+# the subject of a question: its last capitalised phrase ("the Nile", "Canada", "the Statue of Liberty";
+# an acronym is a measure, not part of the name: "the GDP of Germany" -> "Germany")
+_EN_SUBJECT = re.compile(r"(?:\bthe\s+)?\b(?![A-Z]{2,}\b)[A-Z][\w'-]*(?:\s+(?:of\s+|and\s+)?[A-Z][\w'-]*)*")
+
+
+def comparison_rewrite(question: str, user_questions: Sequence[str]) -> str | None:
+    """ "And the Yangtze?" after "How long is the Nile?" -> "How long is the Yangtze?": the
+    previous question with its subject (last capitalised phrase) swapped for the new one."""
+    if not (m := _EN_COMPARISON.match(question)) or is_chinese(question):
+        return None
+    previous = next((t for t in reversed(user_questions) if "?" in t), None)
+    if previous is None or is_chinese(previous):
+        return None
+    subjects = [s for s in _EN_SUBJECT.finditer(previous) if s.start() > 0]
+    if not subjects:
+        return None
+    last = subjects[-1]
+    new = m.group("subject").strip()
+    return previous[: last.start()] + new + previous[last.end() :]
+
+
+def _comparison_fallback(result: RewriteResult, user_questions: Sequence[str]) -> RewriteResult:
+    """A comparison follow-up the model left unchanged (or failed on) gets the previous
+    question's predicate: small models return "And the Yangtze?" as it is."""
+    if result.changed:
+        return result
+    if built := comparison_rewrite(result.original, user_questions):
+        result.question = built
+        how = "comparison follow-up: the previous question with the new subject"
+        result.reason = f"{result.reason}; {how}" if result.reason else how
     return result
+
+
+def _content(text: str) -> set[str]:
+    """The words that carry a question's subject: Chinese characters other than function words
+    and pronouns, English words other than stopwords."""
+    lowered = text.lower()
+    chars = {c for c in _CJK.findall(lowered) if c not in _ZH_FUNCTION_CHARS and c not in "它他她"}
+    words = {w for w in re.findall(r"[a-z0-9]+", lowered) if w not in _EN_STOPWORDS}
+    return chars | words
+
+
+_EN_STOPWORDS = frozenset(
+    "a an the and or of in on at to for with about is are was were be been do does did what which who whom "
+    "whose how when where why can could would should will it its it's he she they them their this that these "
+    "those there i me my you your we our tell know more".split()
+)
+
+
+def repeated_question(candidate: str, question: str, earlier: Sequence[str]) -> str | None:
+    """The earlier user question of the history that ``candidate`` repeats (as typed, or resolved:
+    it keeps every content word of it) while keeping under half of the new question's content,
+    e.g. "尼罗河流经哪些国家？" for "怎么烤面包？" after the Nile. None if it repeats nothing."""
+    new = _content(question)
+    kept = _content(candidate)
+    if not new or len(new & kept) * 2 >= len(new):
+        return None
+    for text in reversed(earlier):
+        words = _content(text)
+        if words and words <= kept and words != new:
+            return text
+    return None
