@@ -252,3 +252,12 @@ def test_user_examples_join_the_bank_and_a_bad_line_is_named(tmp_path):
     (tmp_path / "rewrite_examples.jsonl").write_text('{"lang": "zh"}\n', encoding="utf-8")
     with pytest.raises(PromptError, match=r"rewrite_examples.jsonl line 1 is not a rewrite example"):
         load_bank(tmp_path)
+
+
+def test_rewrite_that_leaves_out_the_question_is_rejected():
+    history = [Message("user", "你看过《镇魂》吗？"), Message("assistant", "看过，很好看。")]
+    copied = ScriptedChatModel(["思考：指《镇魂》。\n改写：你看过《镇魂》吗？"])  # an earlier message, not a rewrite
+    result = rewrite_question("你觉得剧情好看吗", history, copied)
+    assert result.question == "你觉得剧情好看吗" and "leaves out most words of the question" in result.reason
+    kept = ScriptedChatModel(["思考：指《镇魂》。\n改写：你觉得《镇魂》剧情好看吗"])
+    assert rewrite_question("你觉得剧情好看吗", history, kept).question == "你觉得《镇魂》剧情好看吗"
