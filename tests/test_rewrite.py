@@ -256,7 +256,7 @@ def test_user_examples_join_the_bank_and_a_bad_line_is_named(tmp_path):
 
 def test_rewrite_that_leaves_out_the_question_is_rejected():
     history = [Message("user", "你看过《镇魂》吗？"), Message("assistant", "看过，很好看。")]
-    copied = ScriptedChatModel(["思考：指《镇魂》。\n改写：你看过《镇魂》吗？"])  # an earlier message, not a rewrite
+    copied = ScriptedChatModel(["思考：指《镇魂》。\n改写：看过，很好看。"])  # the answer copied, not a rewrite
     result = rewrite_question("你觉得剧情好看吗", history, copied)
     assert result.question == "你觉得剧情好看吗" and "leaves out most words of the question" in result.reason
     kept = ScriptedChatModel(["思考：指《镇魂》。\n改写：你觉得《镇魂》剧情好看吗"])
