@@ -261,3 +261,10 @@ def test_rewrite_that_leaves_out_the_question_is_rejected():
     assert result.question == "你觉得剧情好看吗" and "leaves out most words of the question" in result.reason
     kept = ScriptedChatModel(["思考：指《镇魂》。\n改写：你觉得《镇魂》剧情好看吗"])
     assert rewrite_question("你觉得剧情好看吗", history, kept).question == "你觉得《镇魂》剧情好看吗"
+
+
+def test_rewrite_that_adds_nothing_keeps_the_question_as_typed():
+    history = [Message("user", "你玩英雄联盟吗？"), Message("assistant", "玩过。")]
+    reworded = ScriptedChatModel(["思考：问题完整。\n改写：LOL是哪个公司的？"])  # only dropped "那么" and "呢"
+    result = rewrite_question("那么LOL是哪个公司的呢", history, reworded)
+    assert result.question == "那么LOL是哪个公司的呢" and "adds nothing" in result.reason

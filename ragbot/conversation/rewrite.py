@@ -262,6 +262,10 @@ def rewrite_question(
         result.reason = "rejected: leaves out most words of the question (an earlier message copied?)"
         log.warning("rewrite %r rejected: it drops the words of %r", candidate, question)
         return _comparison_fallback(result, users)
+    if _content(candidate) <= _content(question):
+        # it resolved nothing (dropped a particle, reworded): the question as typed says the same
+        result.reason = f"{decision.reason}; the rewrite adds nothing to the question, kept as typed"
+        return _comparison_fallback(result, users)
     result.question = candidate
     result.reason = decision.reason
     return _comparison_fallback(result, users)
