@@ -228,15 +228,19 @@ def test_english_comparison_follow_up_takes_the_previous_question_s_predicate():
     assert rewrite_question("What about the US?", wage, good).question == "How much is the minimum wage in the US?"
 
 
-def test_similar_examples_are_chosen_from_the_bank_and_shown_to_the_model():
+def test_similar_examples_are_chosen_from_the_bank_and_shown_to_the_model(tmp_path):
     bank = load_bank()
     assert {e.lang for e in bank} == {"zh", "en"} and len(bank) >= 40
     chosen = select_examples("And the Danube?", ["How long is the Rhine?", "1,230 km."], "en", bank)
     assert chosen[-1].question == "And the Yangtze?"  # the closest stands last, right before the history
     zh = select_examples("哦，那她今年多大了？", ["你喜欢王菲吗？", "喜欢"], "zh", bank)
     assert zh[-1].question == "那他今年多大了？"
+    # a prompt with ${examples} gets them (the bundled prompts measured better without: docs/evaluation.md)
+    prompt = "[system]\n改写问题。\n[user]\n${examples}\n\n对话历史：\n${history}\n最后的问题：${question}\n"
+    (tmp_path / "rewrite.zh.txt").write_text(prompt, encoding="utf-8")
     model = ScriptedChatModel(["改写：王菲今年多大了？"])
-    rewrite_question("哦，那她今年多大了？", [Message("user", "你喜欢王菲吗？"), Message("assistant", "喜欢")], model)
+    history = [Message("user", "你喜欢王菲吗？"), Message("assistant", "喜欢")]
+    rewrite_question("哦，那她今年多大了？", history, model, prompt_dir=tmp_path)
     example = "最后的问题：那他今年多大了？\n思考：“他”指刘德华。\n改写：刘德华今年多大了？"
     assert example in model.calls[0].messages[-1].content
 
