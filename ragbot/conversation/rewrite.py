@@ -7,8 +7,16 @@ Three parts, each usable on its own:
 * the chain-of-thought prompt (``prompts/rewrite.zh.txt`` / ``rewrite.en.txt``): the model
   reasons about what each pronoun or omitted word refers to, then writes ``改写：...`` /
   ``Rewrite: ...``; ``parse_rewrite`` keeps only that final question.
-* guards: if the model fails, times out, returns something unparseable, or introduces a
-  name found neither in the history nor in the question, the original question is used.
+* guards: if the model fails, times out, returns something unparseable, introduces a name
+  found neither in the history nor in the question, repeats an earlier question of the
+  history, or leaves out most of the question's own words, the original question is used
+  (a rewrite that adds nothing to the question keeps it as typed, too). An English
+  comparison follow-up the model left as it was ("And the Yangtze?") gets the previous
+  question's predicate ("How long is the Yangtze?").
+
+The model sees the most recent messages first within its own budget (``history_tokens``,
+each message clipped to ``message_tokens``): the latest mention of what a follow-up points
+back to matters, and a long answer earlier on only distracts a small model.
 """
 
 from __future__ import annotations
