@@ -109,7 +109,7 @@ class Settings:
     topic_margin: float = 0.04
     history_tokens: int = 1200  # history sent to the model, counted with tiktoken
     # the rewrite sees the most recent messages first within its own budget, each clipped (docs/evaluation.md)
-    rewrite_history_tokens: int = 400
+    rewrite_history_tokens: int = 600
     rewrite_message_tokens: int = 120
     fallback: str = "general"  # below the threshold: general | refuse | fixed
     fallback_reply: str | None = None  # the reply for fallback = "fixed"
