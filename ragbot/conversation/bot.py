@@ -292,6 +292,7 @@ class RagBot:
             trim_history(history, self.settings.history_tokens),
             self.rewrite_model,
             self.settings.prompt_dir,
+            **self._rewrite_budget(),
         )
 
     def as_runnable(self):
@@ -379,7 +380,14 @@ class RagBot:
         the rewrite is switched off."""
         if not self.settings.rewrite:
             return RewriteResult(question, question, reason="skipped: rewrite disabled")
-        return rewrite_question(question, history, self.rewrite_model, self.settings.prompt_dir)
+        return rewrite_question(
+            question, history, self.rewrite_model, self.settings.prompt_dir, **self._rewrite_budget()
+        )
+
+    def _rewrite_budget(self) -> dict[str, int]:
+        """The rewrite sees the most recent messages within its own budget, each clipped."""
+        s = self.settings
+        return {"history_tokens": s.rewrite_history_tokens, "message_tokens": s.rewrite_message_tokens}
 
     def topic_query(self, standalone: str, topic: Topic, named: Sequence[str] = ()) -> tuple[str, str]:
         """The standalone question joined with the conversation's current entity, for a follow-up

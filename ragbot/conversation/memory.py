@@ -13,7 +13,7 @@ from ragbot.conversation.store_sqlite import MIGRATIONS, store_error
 from ragbot.conversation.store_sqlite import SQLiteStore as ConversationStore  # its name before PostgreSQL
 from ragbot.errors import ConversationError
 from ragbot.models.chat import Message
-from ragbot.tokens import count_tokens
+from ragbot.tokens import count_tokens, encoding
 
 
 def validate_history(history: Sequence[Message]) -> None:
@@ -54,14 +54,44 @@ def trim_history(history: Sequence[Message], budget: int) -> list[Message]:
     return kept
 
 
+def recent_messages(history: Sequence[Message], budget: int, message_tokens: int) -> list[Message]:
+    """The history the rewrite sees: the most recent messages first, each clipped to
+    ``message_tokens``, while they fit in ``budget`` tokens (in their original order).
+
+    The rewrite needs the latest mention of what a follow-up points back to; a long answer
+    earlier in the conversation would otherwise crowd it out, or drown it for a small model.
+    A message is clipped at its end: an answer names its subject in its first sentences.
+    """
+    kept: list[Message] = []
+    used = 0
+    for message in reversed(history):
+        content = clip_tokens(message.content, message_tokens)
+        cost = count_tokens(content) + 4
+        if used + cost > budget:
+            break
+        kept.insert(0, Message(message.role, content))
+        used += cost
+    return kept
+
+
+def clip_tokens(text: str, limit: int) -> str:
+    """``text`` cut to its first ``limit`` tokens (marked with an ellipsis when cut)."""
+    tokens = encoding().encode(text, disallowed_special=())
+    if len(tokens) <= limit:
+        return text
+    return encoding().decode(tokens[:limit]).rstrip("\ufffd") + "…"
+
+
 __all__ = [
     "MIGRATIONS",
     "RATINGS",
     "ConversationStore",
+    "clip_tokens",
     "Feedback",
     "StoredTurn",
     "make_feedback",
     "messages_from_pairs",
+    "recent_messages",
     "store_error",
     "trim_history",
     "validate_history",
