@@ -97,6 +97,7 @@ class Settings:
     request_timeout: float = 60.0
     max_retries: int = 3
     n_ctx: int = 4096  # local model context window
+    warm_up: bool = True  # a local model computes the next turn's prompt prefixes while the user reads
     lora_path: Path | None = None  # GGUF LoRA adapter applied to the local answer model
     models_dir: Path | None = None  # where built-in local models are assembled; None: data_home()/models
 

@@ -22,7 +22,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ragbot.config import Settings, load_settings
 from ragbot.conversation.citations import CitationFilter
@@ -51,6 +51,9 @@ from ragbot.errors import ConversationError, ConversationStoreError
 from ragbot.knowledge.fusion import fuse_rrf
 from ragbot.knowledge.knowledge_base import CONTROL_CHARS, Hit, KnowledgeBase, SearchResult, display_source, not_utf8
 from ragbot.models.chat import ChatModel, GenerationSettings, Message, Usage, make_chat_model
+
+if TYPE_CHECKING:
+    from ragbot.conversation.warmup import WarmUp
 
 MAX_QUESTION_CHARS = 4000
 CONTEXT_PASSAGES = 3  # passages put in the prompt: prompt processing dominates local latency
@@ -263,6 +266,7 @@ class RagBot:
         self.settings = settings or kb.settings
         self._store = store
         self._titles: tuple[object, dict[str, TopicDocument]] | None = None  # (index generation, titles)
+        self._warming: WarmUp | None = None
 
     @classmethod
     def load(cls, settings: Settings | None = None, **overrides: Any) -> RagBot:
@@ -297,6 +301,16 @@ class RagBot:
             self.rewrite_model,
             self.settings.prompt_dir,
         )
+
+    def warm_up(self, history: Sequence[Message] | Sequence[dict] = ()) -> WarmUp:
+        """Start computing the next turn's prompt prefixes in the background (a local model only;
+        see ``ragbot.conversation.warmup``); the next turn stops it. Returns the handle."""
+        from ragbot.conversation.warmup import WarmUp, start_warm_up
+
+        if self._warming is not None:
+            self._warming.cancel()
+        self._warming = start_warm_up(self, self._history(history)) if self.settings.warm_up else WarmUp()
+        return self._warming
 
     def as_runnable(self):
         """This bot as a LangChain Runnable (see ``ragbot.conversation.runnables``)."""
@@ -342,6 +356,8 @@ class RagBot:
         the history text when None). ``k`` searches more hits than ``top_k`` (evaluation ranks
         deeper); the answer still sees the same passages."""
         started = time.perf_counter()
+        if self._warming is not None:  # this turn needs the model: the warm-up stops after its step
+            self._warming.cancel()
         question = clean_question(question)
         history = self._history(history)
         turn = Turn(question=question, started=started, language="zh" if is_chinese(question) else "en")
@@ -618,7 +634,12 @@ class Conversation:
             for item in self.bot.stream_answer(question, self.history, state=self.topic):
                 if isinstance(item, Answer):
                     self._remember(item)
+                    self.warm_up()  # while the answer is read and the next question typed
                 yield item
+
+    def warm_up(self) -> WarmUp:
+        """Start computing the next turn's prompt prefixes in the background (``RagBot.warm_up``)."""
+        return self.bot.warm_up(self.history)
 
     def feedback(self, rating: str, correction: str | None = None, turn: int = -1) -> Feedback:
         """Mark an answer "good" or "bad" (optionally with the answer it should have been), the
