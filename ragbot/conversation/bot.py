@@ -608,6 +608,7 @@ class Conversation:
         self.ratings: dict[int, Feedback] = bot.store.feedback(name) if name else {}  # by turn, 0-based
         self.topic: Topic = self._saved_topic() if name else Topic()  # what the conversation is about
         self.last: Answer | None = None
+        self.warming: WarmUp | None = None  # the warm-up started after the last answer
         self._lock = threading.Lock()
 
     def _saved_topic(self) -> Topic:
@@ -639,7 +640,8 @@ class Conversation:
 
     def warm_up(self) -> WarmUp:
         """Start computing the next turn's prompt prefixes in the background (``RagBot.warm_up``)."""
-        return self.bot.warm_up(self.history)
+        self.warming = self.bot.warm_up(self.history)
+        return self.warming
 
     def feedback(self, rating: str, correction: str | None = None, turn: int = -1) -> Feedback:
         """Mark an answer "good" or "bad" (optionally with the answer it should have been), the
