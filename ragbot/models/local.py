@@ -8,6 +8,7 @@ import contextlib
 import logging
 import os
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -276,6 +277,27 @@ def keep_weights_off_amx() -> None:
     api.llama_model_default_params = without_extra_buffers
 
 
+def free_cores(samples: int = 3) -> int:
+    """Cores not taken by other processes right now: all of them minus the runnable tasks besides
+    the caller (``procs_running`` of ``/proc/stat``, the most of a few samples 2 ms apart), at least 1.
+
+    llama.cpp's threads wait for each other at every layer by spinning; when another process takes
+    a core, the thread that lost it holds the others up, and all threads ran ~8x slower than one
+    (``bench/threads_under_load.py``). On an idle machine more threads are faster."""
+    cores = os.cpu_count() or 1
+    busiest = 0
+    for i in range(samples):
+        try:
+            with open("/proc/stat", encoding="ascii") as stat:
+                running = next((int(line.split()[1]) for line in stat if line.startswith("procs_running")), 1)
+        except (OSError, ValueError):
+            return cores
+        busiest = max(busiest, running - 1)  # this thread is running too
+        if i + 1 < samples:
+            time.sleep(0.002)
+    return max(1, cores - busiest)
+
+
 class LlamaCppChatModel(ChatModel):
     """A GGUF chat model run in-process by llama-cpp-python (CPU).
 
@@ -284,6 +306,7 @@ class LlamaCppChatModel(ChatModel):
     loaded copy (the rewrite and answer roles need not load it twice); ``n_threads`` and
     ``cache_bytes`` apply when this instance is the one that loads it. ``cache_bytes`` caps the
     RAM prompt cache (0: none); one saved prompt of the 1.5B model takes ~28 KB per token.
+    ``n_threads=None``: before each call, the cores other processes leave free (``free_cores``).
     """
 
     def __init__(
@@ -308,7 +331,7 @@ class LlamaCppChatModel(ChatModel):
         self.model = text
         self.name = text if text in MODELS else Path(text).name
         self.n_ctx = n_ctx
-        self.n_threads = n_threads or os.cpu_count() or 1
+        self.n_threads = n_threads  # None: chosen per call
         self.lora_path = str(Path(lora_path).expanduser().resolve()) if lora_path is not None else None
         self.seed = seed
         self.models_dir = models_dir
@@ -353,8 +376,8 @@ class LlamaCppChatModel(ChatModel):
             llama = llama_class(
                 model_path=str(path),
                 n_ctx=self.n_ctx,
-                n_threads=self.n_threads,
-                n_threads_batch=self.n_threads,
+                n_threads=self.n_threads or os.cpu_count() or 1,
+                n_threads_batch=self.n_threads or os.cpu_count() or 1,
                 lora_path=self.lora_path,
                 verbose=False,
             )
@@ -384,9 +407,17 @@ class LlamaCppChatModel(ChatModel):
         with loaded.generating():
             loaded.owner = me
             try:
+                self._use_threads(loaded.llama)
                 yield from self._generate(loaded.llama, messages, generation)
             finally:
                 loaded.owner = None
+
+    def _use_threads(self, llama: Any) -> None:
+        """Set this call's thread count: ``n_threads``, or the cores free right now."""
+        threads = self.n_threads or free_cores()
+        if getattr(llama, "ragbot_threads", None) != threads:
+            llama._ctx.set_n_threads(threads, threads)
+            llama.ragbot_threads = threads
 
     warms_prefixes = True
 
@@ -408,6 +439,7 @@ class LlamaCppChatModel(ChatModel):
             for other in rendered[1:]:
                 shared = shared[: llama.longest_token_prefix(shared, other)]
             try:
+                self._use_threads(llama)
                 return llama.prefill(shared, wanted, WARM_STEP)
             except RuntimeError as exc:  # a failed decode: the turn that needs it reports it
                 log.warning("warm-up of %s failed: %s", self.name, exc)
@@ -464,7 +496,7 @@ def _local_chat_model(settings: Settings, role: str = "answer") -> LlamaCppChatM
     return LlamaCppChatModel(
         model or DEFAULT_MODEL,
         n_ctx=settings.n_ctx,
-        n_threads=settings.num_threads,
+        n_threads=settings.llm_threads or settings.num_threads,
         lora_path=settings.lora_path if role == "answer" else None,
         models_dir=settings.models_dir,
     )
