@@ -72,7 +72,7 @@ def sample_turns(n: int, seed: int) -> list[dict]:
 def kdconv(args) -> dict:
     from topic_retrieval import open_kb
 
-    from ragbot.conversation.bot import RagBot
+    from ragbot.conversation.bot import RagBot, answer_messages
     from ragbot.conversation.warmup import warm_up_prompts
     from ragbot.evaluation.question_sets import history_messages
 
@@ -80,7 +80,8 @@ def kdconv(args) -> dict:
     settings = kb.settings.replace(temperature=0.0)
     llm = load_model(args.model, args.threads, settings)
     bot = RagBot(kb, llm, settings=settings)
-    for name, model, variants in warm_up_prompts(bot, []):  # the static prefixes a chat has made
+    # the static prefixes a chat that has made a rewrite before has in its cache
+    for name, model, variants in warm_up_prompts(bot, [], answer_messages=answer_messages):
         if name.startswith("rewrite"):
             model.warm(variants)
     static = set(llm.llama.cache.cache_state)

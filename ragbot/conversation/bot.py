@@ -22,7 +22,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ragbot.config import Settings, load_settings
 from ragbot.conversation.citations import CitationFilter
@@ -47,13 +47,11 @@ from ragbot.conversation.topic import (
     topic_from_turns,
     update_topic,
 )
+from ragbot.conversation.warmup import WarmUp, start_warm_up
 from ragbot.errors import ConversationError, ConversationStoreError
 from ragbot.knowledge.fusion import fuse_rrf
 from ragbot.knowledge.knowledge_base import CONTROL_CHARS, Hit, KnowledgeBase, SearchResult, display_source, not_utf8
 from ragbot.models.chat import ChatModel, GenerationSettings, Message, Usage, make_chat_model
-
-if TYPE_CHECKING:
-    from ragbot.conversation.warmup import WarmUp
 
 MAX_QUESTION_CHARS = 4000
 CONTEXT_PASSAGES = 3  # passages put in the prompt: prompt processing dominates local latency
@@ -306,12 +304,11 @@ class RagBot:
         """Start computing the next turn's prompt prefixes in the background (a local model only;
         ``sources``: the last answer's passages; see ``ragbot.conversation.warmup``); the next turn
         stops it. Returns the handle."""
-        from ragbot.conversation.warmup import WarmUp, start_warm_up
-
         if self._warming is not None:
             self._warming.cancel()
+        history = self._history(history)
         warming = self.settings.warm_up
-        self._warming = start_warm_up(self, self._history(history), sources) if warming else WarmUp()
+        self._warming = start_warm_up(self, history, sources, answer_messages=answer_messages) if warming else WarmUp()
         return self._warming
 
     def as_runnable(self):

@@ -20,17 +20,16 @@ from __future__ import annotations
 import copy
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Any
 
 from ragbot.conversation.memory import trim_history
 from ragbot.conversation.rewrite import is_chinese
 from ragbot.knowledge.knowledge_base import Hit
 from ragbot.models.chat import ChatModel, GenerationSettings, Message
 
-if TYPE_CHECKING:
-    from ragbot.conversation.bot import RagBot
+AnswerPrompt = Callable[..., list[Message]]  # ``ragbot.conversation.bot.answer_messages``
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +85,7 @@ class _Recorder(ChatModel):
         raise _Recorded(messages)
 
 
-def rewrite_messages(bot: RagBot, question: str, history: Sequence[Message]) -> list[Message] | None:
+def rewrite_messages(bot: Any, question: str, history: Sequence[Message]) -> list[Message] | None:
     """What ``bot.rewrite_step(question, history)`` would send the rewrite model (None: no model call)."""
     recording = copy.copy(bot)  # the same bot with a recorder as its rewrite model; ``bot`` is untouched
     recording.rewrite_model = _Recorder()
@@ -106,7 +105,7 @@ def _hit(title: str, text: str) -> Hit:
 
 
 def warm_up_prompts(
-    bot: RagBot, history: Sequence[Message], sources: Sequence[Hit] = ()
+    bot: Any, history: Sequence[Message], sources: Sequence[Hit] = (), *, answer_messages: AnswerPrompt
 ) -> list[tuple[str, ChatModel, list[list[Message]]]]:
     """The prompts to warm, most useful first: (name, model, two renderings of the prompt).
 
@@ -115,9 +114,8 @@ def warm_up_prompts(
     The grounded prompt is warmed with the last answer's passages ``sources``: a follow-up about
     the same thing often retrieves them again, in the same order, and then evaluates only its
     question. Without a history, the static prefixes of both languages, the answer prompts first
-    (a first turn needs no rewrite)."""
-    from ragbot.conversation.bot import answer_messages
-
+    (a first turn needs no rewrite). ``bot`` is a ``RagBot``; ``answer_messages`` renders its answer
+    prompts (passed in: this module sits below ``bot``)."""
     settings = bot.settings
     history = trim_history(list(history), settings.history_tokens)
     last = next((m.content for m in reversed(history) if m.role == "user"), None)
@@ -158,7 +156,9 @@ def warm_up_prompts(
     return prompts
 
 
-def start_warm_up(bot: RagBot, history: Sequence[Message] = (), sources: Sequence[Hit] = ()) -> WarmUp:
+def start_warm_up(
+    bot: Any, history: Sequence[Message], sources: Sequence[Hit], *, answer_messages: AnswerPrompt
+) -> WarmUp:
     """Warm the next turn's prompt prefixes in a background thread (none if no model can warm)."""
     handle = WarmUp()
     if not (bot.rewrite_model.warms_prefixes or bot.answer_model.warms_prefixes):
@@ -166,7 +166,7 @@ def start_warm_up(bot: RagBot, history: Sequence[Message] = (), sources: Sequenc
 
     def run() -> None:
         try:
-            for name, model, variants in warm_up_prompts(bot, history, sources):
+            for name, model, variants in warm_up_prompts(bot, history, sources, answer_messages=answer_messages):
                 if handle.cancelled:
                     return
                 handle.computed.append((name, model.warm(variants, stop=lambda: handle.cancelled)))
