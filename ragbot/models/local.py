@@ -277,25 +277,43 @@ def keep_weights_off_amx() -> None:
     api.llama_model_default_params = without_extra_buffers
 
 
-def free_cores(samples: int = 3) -> int:
-    """Cores not taken by other processes right now: all of them minus the runnable tasks besides
-    the caller (``procs_running`` of ``/proc/stat``, the most of a few samples 2 ms apart), at least 1.
+def free_cores(samples: int = 5) -> int:
+    """Cores not taken by other processes right now, at least 1: all of them minus the runnable
+    tasks of other processes (``procs_running`` of ``/proc/stat`` less this process's running
+    threads), the fewest of a few samples 2 ms apart (a thread that just finished spinning, ours or
+    not, is not a competitor; a busy process is runnable in every sample).
 
     llama.cpp's threads wait for each other at every layer by spinning; when another process takes
-    a core, the thread that lost it holds the others up, and all threads ran ~8x slower than one
-    (``bench/threads_under_load.py``). On an idle machine more threads are faster."""
+    a core, the thread that lost it holds the others up, and all threads ran many times slower than
+    one (``bench/threads_under_load.py``). On an idle machine more threads are faster."""
     cores = os.cpu_count() or 1
-    busiest = 0
+    fewest = cores
     for i in range(samples):
         try:
             with open("/proc/stat", encoding="ascii") as stat:
                 running = next((int(line.split()[1]) for line in stat if line.startswith("procs_running")), 1)
         except (OSError, ValueError):
             return cores
-        busiest = max(busiest, running - 1)  # this thread is running too
+        fewest = min(fewest, max(0, running - _own_running_threads()))
         if i + 1 < samples:
             time.sleep(0.002)
-    return max(1, cores - busiest)
+    return max(1, cores - fewest)
+
+
+def _own_running_threads() -> int:
+    """Threads of this process that are running or runnable (at least the caller)."""
+    running = 0
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return 1
+    for task in tasks:
+        try:
+            with open(f"/proc/self/task/{task}/stat", encoding="ascii", errors="replace") as stat:
+                running += stat.read().rsplit(")", 1)[1].split()[0] == "R"
+        except (OSError, IndexError):
+            continue
+    return max(1, running)
 
 
 class LlamaCppChatModel(ChatModel):
