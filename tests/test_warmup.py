@@ -3,6 +3,8 @@ follow-up's rewrite evaluates only its question. Token counts, not texts: they h
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from ragbot import KnowledgeBase
@@ -67,8 +69,14 @@ def test_after_warm_up_a_follow_ups_rewrite_evaluates_only_its_question(kb, loca
     model.reset_cache()
     conv = bot.conversation()
     conv.history = bot._history(HISTORY)
-    assert conv.warm_up().wait(120)
-    answer = conv.ask(FOLLOW_UP)
+    warming = conv.warm_up()
+    deadline = time.monotonic() + 120
+    while len(warming.computed) < 3 and not warming.done and time.monotonic() < deadline:
+        time.sleep(0.05)
+    # the next turn's prompts first: its rewrite, then its answer prompts with the history
+    assert [name for name, _ in warming.computed[:3]] == ["rewrite.en", "grounded.en", "general.en"]
+    answer = conv.ask(FOLLOW_UP)  # asked before the warm-up got to the other language: it stops there
+    assert warming.cancelled and warming.done
     warm = answer.usage["rewrite"]
     assert warm.prompt_tokens == cold.prompt_tokens  # the same prompt...
     assert warm.prompt_tokens - warm.cached_tokens <= question_tokens + 10  # ...of which only the question is new
