@@ -187,7 +187,10 @@ class OpenAIChatModel(ChatModel):
                 if chunk.choices and chunk.choices[0].delta and chunk.choices[0].delta.content:
                     yield Delta(text=chunk.choices[0].delta.content)
                 if getattr(chunk, "usage", None):
-                    yield Delta(usage=Usage(chunk.usage.prompt_tokens or 0, chunk.usage.completion_tokens or 0, 1))
+                    details = getattr(chunk.usage, "prompt_tokens_details", None)  # servers that cache say so
+                    cached = getattr(details, "cached_tokens", None) or 0
+                    prompt, completion = chunk.usage.prompt_tokens or 0, chunk.usage.completion_tokens or 0
+                    yield Delta(usage=Usage(prompt, completion, 1, cached_tokens=cached))
         except openai.APITimeoutError:
             raise ModelError(f"{where} stopped sending mid-answer and timed out; try again") from None
         except (openai.APIConnectionError, *_STREAM_CUT) as exc:
