@@ -105,6 +105,8 @@ class Settings:
     request_timeout: float = 60.0
     max_retries: int = 3
     n_ctx: int = 4096  # local model context window
+    warm_up: bool = True  # a local model computes the next turn's prompt prefixes while the user reads
+    llm_threads: int | None = None  # local model threads; None: num_threads, else the cores free at each call
     lora_path: Path | None = None  # GGUF LoRA adapter applied to the local answer model
     models_dir: Path | None = None  # where built-in local models are assembled; None: data_home()/models
 
@@ -192,6 +194,8 @@ class Settings:
         _check_range("queue_timeout", self.queue_timeout, low=0)
         if self.num_threads is not None:
             _check_range("num_threads", self.num_threads, low=1)
+        if self.llm_threads is not None:
+            _check_range("llm_threads", self.llm_threads, low=1)
         if self.threshold is not None and not -1.0 <= self.threshold <= 1.0:
             raise ConfigError(f"threshold must be a cosine similarity between -1 and 1; got threshold={self.threshold}")
 

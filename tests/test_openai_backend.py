@@ -224,6 +224,19 @@ def test_rate_limits_are_retried_until_the_answer_arrives():
     assert received[-1]["messages"][-1]["content"] == "What is the capital of France?"
 
 
+def test_prompt_tokens_a_server_cached_are_reported():
+    usage = {"prompt_tokens": 900, "completion_tokens": 4, "prompt_tokens_details": {"cached_tokens": 768}}
+    events = [chunk_event("Paris."), chunk_event(finish_reason="stop"), chunk_event(usage=usage), b"data: [DONE]\n\n"]
+
+    def respond(handler, n):
+        send(handler, 200, b"".join(events), "text/event-stream")
+
+    with scripted_server(respond) as (base_url, _):
+        answer = OpenAIChatModel("scripted", base_url=base_url).complete(QUESTION, GREEDY)
+    assert (answer.usage.prompt_tokens, answer.usage.cached_tokens) == (900, 768)
+    assert answer.usage.to_dict()["cached_tokens"] == 768
+
+
 def test_server_errors_give_up_after_max_retries():
     with scripted_server(lambda handler, n: send_error_json(handler, 500, "boom")) as (base_url, received):
         model = OpenAIChatModel("scripted", base_url=base_url, max_retries=2)

@@ -62,6 +62,9 @@ def test_ctrl_c_stops_the_answer_not_the_session():
             yield "正在回答"
             raise KeyboardInterrupt
 
+        def warm_up(self):
+            return None
+
     inputs = iter(["尼罗河是什么？", "/quit"])
     import builtins
     import io

@@ -125,6 +125,7 @@ def run_chat(conversation: Conversation, out=None) -> int:
     say(f"ragbot chat ({saved}). /help for commands, Ctrl-D to leave.")
     if conversation.history:
         say(f"Resumed with {len(conversation.history) // 2} earlier turn(s).")
+    conversation.warm_up()  # the local model computes the prompts' static parts while the user types
     while True:
         try:
             line = read("> ")

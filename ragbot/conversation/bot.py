@@ -41,6 +41,7 @@ from ragbot.conversation.topic import (
     topic_from_turns,
     update_topic,
 )
+from ragbot.conversation.warmup import WarmUp, start_warm_up
 from ragbot.errors import ConversationError, ConversationStoreError
 from ragbot.knowledge.fusion import fuse_rrf
 from ragbot.knowledge.knowledge_base import CONTROL_CHARS, Hit, KnowledgeBase, SearchResult, display_source, not_utf8
@@ -257,6 +258,7 @@ class RagBot:
         self.settings = settings or kb.settings
         self._store = store
         self._titles: tuple[object, dict[str, TopicDocument]] | None = None  # (index generation, titles)
+        self._warming: WarmUp | None = None
 
     @classmethod
     def load(cls, settings: Settings | None = None, **overrides: Any) -> RagBot:
@@ -294,6 +296,17 @@ class RagBot:
             self.settings.prompt_dir,
             **self._rewrite_budget(),
         )
+
+    def warm_up(self, history: Sequence[Message] | Sequence[dict] = (), sources: Sequence[Hit] = ()) -> WarmUp:
+        """Start computing the next turn's prompt prefixes in the background (a local model only;
+        ``sources``: the last answer's passages; see ``ragbot.conversation.warmup``); the next turn
+        stops it. Returns the handle."""
+        if self._warming is not None:
+            self._warming.cancel()
+        history = self._history(history)
+        warming = self.settings.warm_up
+        self._warming = start_warm_up(self, history, sources, answer_messages=answer_messages) if warming else WarmUp()
+        return self._warming
 
     def as_runnable(self):
         """This bot as a LangChain Runnable (see ``ragbot.conversation.runnables``)."""
@@ -339,6 +352,8 @@ class RagBot:
         the history text when None). ``k`` searches more hits than ``top_k`` (evaluation ranks
         deeper); the answer still sees the same passages."""
         started = time.perf_counter()
+        if self._warming is not None:  # this turn needs the model: the warm-up stops after its step
+            self._warming.cancel()
         question = clean_question(question)
         history = self._history(history)
         turn = Turn(question=question, started=started, language="zh" if is_chinese(question) else "en")
@@ -596,6 +611,7 @@ class Conversation:
         self.ratings: dict[int, Feedback] = bot.store.feedback(name) if name else {}  # by turn, 0-based
         self.topic: Topic = self._saved_topic() if name else Topic()  # what the conversation is about
         self.last: Answer | None = None
+        self.warming: WarmUp | None = None  # the warm-up started after the last answer
         self._lock = threading.Lock()
 
     def _saved_topic(self) -> Topic:
@@ -622,7 +638,13 @@ class Conversation:
             for item in self.bot.stream_answer(question, self.history, state=self.topic):
                 if isinstance(item, Answer):
                     self._remember(item)
+                    self.warm_up()  # while the answer is read and the next question typed
                 yield item
+
+    def warm_up(self) -> WarmUp:
+        """Start computing the next turn's prompt prefixes in the background (``RagBot.warm_up``)."""
+        self.warming = self.bot.warm_up(self.history, self.last.sources if self.last else ())
+        return self.warming
 
     def feedback(self, rating: str, correction: str | None = None, turn: int = -1) -> Feedback:
         """Mark an answer "good" or "bad" (optionally with the answer it should have been), the

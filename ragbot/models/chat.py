@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -48,12 +48,14 @@ class GenerationSettings:
 
 @dataclass
 class Usage:
-    """Tokens and calls spent; ``counted_locally`` when the backend did not report them."""
+    """Tokens and calls spent; ``counted_locally`` when the backend did not report them.
+    ``cached_tokens``: prompt tokens restored from a saved prefix instead of evaluated (local models)."""
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
     calls: int = 0
     counted_locally: bool = False
+    cached_tokens: int = 0
 
     @property
     def total_tokens(self) -> int:
@@ -65,6 +67,7 @@ class Usage:
             self.completion_tokens + other.completion_tokens,
             self.calls + other.calls,
             self.counted_locally or other.counted_locally,
+            self.cached_tokens + other.cached_tokens,
         )
 
     def to_dict(self) -> dict[str, int]:
@@ -73,6 +76,7 @@ class Usage:
             "completion_tokens": self.completion_tokens,
             "total_tokens": self.total_tokens,
             "calls": self.calls,
+            "cached_tokens": self.cached_tokens,
         }
 
 
@@ -103,6 +107,13 @@ class ChatModel(ABC):
     """Base class: set ``name`` and implement ``_stream``."""
 
     name: str = ""
+    warms_prefixes = False  # whether ``warm`` can compute a prompt prefix ahead of time (local models)
+
+    def warm(self, variants: Sequence[Sequence[Message]], stop: Callable[[], bool] | None = None) -> int:
+        """Compute ahead of time the prefix that ``variants`` (one prompt filled with different values)
+        share, so a later prompt starting with it does not pay for it; the number of tokens computed
+        (``stop()`` true: give up early). Nothing to do for a remote endpoint: it caches on its side."""
+        return 0
 
     @abstractmethod
     def _stream(self, messages: Sequence[Message], generation: GenerationSettings) -> Iterator[Delta]:
@@ -176,7 +187,10 @@ class OpenAIChatModel(ChatModel):
                 if chunk.choices and chunk.choices[0].delta and chunk.choices[0].delta.content:
                     yield Delta(text=chunk.choices[0].delta.content)
                 if getattr(chunk, "usage", None):
-                    yield Delta(usage=Usage(chunk.usage.prompt_tokens or 0, chunk.usage.completion_tokens or 0, 1))
+                    details = getattr(chunk.usage, "prompt_tokens_details", None)  # servers that cache say so
+                    cached = getattr(details, "cached_tokens", None) or 0
+                    prompt, completion = chunk.usage.prompt_tokens or 0, chunk.usage.completion_tokens or 0
+                    yield Delta(usage=Usage(prompt, completion, 1, cached_tokens=cached))
         except openai.APITimeoutError:
             raise ModelError(f"{where} stopped sending mid-answer and timed out; try again") from None
         except (openai.APIConnectionError, *_STREAM_CUT) as exc:

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import logging
 import os
 import threading
+import time
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,8 @@ from ragbot.errors import ModelError
 from ragbot.models.chat import ChatModel, Delta, GenerationSettings, Message, Usage, role_model
 from ragbot.models.local_files import DEFAULT_MODEL, INSTALL_HINT, MODELS, resolve_model_path
 from ragbot.registry import chat_models
+
+log = logging.getLogger(__name__)
 
 
 def is_local_model(name: str) -> bool:
@@ -30,10 +34,32 @@ class _LoadedModel:
     def __init__(self, llama: Any, cache_bytes: int):
         self.llama = llama
         _EVERY_LLAMA.add(llama)
+        _EVERY_LOADED.add(self)
         self.cache_bytes = cache_bytes
-        self.lock = threading.Lock()
+        self.lock = threading.Lock()  # one generation or warm-up at a time: they share the context
         self.owner: int | None = None
+        self._waiting = 0  # generations waiting for the lock: a warm-up gives way to them
+        self._waiting_lock = threading.Lock()
         self._new_cache()
+
+    @contextlib.contextmanager
+    def generating(self) -> Iterator[None]:
+        """Hold the context for a generation; a warm-up that holds it stops at its next step."""
+        with self._waiting_lock:
+            self._waiting += 1
+        try:
+            self.lock.acquire()
+        finally:
+            with self._waiting_lock:
+                self._waiting -= 1
+        try:
+            yield
+        finally:
+            self.lock.release()
+
+    def wanted(self) -> bool:
+        """Whether a generation waits for the context (or the process is exiting): a warm-up stops."""
+        return self._waiting > 0 or _CLOSING.is_set()
 
     def _new_cache(self) -> None:
         from llama_cpp import LlamaRAMCache
@@ -58,6 +84,15 @@ _LOADED_LOCK = threading.Lock()
 _EVERY_LLAMA: weakref.WeakSet = weakref.WeakSet()  # loaded, and unloaded but still referenced
 
 
+_EVERY_LOADED: weakref.WeakSet = weakref.WeakSet()
+
+
+_CLOSING = threading.Event()  # set at exit: warm-ups stop, so models are not freed under them
+
+
+WARM_STEP = 64  # tokens a warm-up evaluates between checks for a waiting generation
+
+
 def unload_models() -> None:
     """Forget every loaded model: memory is freed once no generation in progress uses it, and
     chat models load theirs again on next use."""
@@ -70,6 +105,10 @@ def _close_models() -> None:
     """Free every llama.cpp model while the interpreter is still whole: left to llama-cpp-python's
     ``__del__`` at shutdown, freeing runs after its modules are torn down and prints
     "TypeError: 'NoneType' object is not callable" for each model."""
+    _CLOSING.set()
+    for loaded in list(_EVERY_LOADED):  # a warm-up thread may be evaluating: let it stop first
+        if loaded.lock.acquire(timeout=30):
+            loaded.lock.release()
     for llama in list(_EVERY_LLAMA):
         with contextlib.suppress(Exception):
             llama.close()
@@ -96,14 +135,62 @@ def _llama_class() -> type:
         class RagbotLlama(Llama):
             last_prompt_tokens = 0
             last_completion_tokens = 0
+            last_evaluated_tokens = 0  # of the last prompt: the rest came from the live or a saved state
+            _prompt_pending = False
+            _capturing = False
 
             def create_completion(self, prompt, *args, **kwargs):  # type: ignore[override]
-                if isinstance(prompt, str):
-                    self.last_prompt_tokens = len(self.tokenize(prompt.encode("utf-8"), special=True))
-                else:
-                    self.last_prompt_tokens = len(prompt)
+                tokens = self.tokenize(prompt.encode("utf-8"), special=True) if isinstance(prompt, str) else prompt
+                if self._capturing:  # prompt_tokens(): the chat template applied, nothing evaluated
+                    raise _Captured(list(tokens))
+                self.last_prompt_tokens = len(tokens)
                 self.last_completion_tokens = 0
+                self.last_evaluated_tokens = 0
+                self._prompt_pending = True
                 return super().create_completion(prompt, *args, **kwargs)
+
+            def eval(self, tokens):  # type: ignore[override]
+                if self._prompt_pending:  # generate() evaluates the prompt's uncached tokens first
+                    self._prompt_pending = False
+                    self.last_evaluated_tokens = len(tokens)
+                super().eval(tokens)
+
+            def prompt_tokens(self, messages: list[dict]) -> list[int]:
+                """The tokens ``create_chat_completion(messages)`` would evaluate (its chat template applied)."""
+                self._capturing = True
+                try:
+                    self.create_chat_completion(messages=messages, max_tokens=1)
+                except _Captured as captured:
+                    return captured.tokens
+                finally:
+                    self._capturing = False
+                raise ModelError("llama-cpp-python's chat handler did not go through create_completion")
+
+            def prefill(self, tokens: list[int], stop: Callable[[], bool], step: int) -> int:
+                """Evaluate ``tokens`` as a prompt prefix and save its state in the RAM cache, where a
+                later prompt that starts with them finds it; ``stop()`` is checked every ``step`` tokens.
+                Returns the tokens evaluated (0 when a saved state already covers them)."""
+                if self.cache is None or self._is_recurrent or self._is_hybrid or not tokens:
+                    return 0
+                key = tuple(tokens)
+                if any(saved[: len(key)] == key for saved in self.cache.cache_state):
+                    return 0
+                live = Llama.longest_token_prefix(self._input_ids.tolist(), tokens)
+                with contextlib.suppress(KeyError):
+                    saved = self.cache[tokens]
+                    if Llama.longest_token_prefix(saved.input_ids.tolist(), tokens) > live:
+                        self.load_state(saved)
+                        live = Llama.longest_token_prefix(self._input_ids.tolist(), tokens)
+                self.n_tokens = live  # eval() drops the live context beyond this point
+                evaluated = 0
+                for start in range(live, len(tokens), step):
+                    if stop():
+                        return evaluated  # what was evaluated stays live for the next prompt
+                    self.eval(tokens[start : start + step])
+                    evaluated += min(step, len(tokens) - start)
+                self._requires_eval = True  # the last logits are not a sampling step's: refresh them
+                self.cache[tokens] = self.save_state()
+                return evaluated
 
             def generate(self, tokens, *args, **kwargs):  # type: ignore[override]
                 vocab = self._model.vocab
@@ -148,6 +235,12 @@ def _llama_class() -> type:
 _Llama: type | None = None
 
 
+class _Captured(Exception):  # noqa: N818 - a signal, not an error: carries the prompt's tokens
+    def __init__(self, tokens: list[int]):
+        super().__init__("prompt captured")
+        self.tokens = tokens
+
+
 def cpu_has_amx() -> bool:
     """Whether the CPU reports Intel AMX (Linux ``/proc/cpuinfo``)."""
     try:
@@ -184,6 +277,45 @@ def keep_weights_off_amx() -> None:
     api.llama_model_default_params = without_extra_buffers
 
 
+def free_cores(samples: int = 5) -> int:
+    """Cores not taken by other processes right now, at least 1: all of them minus the runnable
+    tasks of other processes (``procs_running`` of ``/proc/stat`` less this process's running
+    threads), the fewest of a few samples 2 ms apart (a thread that just finished spinning, ours or
+    not, is not a competitor; a busy process is runnable in every sample).
+
+    llama.cpp's threads wait for each other at every layer by spinning; when another process takes
+    a core, the thread that lost it holds the others up, and all threads ran many times slower than
+    one (``bench/threads_under_load.py``). On an idle machine more threads are faster."""
+    cores = os.cpu_count() or 1
+    fewest = cores
+    for i in range(samples):
+        try:
+            with open("/proc/stat", encoding="ascii") as stat:
+                running = next((int(line.split()[1]) for line in stat if line.startswith("procs_running")), 1)
+        except (OSError, ValueError):
+            return cores
+        fewest = min(fewest, max(0, running - _own_running_threads()))
+        if i + 1 < samples:
+            time.sleep(0.002)
+    return max(1, cores - fewest)
+
+
+def _own_running_threads() -> int:
+    """Threads of this process that are running or runnable (at least the caller)."""
+    running = 0
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return 1
+    for task in tasks:
+        try:
+            with open(f"/proc/self/task/{task}/stat", encoding="ascii", errors="replace") as stat:
+                running += stat.read().rsplit(")", 1)[1].split()[0] == "R"
+        except (OSError, IndexError):
+            continue
+    return max(1, running)
+
+
 class LlamaCppChatModel(ChatModel):
     """A GGUF chat model run in-process by llama-cpp-python (CPU).
 
@@ -192,6 +324,7 @@ class LlamaCppChatModel(ChatModel):
     loaded copy (the rewrite and answer roles need not load it twice); ``n_threads`` and
     ``cache_bytes`` apply when this instance is the one that loads it. ``cache_bytes`` caps the
     RAM prompt cache (0: none); one saved prompt of the 1.5B model takes ~28 KB per token.
+    ``n_threads=None``: before each call, the cores other processes leave free (``free_cores``).
     """
 
     def __init__(
@@ -216,7 +349,7 @@ class LlamaCppChatModel(ChatModel):
         self.model = text
         self.name = text if text in MODELS else Path(text).name
         self.n_ctx = n_ctx
-        self.n_threads = n_threads or os.cpu_count() or 1
+        self.n_threads = n_threads  # None: chosen per call
         self.lora_path = str(Path(lora_path).expanduser().resolve()) if lora_path is not None else None
         self.seed = seed
         self.models_dir = models_dir
@@ -261,8 +394,8 @@ class LlamaCppChatModel(ChatModel):
             llama = llama_class(
                 model_path=str(path),
                 n_ctx=self.n_ctx,
-                n_threads=self.n_threads,
-                n_threads_batch=self.n_threads,
+                n_threads=self.n_threads or os.cpu_count() or 1,
+                n_threads_batch=self.n_threads or os.cpu_count() or 1,
                 lora_path=self.lora_path,
                 verbose=False,
             )
@@ -289,12 +422,47 @@ class LlamaCppChatModel(ChatModel):
                 f"{self.name} is already generating in this thread; read the first stream to its end "
                 "(or close it) before starting another"
             )
-        with loaded.lock:
+        with loaded.generating():
             loaded.owner = me
             try:
+                self._use_threads(loaded.llama)
                 yield from self._generate(loaded.llama, messages, generation)
             finally:
                 loaded.owner = None
+
+    def _use_threads(self, llama: Any) -> None:
+        """Set this call's thread count: ``n_threads``, or the cores free right now."""
+        threads = self.n_threads or free_cores()
+        if getattr(llama, "ragbot_threads", None) != threads:
+            llama._ctx.set_n_threads(threads, threads)
+            llama.ragbot_threads = threads
+
+    warms_prefixes = True
+
+    def warm(self, variants: Sequence[Sequence[Message]], stop: Callable[[], bool] | None = None) -> int:
+        """Evaluate the tokens the prompts ``variants`` share (the prompt up to its first filled-in
+        value) and save that state, unless a saved state covers them already; a generation that
+        asks for the model meanwhile waits at most ``WARM_STEP`` tokens. Returns the tokens evaluated."""
+        loaded = self._loaded()
+
+        def wanted() -> bool:
+            return loaded.wanted() or (stop is not None and stop())
+
+        with loaded.lock:
+            if wanted():
+                return 0
+            llama = loaded.llama
+            rendered = [llama.prompt_tokens([m.to_dict() for m in v]) for v in variants]
+            shared = rendered[0][: min(map(len, rendered))]
+            for other in rendered[1:]:
+                shared = shared[: llama.longest_token_prefix(shared, other)]
+            try:
+                self._use_threads(llama)
+                return llama.prefill(shared, wanted, WARM_STEP)
+            except RuntimeError as exc:  # a failed decode: the turn that needs it reports it
+                log.warning("warm-up of %s failed: %s", self.name, exc)
+                llama.reset()
+                return 0
 
     def _generate(self, llama: Any, messages: Sequence[Message], generation: GenerationSettings) -> Iterator[Delta]:
         kwargs: dict[str, Any] = dict(
@@ -331,7 +499,8 @@ class LlamaCppChatModel(ChatModel):
         finally:
             if chunks is not None and hasattr(chunks, "close"):
                 chunks.close()
-        yield Delta(usage=Usage(llama.last_prompt_tokens, llama.last_completion_tokens, 1))
+        cached = max(0, llama.last_prompt_tokens - llama.last_evaluated_tokens)
+        yield Delta(usage=Usage(llama.last_prompt_tokens, llama.last_completion_tokens, 1, cached_tokens=cached))
 
 
 @chat_models.register("local", claims=is_local_model)
@@ -345,7 +514,7 @@ def _local_chat_model(settings: Settings, role: str = "answer") -> LlamaCppChatM
     return LlamaCppChatModel(
         model or DEFAULT_MODEL,
         n_ctx=settings.n_ctx,
-        n_threads=settings.num_threads,
+        n_threads=settings.llm_threads or settings.num_threads,
         lora_path=settings.lora_path if role == "answer" else None,
         models_dir=settings.models_dir,
     )

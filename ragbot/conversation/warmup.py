@@ -1,0 +1,178 @@
+"""Prefix warm-up: while the user reads an answer or types, a local model computes the parts of the
+next turn's prompts that are already known, so the turn does not pay for them.
+
+Every prompt keeps its static text first (system instructions and examples, then the append-only
+history, then this turn's question and passages). After an answer the next turn's history is known,
+only its question is not: the rewrite prompt up to "最后的问题：" / "Last question:" and the answer
+prompts up to this turn's passages are evaluated here, in the conversation's language first, then the
+static prefixes of the other language. Each prefix is found by rendering a prompt with two different
+sentinel values and keeping the tokens the renderings share, so it is exactly what the bot's own
+steps (``RagBot.rewrite_step``, ``answer_messages``) send. The states go to llama.cpp's RAM prompt
+cache, which a later prompt sharing the prefix restores.
+
+A turn that asks for the model meanwhile waits for the step in progress (``WARM_STEP`` tokens) and
+the warm-up stops; what it evaluated so far stays usable. Models that cannot warm (an
+OpenAI-compatible endpoint, the fakes) make it a no-op that starts no thread.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ragbot.conversation.memory import trim_history
+from ragbot.conversation.rewrite import is_chinese
+from ragbot.knowledge.knowledge_base import Hit
+from ragbot.models.chat import ChatModel, GenerationSettings, Message
+
+AnswerPrompt = Callable[..., list[Message]]  # ``ragbot.conversation.bot.answer_messages``
+
+log = logging.getLogger(__name__)
+
+# Two fillings of each prompt's variable parts; every sentinel question asks for a rewrite (a pronoun).
+_QUESTIONS = {"zh": ("它呢？", "那这个在哪里？"), "en": ("What about it?", "And where is that one?")}
+_HISTORIES = {
+    "zh": (("甲是什么？", "甲是一种东西。"), ("乙在哪里？", "乙在北方。")),
+    "en": (("What is Alpha?", "Alpha is a thing."), ("Where is Beta?", "Beta is up north.")),
+}
+_PASSAGES = (("甲", "甲是一种东西。"), ("Beta", "Beta is up north."))
+
+
+@dataclass
+class WarmUp:
+    """A warm-up in progress (or done): ``wait()`` for it, ``cancel()`` it; ``computed`` lists
+    (prompt, tokens evaluated) in the order they were warmed."""
+
+    thread: threading.Thread | None = None
+    computed: list[tuple[str, int]] = field(default_factory=list)
+    _cancelled: threading.Event = field(default_factory=threading.Event)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Whether the warm-up has finished (after waiting up to ``timeout`` seconds)."""
+        if self.thread is not None:
+            self.thread.join(timeout)
+        return self.done
+
+    @property
+    def done(self) -> bool:
+        return self.thread is None or not self.thread.is_alive()
+
+    def cancel(self) -> None:
+        """Stop after the step in progress (a turn is about to use the model)."""
+        self._cancelled.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+
+class _Recorded(Exception):  # noqa: N818 - a signal carrying the messages the step would send
+    def __init__(self, messages: Sequence[Message]):
+        super().__init__("messages recorded")
+        self.messages = list(messages)
+
+
+class _Recorder(ChatModel):
+    """Stands in for the rewrite model: records the messages of the bot's own rewrite step, unsent."""
+
+    name = "recorder"
+
+    def _stream(self, messages: Sequence[Message], generation: GenerationSettings):
+        raise _Recorded(messages)
+
+
+def rewrite_messages(bot: Any, question: str, history: Sequence[Message]) -> list[Message] | None:
+    """What ``bot.rewrite_step(question, history)`` would send the rewrite model (None: no model call)."""
+    recording = copy.copy(bot)  # the same bot with a recorder as its rewrite model; ``bot`` is untouched
+    recording.rewrite_model = _Recorder()
+    try:
+        recording.rewrite_step(question, history)
+    except _Recorded as recorded:
+        return recorded.messages
+    return None
+
+
+def _pairs(pairs: Sequence[tuple[str, str]]) -> list[Message]:
+    return [m for q, a in pairs for m in (Message("user", q), Message("assistant", a))]
+
+
+def _hit(title: str, text: str) -> Hit:
+    return Hit(id=title, text=text, source=f"{title}.md", title=title, score=1.0, above_threshold=True)
+
+
+def warm_up_prompts(
+    bot: Any, history: Sequence[Message], sources: Sequence[Hit] = (), *, answer_messages: AnswerPrompt
+) -> list[tuple[str, ChatModel, list[list[Message]]]]:
+    """The prompts to warm, most useful first: (name, model, two renderings of the prompt).
+
+    With a history, the next turn's prompts in the language of its last question (rewrite, grounded
+    and general answer, each with that history); then the static prefixes of the other language.
+    The grounded prompt is warmed with the last answer's passages ``sources``: a follow-up about
+    the same thing often retrieves them again, in the same order, and then evaluates only its
+    question. Without a history, the static prefixes of both languages, the answer prompts first
+    (a first turn needs no rewrite). ``bot`` is a ``RagBot``; ``answer_messages`` renders its answer
+    prompts (passed in: this module sits below ``bot``)."""
+    settings = bot.settings
+    history = trim_history(list(history), settings.history_tokens)
+    last = next((m.content for m in reversed(history) if m.role == "user"), None)
+    first = "en" if last is not None and not is_chinese(last) else "zh"
+    languages = [first, "en" if first == "zh" else "zh"]
+    prompts: list[tuple[str, ChatModel, list[list[Message]]]] = []
+
+    def rewrite(lang: str, histories: Sequence[Sequence[Message]]) -> None:
+        if not bot.rewrite_model.warms_prefixes:
+            return
+        variants = [rewrite_messages(bot, q, h) for q, h in zip(_QUESTIONS[lang], histories, strict=True)]
+        if all(variants):
+            prompts.append((f"rewrite.{lang}", bot.rewrite_model, variants))  # type: ignore[arg-type]
+
+    def answer(lang: str, turns: Sequence[Message], last: Sequence[Hit] = ()) -> None:
+        if not bot.answer_model.warms_prefixes:
+            return
+        chinese = lang == "zh"
+        grounded = [list(last), list(last)] if last else [[_hit(*p)] for p in _PASSAGES]
+        for name, passages in (("grounded", grounded), ("general", [[], []])):
+            variants = [
+                answer_messages(q, hits, turns, chinese=chinese, prompt_dir=settings.prompt_dir)
+                for q, hits in zip(_QUESTIONS[lang], passages, strict=True)
+            ]
+            prompts.append((f"{name}.{lang}", bot.answer_model, variants))
+
+    sentinel_histories = {lang: [_pairs([pair]) for pair in _HISTORIES[lang]] for lang in languages}
+    if history:
+        rewrite(first, [history, history])
+        answer(first, history, sources)
+        rewrite(languages[1], sentinel_histories[languages[1]])
+        answer(languages[1], [])
+    else:
+        for lang in languages:
+            answer(lang, [])
+        for lang in languages:
+            rewrite(lang, sentinel_histories[lang])
+    return prompts
+
+
+def start_warm_up(
+    bot: Any, history: Sequence[Message], sources: Sequence[Hit], *, answer_messages: AnswerPrompt
+) -> WarmUp:
+    """Warm the next turn's prompt prefixes in a background thread (none if no model can warm)."""
+    handle = WarmUp()
+    if not (bot.rewrite_model.warms_prefixes or bot.answer_model.warms_prefixes):
+        return handle
+
+    def run() -> None:
+        try:
+            for name, model, variants in warm_up_prompts(bot, history, sources, answer_messages=answer_messages):
+                if handle.cancelled:
+                    return
+                handle.computed.append((name, model.warm(variants, stop=lambda: handle.cancelled)))
+        except Exception as exc:  # best effort: the turn computes whatever is missing
+            log.warning("prompt warm-up stopped: %s", exc)
+
+    handle.thread = threading.Thread(target=run, name="ragbot-warm-up", daemon=True)
+    handle.thread.start()
+    return handle
