@@ -42,9 +42,11 @@ class TurnEvaluator:
     ):
         if not ks or min(ks) < 1:
             raise EvaluationError(f"every k must be at least 1; got ks={list(ks)}")
-        if not rewrite_model and bot.settings.rewrite:
-            # the engine itself skips the rewrite, so retrieval and the answer use the typed question
-            bot = RagBot(bot.kb, bot.answer_model, bot.rewrite_model, bot.settings.replace(rewrite=False), bot._store)
+        if not rewrite_model and (bot.settings.rewrite or bot.settings.translate):
+            # the engine itself skips the rewrite (and the translation, also a rewrite-model call), so
+            # retrieval and the answer use the typed question
+            settings = bot.settings.replace(rewrite=False, translate=False)
+            bot = RagBot(bot.kb, bot.answer_model, bot.rewrite_model, settings, bot._store)
         self.bot = bot
         self.generate = generate
         self.rewrite_model = rewrite_model
