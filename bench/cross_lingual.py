@@ -7,9 +7,10 @@ calibration set (``expected_route: fallback``), each through ``RagBot.prepare`` 
 local rewrite model, in the same run:
 
 - ``off``: ``translate = false`` (the bot before this step);
-- ``on, fused``: ``translate = true``, the translation's hits fused with the question's (the default);
-- ``on, translation alone``: the translation's hits only (``cross_lingual_step(..., fuse=False)``;
-  the model's translation is cached, so both "on" modes search the same text).
+- ``on``: ``translate = true``, the translation's hits routed on their own (the default);
+- ``on, fused``: the translation's hits fused with the question's by reciprocal rank
+  (``cross_lingual_step(..., fuse=True)``; the model's translation is cached, so both "on" modes
+  search the same text).
 
 Reported per mode: R@1 / R@5 of the gold document among the distinct documents of the turn's final
 retrieval, the share of cross-lingual questions grounded on the gold document (and grounded at all),
@@ -40,6 +41,8 @@ os.environ["RAGBOT_HOME"] = tempfile.mkdtemp(prefix="ragbot-bench-home-")
 
 from ragbot import KnowledgeBase, Settings  # noqa: E402
 from ragbot.conversation.bot import RagBot, Route, Turn  # noqa: E402
+from ragbot.conversation.rewrite import is_chinese  # noqa: E402
+from ragbot.conversation.translation import parse_translation  # noqa: E402
 from ragbot.evaluation.retrieval import doc_key, first_gold_rank  # noqa: E402
 from ragbot.knowledge.knowledge_base import display_source  # noqa: E402
 from ragbot.models.chat import ChatModel, Delta, GenerationSettings, Message, make_chat_model  # noqa: E402
@@ -68,12 +71,12 @@ FOLLOW_UPS = [
         "knowledge/rivers/amazon-en.md",
     ),
 ]
-MODES = ("off", "on, fused", "on, translation alone")
+MODES = ("off", "on", "on, fused")
 
 
 class CachedModel(ChatModel):
-    """The rewrite model with its replies kept by prompt, so the "translation alone" mode searches the
-    translation the "fused" mode got, without a second model call."""
+    """The rewrite model with its replies kept by prompt, so the "fused" mode searches the translation
+    the "on" mode got, without a second model call."""
 
     def __init__(self, model: ChatModel):
         self.model, self.name = model, model.name
@@ -96,15 +99,12 @@ def history_messages(pairs) -> list[dict]:
 
 
 def run_modes(on: RagBot, off: RagBot, question: str, history: list[dict], depth: int) -> dict[str, Turn]:
-    """The turn in each mode; the "alone" mode re-runs the cross-lingual step on a copy of the "off" turn."""
-    turns = {"off": off.prepare(question, history, k=depth)}
-    started = time.perf_counter()
-    turns["on, fused"] = on.prepare(question, history, k=depth)
-    turns["on, fused"].timings["wall"] = time.perf_counter() - started
-    alone = copy.copy(turns["off"])
-    alone.timings = dict(alone.timings)
-    on.cross_lingual_step(alone, depth, fuse=False)
-    turns["on, translation alone"] = alone
+    """The turn in each mode; the "fused" mode re-runs the cross-lingual step on a copy of the "off" turn."""
+    turns = {"off": off.prepare(question, history, k=depth), "on": on.prepare(question, history, k=depth)}
+    fused = copy.copy(turns["off"])
+    fused.timings = dict(fused.timings)
+    on.cross_lingual_step(fused, depth, fuse=True)
+    turns["on, fused"] = fused
     return turns
 
 
@@ -118,7 +118,7 @@ def describe(turn: Turn, gold: str | None) -> dict:
         "gold_rank": first_gold_rank(hits, [gold]) if gold else None,
         "grounded_on_gold": turn.route is Route.GROUNDED and any(doc_key(h) == gold for h in turn.sources),
         "sources": list(dict.fromkeys(display_source(h.source) for h in turn.sources)),
-        "translation": t.to_dict() if t else None,
+        "translation": {**t.to_dict(), "raw": parse_translation(t.raw_output)} if t else None,
         "translation_seconds": turn.timings.get("translation"),
     }
 
@@ -157,9 +157,9 @@ def main() -> None:
             row = {"set": name, "question": question, "gold": gold}
             row.update({mode: describe(turns[mode], gold) for mode in MODES})
             rows.append(row)
-            t = turns["on, fused"].translation
+            t = turns["on"].translation
             log(
-                f"{name} {i}/{len(cases)} {question!r}: off {turns['off'].route}, on {turns['on, fused'].route}"
+                f"{name} {i}/{len(cases)} {question!r}: off {turns['off'].route}, on {turns['on'].route}"
                 + (f" via {t.text!r} ({t.seconds:.1f} s)" if t and t.text else f" ({t.reason})" if t else "")
             )
 
@@ -174,21 +174,27 @@ def main() -> None:
             "recall@5": sum(c["gold_rank"] is not None and c["gold_rank"] <= 5 for c in cross) / n,
             "grounded_on_gold": sum(c["grounded_on_gold"] for c in cross) / n,
             "grounded": sum(c["route"] == "grounded" for c in cross) / n,
+            "grounded_elsewhere": sum(c["route"] == "grounded" and not c["grounded_on_gold"] for c in cross) / n,
             "n_out_of_kb": len(out),
             "out_of_kb_grounded": sum(c["route"] == "grounded" for c in out) / (len(out) or 1),
         }
+        for lang, label in (("en", "English questions"), ("zh", "Chinese questions")):
+            part = [r[mode] for r in rows if r["set"] != "out of KB" and is_chinese(r["question"]) == (lang == "zh")]
+            figures[f"grounded_on_gold, {label}"] = f"{sum(c['grounded_on_gold'] for c in part)}/{len(part)}"
         results[mode] = figures
         table.append([mode, *figures.values()])
     print_table(
-        ["mode", "n", "R@1", "R@5", "grounded on gold", "grounded", "n out", "out-of-KB grounded"],
+        ["mode", "n", "R@1", "R@5", "on gold", "grounded", "elsewhere", "n out", "out-of-KB grounded", "en", "zh"],
         table,
         title="cross-lingual questions (gold only in the other language) and out-of-KB questions",
     )
 
-    made = [r["on, fused"] for r in rows if r["on, fused"]["translation_seconds"] is not None]
+    made = [r["on"] for r in rows if r["on"]["translation_seconds"] is not None]
     seconds = [m["translation_seconds"] for m in made]
-    texts = [(r["question"], r["on, fused"]["translation"]) for r in rows if r["on, fused"]["translation"]]
-    questions = [(q, t["text"]) for q, t in texts if t["text"] and q.rstrip().endswith(("?", "？"))]
+    texts = [(r["question"], r["on"]["translation"]) for r in rows if r["on"]["translation"]]
+    # of the translations of questions (ending in ?/？), the share the model kept a question; those it did
+    # not are rejected by the guard, so "used" counts only the kept ones
+    questions = [(q, t["raw"]) for q, t in texts if t["raw"] and q.rstrip().endswith(("?", "？"))]
     latency = {
         "translations_made": len(made),
         "first_translation_s": seconds[0] if seconds else float("nan"),  # the prompt's prefix not cached yet
@@ -200,15 +206,13 @@ def main() -> None:
     results["translation"] = latency
     print_table(["figure", "value"], [[k, v] for k, v in latency.items()], title="the translation step (model call)")
     print_table(
-        ["set", "question", "translation", "off", "on, fused", "alone"],
+        ["set", "question", "translation", "off", "on", "on, fused"],
         [
             [
                 r["set"],
                 r["question"],
-                (r["on, fused"]["translation"] or {}).get("text") or "-",
-                r["off"]["route"] + ("*" if r["off"]["grounded_on_gold"] else ""),
-                r["on, fused"]["route"] + ("*" if r["on, fused"]["grounded_on_gold"] else ""),
-                r["on, translation alone"]["route"] + ("*" if r["on, translation alone"]["grounded_on_gold"] else ""),
+                (r["on"]["translation"] or {}).get("text") or "-",
+                *(r[mode]["route"] + ("*" if r[mode]["grounded_on_gold"] else "") for mode in MODES),
             ]
             for r in rows
         ],

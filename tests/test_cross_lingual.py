@@ -107,6 +107,8 @@ def test_a_grounded_turn_is_not_translated(kb):
             "",
             "the model's reply is not a question in Chinese: 'The Yangtze is 6,300 km long.'",
         ),
+        # an answer, not a translation: a question's translation is a question
+        ("长江全长约6300公里。", "", "the model's reply is not a question in Chinese: '长江全长约6300公里。'"),
         ("", "", "the model returned nothing"),
         (ModelError("the local model crashed"), "", "model failed: the local model crashed"),
     ],

@@ -427,12 +427,13 @@ class RagBot:
             lists.append(self.kb.search_documents(topic_query, topic_docs, depth, threshold).hits)
         return SearchResult(query=query, threshold=result.threshold, hits=fuse_hits(lists)[:depth])
 
-    def cross_lingual_step(self, turn: Turn, k: int | None = None, *, fuse: bool = True) -> None:
+    def cross_lingual_step(self, turn: Turn, k: int | None = None, *, fuse: bool = False) -> None:
         """A turn routed to the fallback, searched again with its standalone question translated
         into the other language (zh <-> en) by the rewrite model: the knowledge base may hold the
         answer only there (the Yangtze in Chinese for "How long is the Yangtze?"). The translation's
-        hits (``fuse``: fused with the question's) are routed like the question's, about what the
-        question or the translation names; ``turn.translation`` records what happened."""
+        hits are routed like the question's, about what the question or the translation names;
+        ``turn.translation`` records what happened. ``fuse`` ranks them fused with the question's
+        hits instead (no better on bench/cross_lingual.py: docs/evaluation.md)."""
         if turn.route is not Route.FALLBACK:
             turn.translation = Translation(reason="not needed: grounded without it")
             return

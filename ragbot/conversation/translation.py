@@ -62,6 +62,10 @@ class Translation:
         }
 
 
+def _asks(text: str) -> bool:
+    return text.rstrip().endswith(("?", "？"))
+
+
 def target_language(question: str) -> str:
     """The language a question is translated into: English for a Chinese question, else Chinese."""
     return "en" if is_chinese(question) else "zh"
@@ -89,7 +93,8 @@ def translate_question(
         completion = model.complete(messages, generation or GenerationSettings(temperature=0.0, max_tokens=80))
     except ModelError as exc:
         log.warning("translation failed, searching the question as it is: %s", exc)
-        return Translation(language=language, reason=f"model failed: {exc}", called_model=True)
+        seconds = time.perf_counter() - started
+        return Translation(language=language, reason=f"model failed: {exc}", called_model=True, seconds=seconds)
 
     def done(text: str = "", reason: str = "") -> Translation:
         return Translation(
@@ -108,7 +113,9 @@ def translate_question(
         return done(reason="the model returned nothing")
     if text.casefold() == question.strip().casefold():
         return done(reason="the model returned the question untranslated")
-    if len(text) > MAX_TRANSLATION_CHARS or is_chinese(text) != (language == "zh"):
+    asked = _asks(question)
+    if len(text) > MAX_TRANSLATION_CHARS or is_chinese(text) != (language == "zh") or (asked and not _asks(text)):
+        # an answer instead of a translation ("What is photosynthesis?" -> a sentence about it) is not searched
         log.warning("translation rejected (not a question in %s): %r", name, completion.text[:200])
         return done(reason=f"the model's reply is not a question in {name}: {text[:60]!r}")
     return done(text)
