@@ -6,7 +6,8 @@ embedder's cross-lingual margins are thin). ``RagBot.cross_lingual_step`` search
 found nothing with the question translated by the rewrite model; this module makes that
 translation: the prompt (``prompts/translate.zh.txt`` for a Chinese question, ``translate.en.txt``
 for an English one), the parse (the first line, labels and quotes stripped) and the guards (a
-reply not in the target language, or the question returned as it was, is not used).
+reply not in the target language, the question returned as it was, or a statement for a question,
+such as an answer, is not used).
 """
 
 from __future__ import annotations
