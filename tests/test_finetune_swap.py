@@ -269,7 +269,12 @@ def test_local_answer_model_swapped_to_another_gguf_file(tmp_path, local_models_
     asked = run_cli("ask", "--json", "What is the capital of France?")
     assert asked.returncode == 0, asked.stderr
     answer = json.loads(asked.stdout)
-    assert answer["models"] == {"rewrite": "smollm2-135m", "answer": "ragbot-finetuned-smollm2.gguf"}
+    # nothing found: the question was translated (by the rewrite model) and searched again before the answer
+    assert answer["models"] == {
+        "rewrite": "smollm2-135m",
+        "translation": "smollm2-135m",
+        "answer": "ragbot-finetuned-smollm2.gguf",
+    }
     assert answer["answer"].strip()
     assert answer["usage"]["answer"]["completion_tokens"] > 0
 

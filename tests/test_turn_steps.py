@@ -51,7 +51,7 @@ def test_each_step_runs_alone(kb):
 
 
 def test_a_refusal_is_decided_in_prepare_and_generate_calls_no_model(kb):
-    bot, model = make_bot(kb, [], fallback="fixed", fallback_reply="请联系人工客服。")
+    bot, model = make_bot(kb, [], fallback="fixed", fallback_reply="请联系人工客服。", translate=False)
     turn = bot.prepare("怎么烤面包？")
     assert turn.route is Route.FALLBACK and turn.reply == "请联系人工客服。"
     *_, answer = bot.generate(turn)

@@ -78,6 +78,11 @@ def format_why(answer: Answer | None) -> str:
         + (f" (threshold {answer.threshold:.3f})" if answer.threshold is not None else "")
         + (f": {answer.route_reason}" if answer.route_reason else "")
     )
+    if (t := answer.translation) is not None and t.text:
+        found = "the answer was found through it" if t.grounded else "searched too, nothing confident"
+        lines.append(f"translated ({t.language}):     {t.text} ({found if t.searched else t.reason})")
+    elif t is not None:
+        lines.append(f"translation:         none ({t.reason})")
     lines.append(f"topic:               {answer.topic.describe()}")
     if answer.topic_query:
         lines.append(f"topic query:         {answer.topic_query} (fused with the standalone question)")

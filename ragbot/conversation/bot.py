@@ -15,6 +15,7 @@ is generated, then the ``Answer``. One turn:
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import threading
 import time
@@ -41,6 +42,7 @@ from ragbot.conversation.topic import (
     topic_from_turns,
     update_topic,
 )
+from ragbot.conversation.translation import LANGUAGE_NAMES, Translation, translate_question
 from ragbot.conversation.warmup import WarmUp, start_warm_up
 from ragbot.errors import ConversationError, ConversationStoreError
 from ragbot.knowledge.fusion import fuse_rrf
@@ -130,6 +132,7 @@ class Turn:
     topic_reason: str = ""  # why the topic was (or was not) used for this question
     entities: list[str] = field(default_factory=list)  # whom the confident passages must be about
     route_reason: str = ""  # why this route: shown by /why and in --json
+    translation: Translation | None = None  # the question in the other language, or why not (cross_lingual_step)
 
 
 @dataclass(kw_only=True)
@@ -151,6 +154,7 @@ class Answer:
     topic_query: str = ""  # the query joined with the topic entity, if this turn's retrieval used it
     topic_reason: str = ""  # why the topic was (or was not) used
     route_reason: str = ""  # why this route ("passages about 尼罗河", "no confident passage is about ...")
+    translation: Translation | None = None  # the question searched in the other language, or why it was not
 
     @property
     def total_usage(self) -> Usage:
@@ -185,6 +189,7 @@ class Answer:
                 "query": self.topic_query,
                 "reason": self.topic_reason,
             },
+            "translation": self.translation.to_dict() if self.translation else None,
         }
 
 
@@ -381,6 +386,7 @@ class RagBot:
         found = self.evidence(turn.search, turn.entities)
         turn.route = Route.GROUNDED if found.sources else Route.FALLBACK
         turn.sources, turn.route_reason = found.sources, found.reason
+        self.cross_lingual_step(turn, k)
         if turn.route is Route.FALLBACK:
             if self.settings.fallback == "general":
                 turn.prefix = LABELS["general"][turn.language]
@@ -440,6 +446,50 @@ class RagBot:
             lists.append(self.kb.search_documents(topic_query, topic_docs, depth, threshold).hits)
         return SearchResult(query=query, threshold=result.threshold, hits=fuse_hits(lists)[:depth])
 
+    def cross_lingual_step(self, turn: Turn, k: int | None = None, *, fuse: bool = False) -> None:
+        """A turn routed to the fallback, searched again with its standalone question translated
+        into the other language (zh <-> en) by the rewrite model: the knowledge base may hold the
+        answer only there (the Yangtze in Chinese for "How long is the Yangtze?"). The translation's
+        hits are routed like the question's, about what the question or the translation names;
+        ``turn.translation`` records what happened. ``fuse`` ranks them fused with the question's
+        hits instead (no better on bench/cross_lingual.py: docs/evaluation.md)."""
+        if turn.route is not Route.FALLBACK:
+            turn.translation = Translation(reason="not needed: grounded without it")
+            return
+        if not self.settings.translate:
+            turn.translation = Translation(reason="not tried: setting translate is off")
+            return
+        started = time.perf_counter()
+        translation = translate_question(turn.standalone_question, self.rewrite_model, self.settings.prompt_dir)
+        translated = time.perf_counter()
+        turn.timings["translation"] = translated - started
+        turn.translation = translation
+        if not translation.text:
+            return
+        depth = max(k or 0, self.settings.top_k)
+        found_by_translation = self.kb.search(translation.text, depth, self.settings.threshold)
+        search = found_by_translation
+        if fuse and turn.search is not None:
+            search = SearchResult(
+                query=turn.search.query,
+                threshold=found_by_translation.threshold,
+                hits=fuse_hits([turn.search.hits, found_by_translation.hits])[:depth],
+            )
+        # "长江" named by the translation counts as much as "Yangtze" named by the question
+        names = list(dict.fromkeys([*turn.entities, *entity_names(translation.text, self.titles())]))
+        found = self.evidence(search, names)
+        turn.search, turn.entities = search, names
+        turn.timings["retrieval"] = turn.timings.get("retrieval", 0.0) + time.perf_counter() - translated
+        turn.translation = dataclasses.replace(translation, searched=True, grounded=bool(found.sources))
+        if found.sources:
+            about = f": {found.reason}" if found.reason.startswith("passages about") else ""
+            turn.route, turn.sources = Route.GROUNDED, found.sources
+            turn.route_reason = (
+                f"found through the {LANGUAGE_NAMES[translation.language]} translation “{translation.text}”{about}"
+            )
+        else:
+            turn.route_reason = f"{turn.route_reason}; in {LANGUAGE_NAMES[translation.language]} too: {found.reason}"
+
     def evidence(self, result: SearchResult, entities: Sequence[str] = ()) -> Evidence:
         """The confident passages an answer may use, and why: when ``entities`` are given (named by
         the question, or the topic entity a follow-up was searched with), only those about one of
@@ -491,6 +541,9 @@ class RagBot:
         if turn.rewrite is not None:
             usage["rewrite"] = turn.rewrite.usage
             models["rewrite"] = self.rewrite_model.name
+        if turn.translation is not None and turn.translation.called_model:
+            usage["translation"] = turn.translation.usage
+            models["translation"] = self.rewrite_model.name
         if answer_usage is not None:
             usage["answer"] = answer_usage
             models["answer"] = self.answer_model.name
@@ -517,6 +570,7 @@ class RagBot:
             topic_query=turn.topic_query,
             topic_reason=turn.topic_reason,
             route_reason=turn.route_reason,
+            translation=turn.translation,
         )
 
     def _generation(self) -> GenerationSettings:

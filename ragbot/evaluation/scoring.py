@@ -42,9 +42,11 @@ class TurnEvaluator:
     ):
         if not ks or min(ks) < 1:
             raise EvaluationError(f"every k must be at least 1; got ks={list(ks)}")
-        if not rewrite_model and bot.settings.rewrite:
-            # the engine itself skips the rewrite, so retrieval and the answer use the typed question
-            bot = RagBot(bot.kb, bot.answer_model, bot.rewrite_model, bot.settings.replace(rewrite=False), bot._store)
+        if not rewrite_model and (bot.settings.rewrite or bot.settings.translate):
+            # the engine itself skips the rewrite (and the translation, also a rewrite-model call), so
+            # retrieval and the answer use the typed question
+            settings = bot.settings.replace(rewrite=False, translate=False)
+            bot = RagBot(bot.kb, bot.answer_model, bot.rewrite_model, settings, bot._store)
         self.bot = bot
         self.generate = generate
         self.rewrite_model = rewrite_model
@@ -71,7 +73,8 @@ class TurnEvaluator:
 
         # the same steps as the chat: prepare (memory, rewrite, retrieval, route), then generate
         turn = self.bot.prepare(question, history, k=self.depth * 3)
-        if turn.search is not None and not turn.topic_query:  # a plain search of the standalone question
+        translated = turn.translation is not None and turn.translation.searched
+        if turn.search is not None and not turn.topic_query and not translated:  # a plain search of the question
             searches[turn.standalone_question] = turn.search
         answer = None
         if self.generate:
@@ -104,6 +107,8 @@ class TurnEvaluator:
         }
         if turn.topic_reason:
             row["routing"]["topic"] = turn.topic_reason
+        if turn.translation is not None and turn.translation.called_model:
+            row["routing"]["translation"] = turn.translation.text or f"none ({turn.translation.reason})"
         row["hits"] = [
             {"doc_id": h.doc_id, "title": h.title, "score": round(h.score, 4), "source": h.source}
             for h in top_hits[: self.bot.settings.top_k]

@@ -107,8 +107,9 @@ class PacedChatModel(ScriptedChatModel):
 class EchoChatModel(ScriptedChatModel):
     """A fake chat model for trying the whole pipeline with no model at all (``llm = "fake"``).
 
-    Rewrite prompts get the question back unchanged (in the expected two-line format);
-    answer prompts get a reply quoting the question and citing passage [1] when there is one.
+    Rewrite prompts get the question back unchanged (in the expected two-line format), and so do
+    translation prompts (so the bot searches no translation: "the model returned the question
+    untranslated"); answer prompts get a reply quoting the question and citing passage [1] when there is one.
     """
 
     def __init__(self) -> None:
@@ -125,6 +126,8 @@ class EchoChatModel(ScriptedChatModel):
             return f"思考：问题已完整。\n改写：{question}"
         if "Rewrite:" in system:
             return f"Reasoning: already standalone.\nRewrite: {question}"
+        if user.startswith(("中文问题：", "English question: ")):  # prompts/translate.*.txt
+            return question
         cite = " [1]" if "[1]" in user else ""
         return f"(fake model) You asked: {question}{cite}"
 
