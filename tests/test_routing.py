@@ -8,7 +8,7 @@ import pytest
 
 import ragbot
 from ragbot import KnowledgeBase, Route
-from ragbot.conversation.routing import evidence
+from ragbot.conversation.routing import evidence, topic_gate
 from ragbot.knowledge.knowledge_base import Hit
 
 from helpers import make_bot
@@ -120,3 +120,23 @@ def test_eval_reports_the_share_of_grounded_turns_shown_a_gold_document(films, t
     report = (tmp_path / "run" / "report.md").read_text(encoding="utf-8")
     assert "grounded on a gold document: 66.7% (2 of the 3 turns routed grounded" in report
     assert "| unnamed | 这部电影的上映时间是哪天？ |" in report  # listed under "Grounded without a gold document"
+
+
+def test_the_passages_shown_come_from_as_many_documents_as_there_are():
+    def hit(chunk, doc_id, score):
+        return Hit(id=chunk, text=doc_id, source=f"{doc_id}.md", title=doc_id, score=score, above_threshold=True)
+
+    film_1, film_2, actor = hit("f1", "喜剧之王", 0.92), hit("f2", "喜剧之王", 0.91), hit("a1", "张柏芝", 0.90)
+    # two chunks of the film would leave out the actor a follow-up ("她还演过什么？") may ask about
+    assert evidence([film_1, film_2, actor], [], limit=2).sources == [film_1, actor]
+    assert evidence([film_1, film_2, actor], [], limit=3).sources == [film_1, film_2, actor]
+    assert evidence([film_1, film_2], [], limit=2).sources == [film_1, film_2]  # no other document left
+
+
+def test_an_attribute_asked_without_its_owner_keeps_the_topic_like_a_pronoun():
+    threshold, margin = 0.865, 0.04
+    assert topic_gate(threshold, margin, "知道票房收入吗？") == pytest.approx(threshold - margin)
+    assert topic_gate(threshold, margin, "那它是哪年上映的？") == pytest.approx(threshold - margin)
+    # a new subject, or an attribute of something the question names, gets half the margin
+    assert topic_gate(threshold, margin, "怎么烤面包？") == pytest.approx(threshold - margin / 2)
+    assert topic_gate(threshold, margin, "《心灵捕手》的票房是多少？") == pytest.approx(threshold - margin / 2)
