@@ -290,7 +290,8 @@ def test_a_named_conversation_in_postgres_is_refused_before_the_model_is_called_
     url = postgres_server.new_database() + "&connect_timeout=2"
     kb = KnowledgeBase.open(hash_settings.replace(threshold=0.35), create=True)
     kb.ingest([corpus["md"].parent])
-    bot, model = make_bot(kb, ["尼罗河是非洲的一条大河 [1]。", "第二个回答。"], sessions=url, rewrite=False)
+    replies = ["尼罗河是非洲的一条大河 [1]。", "第二个回答。"]
+    bot, model = make_bot(kb, replies, sessions=url, rewrite=False, translate=False)
     bot.conversation("trip").ask("尼罗河是什么？")
     conversation = bot.conversation("trip")  # as a stateless worker does for each request
     assert [m.content for m in conversation.history] == ["尼罗河是什么？", "尼罗河是非洲的一条大河 [1]。"]
@@ -322,7 +323,8 @@ def test_the_terminal_chat_keeps_its_session_while_postgres_is_away(
     url = postgres_server.new_database() + "&connect_timeout=2"
     kb = KnowledgeBase.open(hash_settings.replace(threshold=0.35), create=True)
     kb.ingest([corpus["md"].parent])
-    bot, _ = make_bot(kb, ["尼罗河是非洲的一条大河 [1]。", "烤面包要面粉。"], sessions=url, rewrite=False)
+    replies = ["尼罗河是非洲的一条大河 [1]。", "烤面包要面粉。"]
+    bot, _ = make_bot(kb, replies, sessions=url, rewrite=False, translate=False)
     typed = iter(["尼罗河是什么？", "stop", "怎么烤面包？", "start", "怎么烤面包？"])
 
     def read(prompt: str) -> str:  # the user types; between two lines the database goes away, then comes back
