@@ -86,20 +86,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(env: dict[str, str], workers: int) -> tuple[subprocess.Popen, str]:
+def start_server(env: dict[str, str], workers: int, log_file: Path) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "ragbot", "serve", "--port", str(port), "--workers", str(workers)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    with open(log_file, "w") as server_log:  # a file, not a pipe: an unread pipe would stall the server
+        server = subprocess.Popen(
+            [sys.executable, "-m", "ragbot", "serve", "--port", str(port), "--workers", str(workers)],
+            env=env,
+            stdout=server_log,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if server.poll() is not None:
-            raise SystemExit(f"ragbot serve exited: {server.stderr.read()}")
+            raise SystemExit(f"ragbot serve exited: {log_file.read_text()}")
         try:
             if httpx.get(url + "/ready").status_code == 200:
                 return server, url
@@ -237,7 +238,7 @@ def main() -> None:
         inproc, inproc_errors = in_process(settings.replace(sessions=tmp / f"inproc-{clients}.sqlite"), work)
         sessions = tmp / f"served-{clients}.sqlite"
         env = {**os.environ, **env_settings, "RAGBOT_SESSIONS": str(sessions)}
-        server, url = start_server(env, args.workers)
+        server, url = start_server(env, args.workers, tmp / f"server-{clients}.log")
         try:
             model = httpx.get(url + "/v1/models").json()["data"][0]["id"]
             warm_up = {"model": model, "messages": [{"role": "user", "content": questions()[0]}], "store": True}
