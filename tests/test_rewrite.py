@@ -222,6 +222,10 @@ def test_english_comparison_follow_up_takes_the_previous_question_s_predicate():
     result = rewrite_question("And the Yangtze?", nile, unchanged)
     assert result.question == "How long is the Yangtze?" and "comparison follow-up" in result.reason
     wage = [Message("user", "What is the minimum wage in Canada?"), Message("assistant", "15 to 17 dollars.")]
+    again = [*nile, Message("user", "And the Yangtze?"), Message("assistant", "About 6,300 kilometres.")]
+    assert rewrite_question("And the Mekong?", again, ScriptedChatModel(["Rewrite: And the Mekong?"])).question == (
+        "How long is the Mekong?"
+    )
     failed = ScriptedChatModel([ModelError("cannot reach http://127.0.0.1:1 (model 'x')")])
     assert rewrite_question("What about the US?", wage, failed).question == "What is the minimum wage in the US?"
     good = ScriptedChatModel(["Rewrite: How much is the minimum wage in the US?"])  # the model's own rewrite wins

@@ -292,7 +292,8 @@ def comparison_rewrite(question: str, user_questions: Sequence[str]) -> str | No
     previous question with its subject (last capitalised phrase) swapped for the new one."""
     if not (m := _EN_COMPARISON.match(question)) or is_chinese(question):
         return None
-    previous = next((t for t in reversed(user_questions) if "?" in t), None)
+    # the last real question: "And Jared?" after "What about Ivanka?" reuses the one before both
+    previous = next((t for t in reversed(user_questions) if "?" in t and not _EN_COMPARISON.match(t)), None)
     if previous is None or is_chinese(previous):
         return None
     subjects = [s for s in _EN_SUBJECT.finditer(previous) if s.start() > 0]
