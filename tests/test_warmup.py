@@ -44,7 +44,7 @@ def test_warm_up_is_a_no_op_for_models_that_cannot_warm(kb):
 def test_the_warmed_rewrite_prompt_is_the_one_the_rewrite_step_sends(kb):
     from ragbot.conversation.warmup import rewrite_messages
 
-    bot, model = make_bot(kb, [NILE_REWRITE])
+    bot, model = make_bot(kb, [NILE_REWRITE], translate=False)
     history = bot._history(HISTORY)
     assert rewrite_messages(bot, FOLLOW_UP, history) is not None
     bot.prepare(FOLLOW_UP, HISTORY)
