@@ -8,7 +8,7 @@ import pytest
 
 import ragbot
 from ragbot import KnowledgeBase, Route
-from ragbot.conversation.routing import evidence, topic_gate
+from ragbot.conversation.routing import evidence
 from ragbot.knowledge.knowledge_base import Hit
 
 from helpers import make_bot
@@ -131,12 +131,3 @@ def test_the_passages_shown_come_from_as_many_documents_as_there_are():
     assert evidence([film_1, film_2, actor], [], limit=2).sources == [film_1, actor]
     assert evidence([film_1, film_2, actor], [], limit=3).sources == [film_1, film_2, actor]
     assert evidence([film_1, film_2], [], limit=2).sources == [film_1, film_2]  # no other document left
-
-
-def test_an_attribute_asked_without_its_owner_keeps_the_topic_like_a_pronoun():
-    threshold, margin = 0.865, 0.04
-    assert topic_gate(threshold, margin, "知道票房收入吗？") == pytest.approx(threshold - margin)
-    assert topic_gate(threshold, margin, "那它是哪年上映的？") == pytest.approx(threshold - margin)
-    # a new subject, or an attribute of something the question names, gets half the margin
-    assert topic_gate(threshold, margin, "怎么烤面包？") == pytest.approx(threshold - margin / 2)
-    assert topic_gate(threshold, margin, "《心灵捕手》的票房是多少？") == pytest.approx(threshold - margin / 2)

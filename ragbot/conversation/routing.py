@@ -16,18 +16,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ragbot.conversation.rewrite import _EN_PRONOUN, _ZH_PRONOUN, _ownerless_attribute, is_chinese
+from ragbot.conversation.rewrite import _EN_PRONOUN, _ZH_PRONOUN, is_chinese
 from ragbot.conversation.topic import has_name
 from ragbot.knowledge.knowledge_base import Hit
 
 
 def refers_back(question: str) -> bool:
-    """Whether the question points back: a pronoun or demonstrative ("它", "这部", "her"), or an
-    attribute asked about without naming whose ("知道票房收入吗？", "出生地呢？"). A follow-up on the
-    topic far more often than a new subject is (docs/evaluation.md)."""
-    if not is_chinese(question):
-        return bool(_EN_PRONOUN.search(question))
-    return bool(_ZH_PRONOUN.search(question)) or _ownerless_attribute(question) is not None
+    """Whether the question points back with a pronoun or demonstrative ("它", "这部", "her"): a
+    follow-up on the topic far more often than a new subject is (71% of the KdConv follow-ups,
+    13% of the other-subject questions put after them; docs/evaluation.md)."""
+    return bool((_ZH_PRONOUN if is_chinese(question) else _EN_PRONOUN).search(question))
 
 
 def topic_gate(threshold: float, margin: float, question: str) -> float:
