@@ -131,3 +131,16 @@ def test_the_passages_shown_come_from_as_many_documents_as_there_are():
     assert evidence([film_1, film_2, actor], [], limit=2).sources == [film_1, actor]
     assert evidence([film_1, film_2, actor], [], limit=3).sources == [film_1, film_2, actor]
     assert evidence([film_1, film_2], [], limit=2).sources == [film_1, film_2]  # no other document left
+
+
+def test_a_follow_up_shows_the_passages_it_repeats_in_the_order_the_last_answer_saw_them(films):
+    # the warm-up computed the prompt up to the last answer's passages: the same numbering again lets a
+    # follow-up on them evaluate only its question; any other passage keeps its rank after them
+    bot, _ = make_bot(films, rewrite=False, translate=False)
+    question = "剧情片的上映时间和主演是谁？"
+    ranked = bot.prepare(question).sources
+    assert len(ranked) == 2 and ranked[0].doc_id != ranked[1].doc_id
+    assert bot.prepare(question, last_sources=ranked[::-1]).sources == ranked[::-1]
+    assert bot.prepare(question, last_sources=ranked[1:]).sources == ranked[::-1]
+    other = Hit(id="gone", text="x", source="x.md", title="x", score=0.9, above_threshold=True)
+    assert bot.prepare(question, last_sources=[other, *ranked[::-1]]).sources == ranked  # the run breaks at once

@@ -30,7 +30,7 @@ from ragbot.conversation.citations import CitationFilter
 from ragbot.conversation.memory import messages_from_pairs, trim_history, validate_history
 from ragbot.conversation.prompts import load_prompt
 from ragbot.conversation.rewrite import RewriteResult, is_chinese, rewrite_question
-from ragbot.conversation.routing import Evidence, evidence, topic_gate
+from ragbot.conversation.routing import Evidence, evidence, in_prompt_order, topic_gate
 from ragbot.conversation.store import ConversationStore, Feedback, make_feedback, open_store
 from ragbot.conversation.topic import (
     Topic,
@@ -328,10 +328,16 @@ class RagBot:
         return answer
 
     def stream_answer(
-        self, question: str, history: Sequence[Message] | Sequence[dict] = (), *, state: Topic | None = None
+        self,
+        question: str,
+        history: Sequence[Message] | Sequence[dict] = (),
+        *,
+        state: Topic | None = None,
+        last_sources: Sequence[Hit] = (),
     ) -> Iterator[str | Answer]:
-        """Text deltas of the answer as they are generated, then the ``Answer``."""
-        yield from self.generate(self.prepare(question, history, state=state))
+        """Text deltas of the answer as they are generated, then the ``Answer`` (``last_sources``:
+        see ``prepare``)."""
+        yield from self.generate(self.prepare(question, history, state=state, last_sources=last_sources))
 
     def titles(self) -> dict[str, TopicDocument]:
         """The knowledge base's document titles (and their short forms) -> the document, for
@@ -350,12 +356,14 @@ class RagBot:
         state: Topic | None = None,
         *,
         k: int | None = None,
+        last_sources: Sequence[Hit] = (),
     ) -> Turn:
         """Everything decided before the answer model is called: memory, rewrite, retrieval, route.
 
         ``state`` is what the conversation is about (``Conversation`` passes its own; rebuilt from
         the history text when None). ``k`` searches more hits than ``top_k`` (evaluation ranks
-        deeper); the answer still sees the same passages."""
+        deeper); the answer still sees the same passages. ``last_sources``, the previous answer's
+        passages, are shown first again when this turn repeats them (``in_prompt_order``)."""
         started = time.perf_counter()
         if self._warming is not None:  # this turn needs the model: the warm-up stops after its step
             self._warming.cancel()
@@ -387,6 +395,7 @@ class RagBot:
         turn.route = Route.GROUNDED if found.sources else Route.FALLBACK
         turn.sources, turn.route_reason = found.sources, found.reason
         self.cross_lingual_step(turn, k)
+        turn.sources = in_prompt_order(turn.sources, last_sources)
         if turn.route is Route.FALLBACK:
             if self.settings.fallback == "general":
                 turn.prefix = LABELS["general"][turn.language]
@@ -689,7 +698,8 @@ class Conversation:
         conversation checks its file first, so a turn that could not be saved is never asked."""
         with self._lock:
             self.check_storage()
-            for item in self.bot.stream_answer(question, self.history, state=self.topic):
+            shown = self.last.sources if self.last else ()
+            for item in self.bot.stream_answer(question, self.history, state=self.topic, last_sources=shown):
                 if isinstance(item, Answer):
                     self._remember(item)
                     self.warm_up()  # while the answer is read and the next question typed
