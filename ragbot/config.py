@@ -119,6 +119,9 @@ class Settings:
     topic_margin: float = 0.04
     # a turn that found nothing is searched again with its question translated (zh <-> en) by the rewrite model
     translate: bool = True
+    # passages in the answer prompt, in tokens in all, cut to the sentences the question asks about; None: 200
+    # with a local answer model (its prompt processing is the turn's wait), whole with an endpoint; 0: whole
+    passage_tokens: int | None = None
     history_tokens: int = 1200  # history sent to the model, counted with tiktoken
     # the rewrite sees the most recent messages first within its own budget, each clipped (docs/evaluation.md)
     rewrite_history_tokens: int = 600
@@ -172,6 +175,8 @@ class Settings:
         _check_range("history_tokens", self.history_tokens, low=0)
         _check_range("rewrite_history_tokens", self.rewrite_history_tokens, low=0)
         _check_range("rewrite_message_tokens", self.rewrite_message_tokens, low=1)
+        if self.passage_tokens is not None:
+            _check_range("passage_tokens", self.passage_tokens, low=0)
         _check_range("n_ctx", self.n_ctx, low=256)
         _check_range("max_retries", self.max_retries, low=0)
         _check_range("request_timeout", self.request_timeout, low=0.1)

@@ -27,6 +27,7 @@ from typing import Any
 
 from ragbot.config import Settings, load_settings
 from ragbot.conversation.citations import CitationFilter
+from ragbot.conversation.excerpts import excerpts
 from ragbot.conversation.memory import messages_from_pairs, trim_history, validate_history
 from ragbot.conversation.prompts import load_prompt
 from ragbot.conversation.rewrite import RewriteResult, is_chinese, rewrite_question
@@ -48,9 +49,11 @@ from ragbot.errors import ConversationError, ConversationStoreError
 from ragbot.knowledge.fusion import fuse_rrf
 from ragbot.knowledge.knowledge_base import CONTROL_CHARS, Hit, KnowledgeBase, SearchResult, display_source, not_utf8
 from ragbot.models.chat import ChatModel, GenerationSettings, Message, Usage, make_chat_model
+from ragbot.models.embedders import Embedder
 
 MAX_QUESTION_CHARS = 4000
 CONTEXT_PASSAGES = 3  # passages put in the prompt: prompt processing dominates local latency
+LOCAL_PASSAGE_TOKENS = 200  # the passages' share of a local model's answer prompt (docs/evaluation.md)
 TOPIC_DOCUMENTS = 2  # the topic's most recent documents whose chunks a follow-up also ranks
 
 LABELS = {
@@ -194,12 +197,14 @@ class Answer:
 
 
 def format_passages(hits: Sequence[Hit], chinese: bool) -> str:
-    """Numbered passages for the prompt; closing delimiters inside them are defused."""
+    """Numbered passages for the prompt, each headed by its title and headings (its file when it
+    has no title: a path costs tokens and changes with the working directory); closing delimiters
+    inside them are defused."""
     blocks = []
     for n, hit in enumerate(hits, start=1):
-        where = " > ".join([hit.title, *[h for h in hit.headings if h != hit.title]])
+        where = " > ".join([hit.title, *[h for h in hit.headings if h != hit.title]]) or display_source(hit.source)
         text = re.sub(r"</\s*(资料|passages)\s*>", "</ \\1>", hit.text, flags=re.IGNORECASE)
-        blocks.append(f"[{n}] {where} ({display_source(hit.source)})\n{text}")
+        blocks.append(f"[{n}] {where}\n{text}")
     return "\n\n".join(blocks)
 
 
@@ -210,14 +215,19 @@ def answer_messages(
     *,
     chinese: bool,
     prompt_dir: Path | None = None,
+    passage_tokens: int | None = None,
+    embedder: Embedder | None = None,
 ) -> list[Message]:
     """What the answer model is shown: the grounded prompt with numbered passages when there
-    are any, the general one otherwise. Shared with ``ragbot.finetune`` so training examples
-    look exactly like the bot's own calls."""
+    are any (cut to ``question`` within ``passage_tokens``, matched with ``embedder`` too: see
+    ``ragbot.conversation.excerpts``),
+    the general one otherwise. Shared with ``ragbot.finetune`` so training examples look exactly
+    like the bot's own calls."""
     lang = "zh" if chinese else "en"
     if sources:
         prompt = load_prompt(f"grounded.{lang}", prompt_dir)
-        system, user = prompt.render(passages=format_passages(sources, chinese), question=question)
+        shown = excerpts(sources, question, passage_tokens, embedder)
+        system, user = prompt.render(passages=format_passages(shown, chinese), question=question)
     else:
         system, user = load_prompt(f"general.{lang}", prompt_dir).render(question=question)
     # static system prompt first, then the (append-only) history, then this turn's part
@@ -524,6 +534,8 @@ class RagBot:
             turn.history,
             chinese=turn.language == "zh",
             prompt_dir=self.settings.prompt_dir,
+            passage_tokens=self.passage_tokens(),
+            embedder=self.kb.embedder,
         )
         begun = time.perf_counter()
         cited = CitationFilter(len(turn.sources))  # drops [n] markers that name no passage shown
@@ -581,6 +593,14 @@ class RagBot:
             route_reason=turn.route_reason,
             translation=turn.translation,
         )
+
+    def passage_tokens(self) -> int | None:
+        """The passages' budget in the answer prompt (``None``: whole passages): the setting, or for
+        a local answer model ``LOCAL_PASSAGE_TOKENS``, since each prompt token there costs ~1/37 s."""
+        budget = self.settings.passage_tokens
+        if budget is None:
+            return LOCAL_PASSAGE_TOKENS if self.answer_model.warms_prefixes else None
+        return budget or None
 
     def _generation(self) -> GenerationSettings:
         s = self.settings

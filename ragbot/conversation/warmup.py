@@ -137,7 +137,15 @@ def warm_up_prompts(
         grounded = [list(last), list(last)] if last else [[_hit(*p)] for p in _PASSAGES]
         for name, passages in (("grounded", grounded), ("general", [[], []])):
             variants = [
-                answer_messages(q, hits, turns, chinese=chinese, prompt_dir=settings.prompt_dir)
+                answer_messages(
+                    q,
+                    hits,
+                    turns,
+                    chinese=chinese,
+                    prompt_dir=settings.prompt_dir,
+                    passage_tokens=bot.passage_tokens(),
+                    embedder=bot.kb.embedder,
+                )
                 for q, hits in zip(_QUESTIONS[lang], passages, strict=True)
             ]
             prompts.append((f"{name}.{lang}", bot.answer_model, variants))
