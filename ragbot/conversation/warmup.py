@@ -111,9 +111,9 @@ def warm_up_prompts(
 
     With a history, the next turn's prompts in the language of its last question (rewrite, grounded
     and general answer, each with that history); then the static prefixes of the other language.
-    The grounded prompt is warmed with the last answer's passages ``sources``: a follow-up about
-    the same thing often retrieves them again, in the same order, and then evaluates only its
-    question. Without a history, the static prefixes of both languages, the answer prompts first
+    The grounded prompt is warmed with the last answer's passages ``sources`` when passages are
+    shown whole: a follow-up about the same thing often retrieves them again, in the same order
+    (``routing.in_prompt_order``), and then evaluates only its question. Without a history, the static prefixes of both languages, the answer prompts first
     (a first turn needs no rewrite). ``bot`` is a ``RagBot``; ``answer_messages`` renders its answer
     prompts (passed in: this module sits below ``bot``)."""
     settings = bot.settings
@@ -134,7 +134,9 @@ def warm_up_prompts(
         if not bot.answer_model.warms_prefixes:
             return
         chinese = lang == "zh"
-        grounded = [list(last), list(last)] if last else [[_hit(*p)] for p in _PASSAGES]
+        # cut passages change with the question: then only the prompt up to the first one is known
+        cut = bot.passage_tokens() is not None
+        grounded = [list(last), list(last)] if last and not cut else [[_hit(*p)] for p in _PASSAGES]
         for name, passages in (("grounded", grounded), ("general", [[], []])):
             variants = [
                 answer_messages(
@@ -144,7 +146,6 @@ def warm_up_prompts(
                     chinese=chinese,
                     prompt_dir=settings.prompt_dir,
                     passage_tokens=bot.passage_tokens(),
-                    embedder=bot.kb.embedder,
                 )
                 for q, hits in zip(_QUESTIONS[lang], passages, strict=True)
             ]
