@@ -114,8 +114,9 @@ def warm_up_prompts(
     The grounded prompt is warmed with the last answer's passages ``sources`` when passages are
     shown whole: a follow-up about the same thing often retrieves them again, in the same order
     (``routing.in_prompt_order``), and then evaluates only its question. Without a history, the
-    static prefixes of both languages, the answer prompts first (a first turn needs no rewrite). ``bot`` is a ``RagBot``; ``answer_messages`` renders its answer
-    prompts (passed in: this module sits below ``bot``)."""
+    static prefixes of both languages, the answer prompts first (a first turn needs no rewrite).
+    ``bot`` is a ``RagBot``; ``answer_messages`` renders its answer prompts (passed in: this module
+    sits below ``bot``)."""
     settings = bot.settings
     history = trim_history(list(history), settings.history_tokens)
     last = next((m.content for m in reversed(history) if m.role == "user"), None)
