@@ -383,7 +383,8 @@ class RagBot:
         turn.timings["retrieval"] = time.perf_counter() - t_rewrite
         # the passages must be about what the question names, or what the topic query added
         turn.entities = named or (topic_names(turn.topic) if turn.topic_query else [])
-        found = self.evidence(turn.search, turn.entities)
+        # a question that names an entity is still said in a conversation: its topic's passages about it go first
+        found = self.evidence(turn.search, turn.entities, topic_names(turn.topic) if named else ())
         turn.route = Route.GROUNDED if found.sources else Route.FALLBACK
         turn.sources, turn.route_reason = found.sources, found.reason
         self.cross_lingual_step(turn, k)
@@ -490,11 +491,11 @@ class RagBot:
         else:
             turn.route_reason = f"{turn.route_reason}; in {LANGUAGE_NAMES[translation.language]} too: {found.reason}"
 
-    def evidence(self, result: SearchResult, entities: Sequence[str] = ()) -> Evidence:
+    def evidence(self, result: SearchResult, entities: Sequence[str] = (), topic: Sequence[str] = ()) -> Evidence:
         """The confident passages an answer may use, and why: when ``entities`` are given (named by
         the question, or the topic entity a follow-up was searched with), only those about one of
-        them (``ragbot.conversation.routing``)."""
-        return evidence(result.confident, entities, min(CONTEXT_PASSAGES, self.settings.top_k))
+        them, the ``topic``'s own documents first (``ragbot.conversation.routing``)."""
+        return evidence(result.confident, entities, min(CONTEXT_PASSAGES, self.settings.top_k), topic)
 
     def route(self, result: SearchResult, entities: Sequence[str] = ()) -> tuple[Route, list[Hit]]:
         """Grounded on the confident passages (about ``entities``, when given), else the fallback."""
