@@ -393,12 +393,13 @@ class RagBot:
 
         named = entity_names(f"{question}\n{turn.standalone_question}", self.titles())
         turn.topic_query, turn.topic_reason = self.topic_query(turn.standalone_question, turn.topic, named)
-        topic_docs = [d.doc_id for d in turn.topic.documents[:TOPIC_DOCUMENTS]] if turn.topic_query else []
+        topic_docs = turn.topic.documents[:TOPIC_DOCUMENTS] if turn.topic_query else ()
         turn.search = self.retrieve(turn.standalone_question, k, topic_query=turn.topic_query, topic_docs=topic_docs)
         turn.timings["retrieval"] = time.perf_counter() - t_rewrite
         # the passages must be about what the question names, or what the topic query added
         turn.entities = named or (topic_names(turn.topic) if turn.topic_query else [])
-        found = self.evidence(turn.search, turn.entities)
+        # a question that names an entity is still said in a conversation: its topic's passages about it go first
+        found = self.evidence(turn.search, turn.entities, topic_names(turn.topic) if named else ())
         turn.route = Route.GROUNDED if found.sources else Route.FALLBACK
         turn.sources, turn.route_reason = found.sources, found.reason
         self.cross_lingual_step(turn, k)
@@ -445,21 +446,30 @@ class RagBot:
         return f"{topic.current} {standalone}", f"used: the question alone is close to {where} ({closest:.3f})"
 
     def retrieve(
-        self, query: str, k: int | None = None, *, topic_query: str = "", topic_docs: Sequence[str] = ()
+        self,
+        query: str,
+        k: int | None = None,
+        *,
+        topic_query: str = "",
+        topic_docs: Sequence[TopicDocument] = (),
     ) -> SearchResult:
         """The knowledge-base hits for the standalone question, scored against the threshold.
 
         With a ``topic_query`` (a follow-up), the hits of the standalone question, of the topic
-        query and the chunks of the topic's documents ``topic_docs`` are fused by reciprocal rank;
-        each hit keeps its best dense cosine as ``score``, so the threshold means what it did."""
+        query and of each of the topic's documents ``topic_docs`` are fused by reciprocal rank;
+        each hit keeps its best dense cosine as ``score``, so the threshold means what it did.
+        Each topic document is searched with its own name joined to the question: "他是哪年出生的？"
+        after a film's two directors may be about either, and the topic query names only the
+        current one, so the other's chunks would score below the threshold."""
         depth = max(k or 0, self.settings.top_k)
         threshold = self.settings.threshold
         result = self.kb.search(query, depth, threshold)
         if not topic_query:
             return result
         lists = [result.hits, self.kb.search(topic_query, depth, threshold).hits]
-        if topic_docs:
-            lists.append(self.kb.search_documents(topic_query, topic_docs, depth, threshold).hits)
+        for doc in topic_docs:
+            about = f"{short_name(doc.title)} {query}" if doc.title.strip() else topic_query
+            lists.append(self.kb.search_documents(about, [doc.doc_id], depth, threshold).hits)
         return SearchResult(query=query, threshold=result.threshold, hits=fuse_hits(lists)[:depth])
 
     def cross_lingual_step(self, turn: Turn, k: int | None = None, *, fuse: bool = False) -> None:
@@ -506,11 +516,11 @@ class RagBot:
         else:
             turn.route_reason = f"{turn.route_reason}; in {LANGUAGE_NAMES[translation.language]} too: {found.reason}"
 
-    def evidence(self, result: SearchResult, entities: Sequence[str] = ()) -> Evidence:
+    def evidence(self, result: SearchResult, entities: Sequence[str] = (), topic: Sequence[str] = ()) -> Evidence:
         """The confident passages an answer may use, and why: when ``entities`` are given (named by
         the question, or the topic entity a follow-up was searched with), only those about one of
-        them (``ragbot.conversation.routing``)."""
-        return evidence(result.confident, entities, min(CONTEXT_PASSAGES, self.settings.top_k))
+        them, the ``topic``'s own documents first (``ragbot.conversation.routing``)."""
+        return evidence(result.confident, entities, min(CONTEXT_PASSAGES, self.settings.top_k), topic)
 
     def route(self, result: SearchResult, entities: Sequence[str] = ()) -> tuple[Route, list[Hit]]:
         """Grounded on the confident passages (about ``entities``, when given), else the fallback."""

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ragbot.conversation.rewrite import _EN_PRONOUN, _ZH_PRONOUN, is_chinese
-from ragbot.conversation.topic import has_name
+from ragbot.conversation.topic import has_name, title_names
 from ragbot.knowledge.knowledge_base import Hit
 
 
@@ -43,8 +43,11 @@ class Evidence:
 
 
 def titled(hit: Hit, name: str) -> bool:
-    """Whether the hit's document title names ``name`` ("尼罗河" for "尼罗河：非洲的生命之河")."""
-    return has_name(hit.title, name) >= 0
+    """Whether the hit's document is ``name``: its title, or the title's head before a colon or a
+    bracket, is the name ("尼罗河" for "尼罗河：非洲的生命之河", "喜剧之王" for
+    "喜剧之王（1999年周星驰主演并执导电影）"). A name in the bracket ("周星驰" there) only mentions
+    it: that film is not the person's document."""
+    return name.casefold() in {n.casefold() for n in title_names(hit.title)}
 
 
 def mentions(hit: Hit, name: str) -> bool:
@@ -74,10 +77,14 @@ def one_per_document(hits: Sequence[Hit], limit: int) -> list[Hit]:
     return [h for h in hits if id(h) in chosen]
 
 
-def evidence(confident: Sequence[Hit], names: Sequence[str], limit: int) -> Evidence:
+def evidence(confident: Sequence[Hit], names: Sequence[str], limit: int, topic: Sequence[str] = ()) -> Evidence:
     """``limit`` of the ``confident`` hits (best first, one per document first) that are about one
-    of ``names`` (all of them when ``names`` is empty): those whose title names it first, then
-    those that mention it, then those that cannot be checked for it (another script)."""
+    of ``names`` (all of them when ``names`` is empty): the documents of those names first, then
+    the passages that mention one, then those that cannot be checked for it (another script).
+    Within each of these, a passage of the conversation's ``topic`` documents comes first:
+    "编剧是宫崎骏，这是在哪里制片的呢？" after 《魔女宅急便》 asks about the film, and its passage
+    names 宫崎骏 too, so it goes before other films that name him. ``topic`` only orders the
+    passages about ``names``; it admits none."""
     if not confident:
         return Evidence([], "no passage reaches the threshold")
     if not names:
@@ -91,6 +98,8 @@ def evidence(confident: Sequence[Hit], names: Sequence[str], limit: int) -> Evid
             tiers[1].append(hit)
         elif all(not checkable(hit, n) for n in names):
             tiers[2].append(hit)
+    if topic:
+        tiers = [sorted(tier, key=lambda h: not any(titled(h, n) for n in topic)) for tier in tiers]
     kept = one_per_document([h for tier in tiers for h in tier], limit)
     if not kept:
         return Evidence([], f"no confident passage is about {named}")
