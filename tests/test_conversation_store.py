@@ -59,7 +59,8 @@ def stores(location):
 
 
 def test_migrations_of_both_stores_have_the_same_names():
-    assert PG_MIGRATIONS.names == SQLITE_MIGRATIONS.names == ["m001_initial", "m002_conversation_state", "m003_turn_ids"]
+    names = ["m001_initial", "m002_conversation_state", "m003_turn_ids"]
+    assert PG_MIGRATIONS.names == SQLITE_MIGRATIONS.names == names
 
 
 def test_a_turn_is_saved_whole_and_read_back_by_another_store(stores):
