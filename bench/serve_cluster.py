@@ -145,6 +145,7 @@ class TurnFailed(Exception):
 def send_turn(http: httpx.Client, url: str, body: dict, on_text=None) -> tuple[str, dict, float | None]:
     """The answer text, the ragbot field and the time to the first text; ``TurnFailed`` otherwise."""
     start = time.perf_counter()
+    first = None
     try:
         if not body.get("stream"):
             response = http.post(url + "/v1/chat/completions", json=body)
@@ -152,7 +153,7 @@ def send_turn(http: httpx.Client, url: str, body: dict, on_text=None) -> tuple[s
                 raise TurnFailed(response.text[:200], response.status_code, response.headers.get("Retry-After"))
             data = response.json()
             return data["choices"][0]["message"]["content"], data["ragbot"], None
-        text, record, first, done = [], None, None, False
+        text, record, done = [], None, False
         with http.stream("POST", url + "/v1/chat/completions", json=body) as response:
             if response.status_code != 200:
                 response.read()
@@ -179,8 +180,8 @@ def send_turn(http: httpx.Client, url: str, body: dict, on_text=None) -> tuple[s
         if not done or record is None:
             raise TurnFailed("the stream ended before [DONE]", mid=first is not None)
         return "".join(text), record, first
-    except httpx.TransportError as exc:
-        raise TurnFailed(f"{type(exc).__name__}: {exc}") from None
+    except httpx.TransportError as exc:  # a server killed mid-answer cuts the stream so
+        raise TurnFailed(f"{type(exc).__name__}: {exc}", mid=first is not None) from None
 
 
 def saved_questions(http: httpx.Client, url: str, conversation_id: str) -> list[str] | None:
