@@ -230,3 +230,13 @@ def test_two_servers_answering_one_conversation_at_once_save_one_turn_and_answer
     finally:
         for bot in bots:
             bot.store.close()
+
+
+def test_postgres_pool_size_is_a_setting_of_at_least_one(monkeypatch):
+    from ragbot.config import Settings, load_settings
+    from ragbot.errors import ConfigError
+
+    monkeypatch.setenv("RAGBOT_POSTGRES_POOL_SIZE", "3")
+    assert load_settings().postgres_pool_size == 3
+    with pytest.raises(ConfigError, match=r"^bad value for postgres_pool_size: 0; it must be at least 1$"):
+        Settings(postgres_pool_size=0)
