@@ -181,7 +181,7 @@ def test_two_servers_answering_one_conversation_at_once_save_one_turn_and_answer
 ):
     kb = KnowledgeBase.open(hash_settings.replace(threshold=0.35, sessions=location), create=True)
     kb.ingest([corpus["md"].parent])
-    slow = PacedChatModel(default="慢" * 120, delay=0.02, name="ragbot-test")  # 30 pieces, 0.6 s
+    slow = PacedChatModel(default="慢" * 240, delay=0.02, name="ragbot-test")  # 60 pieces, 1.2 s
     fast = PacedChatModel(default="快。", delay=0.0, name="ragbot-test")
     bots = [RagBot(kb, model, settings=kb.settings.replace(rewrite=False, translate=False)) for model in (slow, fast)]
     body = {"model": "ragbot-test", "messages": [{"role": "user", "content": "尼罗河是什么？"}]}
