@@ -88,8 +88,8 @@ def test_a_postgres_commit_whose_answer_is_lost_saves_the_turn_once(postgres_ser
         lose = 1
 
         @contextlib.contextmanager
-        def _transaction(self):
-            with super()._transaction() as db:
+        def _transaction(self, **kwargs):
+            with super()._transaction(**kwargs) as db:
                 yield db
                 if self.lose:
                     self.lose -= 1

@@ -67,11 +67,6 @@ _RACES = (
 _MIGRATION_LOCK = 0x7261_6762  # pg_advisory_xact_lock key: one process migrates at a time ("ragb")
 
 
-class ConnectionBrokenError(StoreUnavailableError):
-    """A connection broke during a call (the database went away, or the network): the call may have
-    reached the database, so a turn's save is tried again under its turn id."""
-
-
 class PostgresMigrations(Migrations):
     """The migrations machinery on PostgreSQL: an advisory lock instead of SQLite's write lock."""
 
@@ -234,9 +229,10 @@ class PostgresStore(ConversationStore):
         return text
 
     @contextlib.contextmanager
-    def _transaction(self) -> Iterator[Any]:
+    def _transaction(self, broken: tuple[type[BaseException], ...] = ()) -> Iterator[Any]:
         """A pooled connection in one transaction (committed at the end, rolled back on an error);
-        a database that is away becomes ``StoreUnavailableError``."""
+        a database that is away becomes ``StoreUnavailableError``. ``broken``: pass a connection that
+        broke during the transaction (``psycopg.OperationalError``) on to a caller that tries again."""
         try:
             with self._pool.connection() as db:
                 yield db
@@ -244,8 +240,10 @@ class PostgresStore(ConversationStore):
             raise  # the caller runs the transaction again
         except PoolTimeout:
             raise StoreUnavailableError(self._unavailable(self._probe())) from None
+        except broken:
+            raise
         except psycopg.OperationalError as exc:
-            raise ConnectionBrokenError(self._unavailable(self._reason(exc))) from None
+            raise StoreUnavailableError(self._unavailable(self._reason(exc))) from None
         except psycopg.Error as exc:
             raise ConversationStoreError(
                 f"cannot use the conversation database {self.location} ({self._reason(exc)}): check the database"
@@ -300,11 +298,11 @@ class PostgresStore(ConversationStore):
         for attempt in range(RETRIES):
             last = attempt == RETRIES - 1
             try:
-                with self._transaction() as db:
+                with self._transaction(broken=(psycopg.OperationalError,)) as db:
                     return self._append(db, name, row, state_text, expected_turns, turn_id)
-            except ConnectionBrokenError:
-                if attempt >= 1:  # once: a database that went away is not back for the next try
-                    raise
+            except psycopg.OperationalError as exc:  # the COMMIT may have reached the database: try once more
+                if attempt >= 1:  # a database that went away is not back for a third try
+                    raise StoreUnavailableError(self._unavailable(self._reason(exc))) from None
             except _RACES as exc:
                 if last:
                     raise ConversationStoreError(
