@@ -12,6 +12,7 @@ from ragbot.conversation.bot import Answer, Conversation, RagBot, Route, Turn
 from ragbot.errors import (
     CalibrationError,
     ConfigError,
+    ConversationChangedError,
     ConversationError,
     ConversationStoreError,
     DocumentError,
@@ -45,6 +46,7 @@ __all__ = [
     "Chunk",
     "ConfigError",
     "Conversation",
+    "ConversationChangedError",
     "ConversationError",
     "ConversationStoreError",
     "Document",

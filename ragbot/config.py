@@ -131,6 +131,7 @@ class Settings:
     prompt_dir: Path | None = None  # your prompt files override the bundled ones
     # saved conversations: a SQLite file, or a postgresql:// URL (kept as text); None: data_home()
     sessions: Path | str | None = None
+    postgres_pool_size: int = 8  # connections one process keeps to a postgresql:// `sessions` database, at most
 
     # Serving (``ragbot serve``). API keys come from RAGBOT_API_KEYS and/or this file, never from a setting.
     api_keys_file: Path | None = None
@@ -198,6 +199,7 @@ class Settings:
         _check_range("topic_margin", self.topic_margin, low=0)
         _check_range("max_request_bytes", self.max_request_bytes, low=1024)
         _check_range("max_concurrent", self.max_concurrent, low=1)
+        _check_range("postgres_pool_size", self.postgres_pool_size, low=1)
         _check_range("queue_timeout", self.queue_timeout, low=0)
         if self.num_threads is not None:
             _check_range("num_threads", self.num_threads, low=1)

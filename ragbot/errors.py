@@ -83,6 +83,15 @@ class StoreUnreachableError(StoreUnavailableError):
     """The conversation database named by ``sessions`` cannot be reached when it is opened."""
 
 
+class ConversationChangedError(RagbotError):
+    """A turn was not saved because its conversation gained a turn while the answer was generated
+    (another process answered a message of the same conversation first): send the message again."""
+
+    def __init__(self, message: str, name: str):
+        super().__init__(message)
+        self.name = name  # the conversation, as the store names it
+
+
 class FinetuneError(RagbotError):
     """Fine-tuning could not go on: unknown job or model, a job that failed on the server."""
 

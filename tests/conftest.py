@@ -11,7 +11,7 @@ import pytest
 from ragbot.config import Settings
 
 from helpers import run_cli, write_sample_corpus
-from postgres_server import postgres_server  # noqa: F401 -- a session fixture: a throwaway PostgreSQL
+from postgres_server import postgres_server, postgres_stores_closed  # noqa: F401 -- a throwaway PostgreSQL; leaks fail
 
 
 @pytest.fixture(autouse=True)

@@ -39,3 +39,29 @@ def postgres_server():
         yield server
     finally:
         server.remove()
+
+
+@pytest.fixture(autouse=True)
+def postgres_stores_closed(monkeypatch):
+    """Fail the test that leaves a PostgreSQL conversation store open: its pool, collected by the garbage
+    collector later, would print an unraisable exception in the middle of an unrelated test."""
+    try:
+        from ragbot.conversation.store_postgres import PostgresStore
+    except ImportError:  # pragma: no cover - without psycopg no store is opened
+        yield
+        return
+    opened = []
+    init = PostgresStore.__init__
+
+    def recorded(self, *args, **kwargs):
+        opened.append(self)
+        init(self, *args, **kwargs)
+
+    monkeypatch.setattr(PostgresStore, "__init__", recorded)
+    yield
+    leaked = [s for s in opened if getattr(s, "_pool", None) is not None and not s._pool.closed]
+    for store in leaked:
+        store.close()
+    if leaked:
+        where = ", ".join(s.location for s in leaked)
+        pytest.fail(f"{len(leaked)} PostgreSQL conversation store(s) left open ({where}): close what the test opens")

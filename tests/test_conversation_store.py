@@ -59,7 +59,8 @@ def stores(location):
 
 
 def test_migrations_of_both_stores_have_the_same_names():
-    assert PG_MIGRATIONS.names == SQLITE_MIGRATIONS.names == ["m001_initial", "m002_conversation_state"]
+    names = ["m001_initial", "m002_conversation_state", "m003_turn_ids"]
+    assert PG_MIGRATIONS.names == SQLITE_MIGRATIONS.names == names
 
 
 def test_a_turn_is_saved_whole_and_read_back_by_another_store(stores):
@@ -129,7 +130,7 @@ def test_the_migrations_are_recorded_and_a_newer_schema_is_refused(stores, locat
         with psycopg.connect(location) as db:
             applied = [name for (name,) in db.execute("SELECT name FROM _migrations ORDER BY name")]
             db.execute("INSERT INTO _migrations VALUES ('m099_from_the_future', 0)")
-    assert applied == ["m001_initial", "m002_conversation_state"]
+    assert applied == ["m001_initial", "m002_conversation_state", "m003_turn_ids"]
     with pytest.raises(ConversationStoreError, match="by a newer ragbot .*m099_from_the_future.*upgrade ragbot"):
         stores()
 

@@ -32,7 +32,7 @@ from ragbot.conversation.memory import messages_from_pairs, trim_history, valida
 from ragbot.conversation.prompts import load_prompt
 from ragbot.conversation.rewrite import RewriteResult, is_chinese, rewrite_question
 from ragbot.conversation.routing import Evidence, evidence, in_prompt_order, topic_gate
-from ragbot.conversation.store import ConversationStore, Feedback, make_feedback, open_store
+from ragbot.conversation.store import ConversationStore, Feedback, make_feedback, new_turn_id, open_store
 from ragbot.conversation.topic import (
     Topic,
     TopicDocument,
@@ -45,7 +45,7 @@ from ragbot.conversation.topic import (
 )
 from ragbot.conversation.translation import LANGUAGE_NAMES, Translation, translate_question
 from ragbot.conversation.warmup import WarmUp, start_warm_up
-from ragbot.errors import ConversationError, ConversationStoreError
+from ragbot.errors import ConversationChangedError, ConversationError, ConversationStoreError
 from ragbot.knowledge.fusion import fuse_rrf
 from ragbot.knowledge.knowledge_base import CONTROL_CHARS, Hit, KnowledgeBase, SearchResult, display_source, not_utf8
 from ragbot.models.chat import ChatModel, GenerationSettings, Message, Usage, make_chat_model
@@ -277,7 +277,8 @@ class RagBot:
         """A bot from settings (defaults < ragbot.toml < RAGBOT_* < ``overrides``)."""
         settings = settings.replace(**overrides) if settings else load_settings(overrides=overrides)
         # a database is opened now, so one that cannot be reached fails at start (a SQLite file when first used)
-        store = open_store(settings.sessions) if isinstance(settings.sessions, str) else None
+        url = isinstance(settings.sessions, str)
+        store = open_store(settings.sessions, settings.postgres_pool_size) if url else None
         kb = KnowledgeBase.open(settings)
         answer = make_chat_model(settings, "answer")
         same = (settings.rewrite_model or settings.model) == (settings.answer_model or settings.model)
@@ -287,7 +288,7 @@ class RagBot:
     @property
     def store(self) -> ConversationStore:
         if self._store is None:
-            self._store = open_store(self.settings.sessions_location)
+            self._store = open_store(self.settings.sessions_location, self.settings.postgres_pool_size)
         return self._store
 
     def conversation(self, name: str | None = None) -> Conversation:
@@ -696,12 +697,17 @@ class Conversation:
     def __init__(self, bot: RagBot, name: str | None = None):
         self.bot = bot
         self.name = name
-        self.history: list[Message] = bot.store.history(name) if name else []
-        self.ratings: dict[int, Feedback] = bot.store.feedback(name) if name else {}  # by turn, 0-based
-        self.topic: Topic = self._saved_topic() if name else Topic()  # what the conversation is about
-        self.last: Answer | None = None
+        self._load()
         self.warming: WarmUp | None = None  # the warm-up started after the last answer
         self._lock = threading.Lock()
+
+    def _load(self) -> None:
+        """The saved history, feedback and state of a named conversation (nothing for an unnamed one)."""
+        name = self.name
+        self.history: list[Message] = self.bot.store.history(name) if name else []
+        self.ratings: dict[int, Feedback] = self.bot.store.feedback(name) if name else {}  # by turn, 0-based
+        self.topic: Topic = self._saved_topic() if name else Topic()  # what the conversation is about
+        self.last: Answer | None = None
 
     def _saved_topic(self) -> Topic:
         """The saved state of this conversation; a file from before the state was saved (or one whose
@@ -782,9 +788,15 @@ class Conversation:
 
     def _remember(self, answer: Answer) -> None:
         if self.name:
-            self.bot.store.append_turn(
-                self.name, answer.question, answer.text, turn_meta(answer), state=answer.topic.to_dict()
-            )
+            store, turns = self.bot.store, len(self.history) // 2
+            try:  # saved only if no other process added a turn meanwhile, and once (an id made before the save)
+                store.append_turn(
+                    self.name, answer.question, answer.text, turn_meta(answer), answer.topic.to_dict(),
+                    expected_turns=turns, turn_id=new_turn_id(),
+                )  # fmt: skip
+            except ConversationChangedError:
+                self._load()  # what the other process saved: the next message starts from there
+                raise
         self.history += [Message("user", answer.question), Message("assistant", answer.text)]
         self.topic = answer.topic
         self.last = answer

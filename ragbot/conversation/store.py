@@ -9,6 +9,7 @@ lose or repeat a turn.
 
 from __future__ import annotations
 
+import uuid
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,7 @@ from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsp
 
 from ragbot import registry
 from ragbot.config import is_url
-from ragbot.errors import ConfigError, ConversationError
+from ragbot.errors import ConfigError, ConversationChangedError, ConversationError
 from ragbot.models.chat import Message
 
 RATINGS = ("good", "bad")
@@ -76,9 +77,17 @@ class ConversationStore(ABC):
         answer: str,
         meta: dict[str, Any] | None = None,
         state: dict[str, Any] | None = None,
+        *,
+        expected_turns: int | None = None,
+        turn_id: str | None = None,
     ) -> int:
         """Save one finished turn in one transaction (with the conversation's ``state`` after it
-        when given); return its number, 0-based, given by the store so concurrent writers never share one."""
+        when given); return its number, 0-based, given by the store so concurrent writers never share one.
+
+        ``expected_turns``: the number of turns the answer was generated from; if the conversation has
+        another number by now (another process saved a turn meanwhile), nothing is saved and
+        ``ConversationChangedError`` is raised. ``turn_id`` (made before the first try) makes the save
+        idempotent: a turn already saved under it is not saved again, its number is returned."""
 
     @abstractmethod
     def state(self, name: str) -> tuple[int, dict[str, Any]] | None:
@@ -127,6 +136,20 @@ def turns_from_rows(
     return out
 
 
+def new_turn_id() -> str:
+    """A fresh id for a turn about to be saved (random, so workers need not coordinate)."""
+    return uuid.uuid4().hex
+
+
+def changed(name: str, expected: int, found: int) -> ConversationChangedError:
+    """The error of a save whose conversation gained turns while its answer was generated."""
+    return ConversationChangedError(
+        f"conversation {name!r} changed while this answer was generated (it has {found} turn(s), the answer "
+        f"was made from {expected}); nothing was saved: send the message again",
+        name,
+    )
+
+
 SCHEMES = {"postgresql": "postgresql", "postgres": "postgresql"}  # URL scheme -> conversation store
 
 
@@ -155,15 +178,17 @@ def url_secrets(url: str) -> list[str]:
     return [s for s in found if s]
 
 
-def open_store(location: str | Path) -> ConversationStore:
-    """The conversation store at ``location``: a SQLite file path, or a ``postgresql://`` URL."""
+def open_store(location: str | Path, pool_size: int | None = None) -> ConversationStore:
+    """The conversation store at ``location``: a SQLite file path, or a ``postgresql://`` URL (with at
+    most ``pool_size`` connections, the ``postgres_pool_size`` setting). Close it when done."""
     if not is_url(location):
         return registry.conversation_stores.create("sqlite", Path(location).expanduser())
     location = str(location).strip()
     scheme = location.split("://", 1)[0].lower()
     if scheme not in SCHEMES:
         raise ConfigError(f"bad value for sessions: a {scheme}:// URL; give a SQLite file path or a postgresql:// URL")
-    return registry.conversation_stores.create(SCHEMES[scheme], location)
+    sized = {} if pool_size is None else {"max_size": pool_size}
+    return registry.conversation_stores.create(SCHEMES[scheme], location, **sized)
 
 
 __all__ = [

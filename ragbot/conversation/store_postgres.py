@@ -4,8 +4,11 @@ psycopg 3 with a connection pool (``psycopg_pool``; ``pip install "ragbot[postgr
 finished turn is one transaction that locks its conversation's row (``SELECT ... FOR UPDATE``)
 before numbering the turn, so workers appending to one conversation take turns; a unique index
 on (conversation, turn, role) refuses a duplicate whatever else writes, and a transaction that
-loses a race (deadlock, unique violation) is run again. The schema comes from the same numbered
-migrations as the SQLite file, recorded in the database's ``_migrations`` table.
+loses a race (deadlock, unique violation) is run again. A turn answered from n turns is saved only
+if its conversation still has n (else ``ConversationChangedError``: two workers answered one
+conversation at once), under a turn id made before the first try, so a try run again after a
+connection broke during COMMIT finds the turn saved instead of saving it twice. The schema comes
+from the same numbered migrations as the SQLite file, recorded in the database's ``_migrations`` table.
 
 A database that cannot be reached when the store opens is a ``StoreUnreachableError`` naming the
 URL (password masked). One that goes away later is a ``StoreUnavailableError`` for each call
@@ -28,7 +31,9 @@ from ragbot.conversation.store import (
     ConversationStore,
     Feedback,
     StoredTurn,
+    changed,
     mask_url,
+    new_turn_id,
     turns_from_rows,
     url_secrets,
 )
@@ -131,6 +136,19 @@ CREATE TABLE conversation_state (
 )
 """
 
+
+@MIGRATIONS
+def m003_turn_ids(db: Any) -> None:
+    """An id per saved turn (both its rows), unique in its conversation, so a save that is tried again
+    after a lost answer from the database (a connection dropped during COMMIT) cannot save the turn twice."""
+    run_script(db, _SCHEMA_3)
+
+
+_SCHEMA_3 = """
+ALTER TABLE messages ADD COLUMN turn_id TEXT;
+CREATE UNIQUE INDEX messages_by_turn_id ON messages(conversation, turn_id, role)
+"""
+
 _WHAT_TO_DO = "start PostgreSQL or fix the URL in `sessions` (RAGBOT_SESSIONS, --sessions)"
 
 
@@ -211,9 +229,10 @@ class PostgresStore(ConversationStore):
         return text
 
     @contextlib.contextmanager
-    def _transaction(self) -> Iterator[Any]:
+    def _transaction(self, broken: tuple[type[BaseException], ...] = ()) -> Iterator[Any]:
         """A pooled connection in one transaction (committed at the end, rolled back on an error);
-        a database that is away becomes ``StoreUnavailableError``."""
+        a database that is away becomes ``StoreUnavailableError``. ``broken``: pass a connection that
+        broke during the transaction (``psycopg.OperationalError``) on to a caller that tries again."""
         try:
             with self._pool.connection() as db:
                 yield db
@@ -221,6 +240,8 @@ class PostgresStore(ConversationStore):
             raise  # the caller runs the transaction again
         except PoolTimeout:
             raise StoreUnavailableError(self._unavailable(self._probe())) from None
+        except broken:
+            raise
         except psycopg.OperationalError as exc:
             raise StoreUnavailableError(self._unavailable(self._reason(exc))) from None
         except psycopg.Error as exc:
@@ -264,15 +285,26 @@ class PostgresStore(ConversationStore):
         answer: str,
         meta: dict[str, Any] | None = None,
         state: dict[str, Any] | None = None,
+        *,
+        expected_turns: int | None = None,
+        turn_id: str | None = None,
     ) -> int:
-        meta_text = json.dumps(meta or {}, ensure_ascii=False)
+        """Save one finished turn (``ConversationStore.append_turn``). A try that loses a race, or whose
+        connection breaks (even during COMMIT, when the turn may be saved already), is run again under
+        the same turn id, so the turn is saved once."""
+        row = (question, answer, json.dumps(meta or {}, ensure_ascii=False))
         state_text = None if state is None else json.dumps(state, ensure_ascii=False)
+        turn_id = turn_id or new_turn_id()
         for attempt in range(RETRIES):
+            last = attempt == RETRIES - 1
             try:
-                with self._transaction() as db:
-                    return self._append(db, name, question, answer, meta_text, state_text)
+                with self._transaction(broken=(psycopg.OperationalError,)) as db:
+                    return self._append(db, name, row, state_text, expected_turns, turn_id)
+            except psycopg.OperationalError as exc:  # the COMMIT may have reached the database: try once more
+                if attempt >= 1:  # a database that went away is not back for a third try
+                    raise StoreUnavailableError(self._unavailable(self._reason(exc))) from None
             except _RACES as exc:
-                if attempt == RETRIES - 1:
+                if last:
                     raise ConversationStoreError(
                         f"could not save the turn of conversation {name!r} in {self.location} after {RETRIES} "
                         f"tries ({self._reason(exc)}): try again"
@@ -280,21 +312,33 @@ class PostgresStore(ConversationStore):
         raise AssertionError("unreachable")
 
     @staticmethod
-    def _append(db: Any, name: str, question: str, answer: str, meta: str, state: str | None) -> int:
+    def _append(
+        db: Any, name: str, row: tuple[str, str, str], state: str | None, expected: int | None, turn_id: str
+    ) -> int:
+        question, answer, meta = row
         now = time.time()
         db.execute(
             "INSERT INTO conversations(name, created_at) VALUES (%s, %s) ON CONFLICT (name) DO NOTHING", (name, now)
         )
         db.execute("SELECT 1 FROM conversations WHERE name = %s FOR UPDATE", (name,))  # one writer per conversation
+        saved = db.execute(
+            "SELECT turn FROM messages WHERE conversation = %s AND turn_id = %s AND role = 'assistant'",
+            (name, turn_id),
+        ).fetchone()
+        if saved is not None:
+            return int(saved[0])  # saved by an earlier try whose COMMIT's answer was lost
         (turn,) = db.execute("SELECT COUNT(*) / 2 FROM messages WHERE conversation = %s", (name,)).fetchone()
+        if expected is not None and turn != expected:
+            raise changed(name, expected, int(turn))
         db.execute(
-            "INSERT INTO messages(conversation, turn, role, content, created_at) VALUES (%s, %s, 'user', %s, %s)",
-            (name, turn, question, now),
+            "INSERT INTO messages(conversation, turn, role, content, created_at, turn_id) "
+            "VALUES (%s, %s, 'user', %s, %s, %s)",
+            (name, turn, question, now, turn_id),
         )
         db.execute(
-            "INSERT INTO messages(conversation, turn, role, content, meta, created_at) "
-            "VALUES (%s, %s, 'assistant', %s, %s, %s)",
-            (name, turn, answer, meta, now),
+            "INSERT INTO messages(conversation, turn, role, content, meta, created_at, turn_id) "
+            "VALUES (%s, %s, 'assistant', %s, %s, %s, %s)",
+            (name, turn, answer, meta, now, turn_id),
         )
         if state is not None:
             db.execute(

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ragbot import registry
-from ragbot.conversation.store import ConversationStore, Feedback, StoredTurn, turns_from_rows
+from ragbot.conversation.store import ConversationStore, Feedback, StoredTurn, changed, new_turn_id, turns_from_rows
 from ragbot.errors import ConversationError, ConversationStoreError
 from ragbot.migrations import Migrations, run_script
 from ragbot.models.chat import Message
@@ -73,6 +73,19 @@ CREATE TABLE IF NOT EXISTS conversation_state (
     turns INTEGER NOT NULL,
     state TEXT NOT NULL
 );
+"""
+
+
+@MIGRATIONS
+def m003_turn_ids(db: sqlite3.Connection) -> None:
+    """An id per saved turn (both its rows), unique in its conversation, so a save that is tried again
+    after a lost answer from the database cannot save the turn twice."""
+    run_script(db, _SCHEMA_3)
+
+
+_SCHEMA_3 = """
+ALTER TABLE messages ADD COLUMN turn_id TEXT;
+CREATE UNIQUE INDEX IF NOT EXISTS messages_by_turn_id ON messages(conversation, turn_id, role);
 """
 
 
@@ -198,20 +211,35 @@ class SQLiteStore(ConversationStore):
         answer: str,
         meta: dict[str, Any] | None = None,
         state: dict[str, Any] | None = None,
+        *,
+        expected_turns: int | None = None,
+        turn_id: str | None = None,
     ) -> int:
-        """Save one finished turn atomically, with the conversation's ``state`` after it when given."""
+        """Save one finished turn atomically, with the conversation's ``state`` after it when given;
+        refused if the conversation no longer has ``expected_turns`` turns (``ConversationStore``)."""
         now = time.time()
+        turn_id = turn_id or new_turn_id()
         with self._use() as db, db:  # one transaction: both messages or neither
+            # the first write takes SQLite's write lock: no other process saves a turn until this commits
             db.execute("INSERT OR IGNORE INTO conversations(name, created_at) VALUES (?, ?)", (name, now))
+            saved = db.execute(
+                "SELECT turn FROM messages WHERE conversation = ? AND turn_id = ? AND role = 'assistant'",
+                (name, turn_id),
+            ).fetchone()
+            if saved is not None:
+                return int(saved[0])  # saved by an earlier try
             (turn,) = db.execute("SELECT COUNT(*) / 2 FROM messages WHERE conversation = ?", (name,)).fetchone()
+            if expected_turns is not None and turn != expected_turns:
+                raise changed(name, expected_turns, turn)
             db.execute(
-                "INSERT INTO messages(conversation, turn, role, content, created_at) VALUES (?, ?, 'user', ?, ?)",
-                (name, turn, question, now),
+                "INSERT INTO messages(conversation, turn, role, content, created_at, turn_id) "
+                "VALUES (?, ?, 'user', ?, ?, ?)",
+                (name, turn, question, now, turn_id),
             )
             db.execute(
-                "INSERT INTO messages(conversation, turn, role, content, meta, created_at) "
-                "VALUES (?, ?, 'assistant', ?, ?, ?)",
-                (name, turn, answer, json.dumps(meta or {}, ensure_ascii=False), now),
+                "INSERT INTO messages(conversation, turn, role, content, meta, created_at, turn_id) "
+                "VALUES (?, ?, 'assistant', ?, ?, ?, ?)",
+                (name, turn, answer, json.dumps(meta or {}, ensure_ascii=False), now, turn_id),
             )
             if state is not None:
                 db.execute(

@@ -11,6 +11,7 @@ conversation with a fixed seed, so no conversation is on both sides.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import random
@@ -106,7 +107,8 @@ def collect(
     for source in sources:
         spec = str(source)
         if spec == "sessions" or spec.startswith("sessions:"):
-            found = session_turns(open_store(settings.sessions_location), spec.partition(":")[2], only_good)
+            with contextlib.closing(open_store(settings.sessions_location, settings.postgres_pool_size)) as store:
+                found = list(session_turns(store, spec.partition(":")[2], only_good))
         else:
             found = file_turns(Path(spec).expanduser())
         for item in found:

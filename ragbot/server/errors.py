@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from ragbot.errors import (
+    ConversationChangedError,
     ConversationError,
     ConversationStoreError,
     EmbedderError,
@@ -44,7 +45,16 @@ class APIError(Exception):
 
 
 def from_ragbot_error(exc: RagbotError) -> APIError:
-    """A ragbot error as the client should see it: its own mistake 400, a part that is down 503."""
+    """A ragbot error as the client should see it: its own mistake 400, a conversation another
+    worker answered meanwhile 409, a part that is down 503."""
+    if isinstance(exc, ConversationChangedError):
+        return APIError(
+            409,
+            f"conversation {exc.name.rsplit('/', 1)[-1]!r} changed while this answer was generated (another "
+            "request added a turn to it); nothing was saved: send the message again",
+            code="conversation_changed",
+            param="conversation_id",
+        )
     if isinstance(exc, (ConversationError, QueryError)):
         return APIError(400, str(exc), code="invalid_value")
     if isinstance(exc, ConversationStoreError):
