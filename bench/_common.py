@@ -9,8 +9,10 @@ from __future__ import annotations
 import json
 import os
 import platform
+import socket
 import statistics
 import sys
+import threading
 import time
 from importlib import metadata
 from pathlib import Path
@@ -167,3 +169,19 @@ def rss_mib() -> tuple[float, float]:
 
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def run_threads(target, n: int) -> None:
+    """``target(c)`` for c in 0..n-1, each in its own thread; returns when all are done (the clients)."""
+    threads = [threading.Thread(target=target, args=(c,)) for c in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (for a server the benchmark starts)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

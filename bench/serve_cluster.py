@@ -38,7 +38,6 @@ import argparse
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -47,7 +46,7 @@ import time
 from pathlib import Path
 
 import httpx
-from _common import BENCH_DIR, KNOWLEDGE_DIR, REPO, log, print_table, summary_ms, write_result
+from _common import BENCH_DIR, KNOWLEDGE_DIR, REPO, free_port, log, print_table, run_threads, summary_ms, write_result
 
 from ragbot import KnowledgeBase, RagBot, Settings
 from ragbot.testing.postgres_server import PostgresServer
@@ -63,21 +62,7 @@ def plan(clients: int, turns: int) -> list[list[str]]:
     return [[pool[(c * turns + t) % len(pool)] for t in range(turns)] for c in range(clients)]
 
 
-def run_threads(target, n: int) -> None:
-    threads = [threading.Thread(target=target, args=(c,)) for c in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-
-
 # --- the servers ---------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Server:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -29,7 +28,7 @@ import time
 from pathlib import Path
 
 import httpx
-from _common import KNOWLEDGE_DIR, REPO, log, print_table, summary_ms, write_result
+from _common import KNOWLEDGE_DIR, REPO, free_port, log, print_table, run_threads, summary_ms, write_result
 
 from ragbot import KnowledgeBase, RagBot, Settings
 
@@ -70,20 +69,6 @@ def in_process(settings: Settings, work: list[list[str]]) -> tuple[list[float], 
 
     run_threads(client, len(work))
     return latencies, errors
-
-
-def run_threads(target, n: int) -> None:
-    threads = [threading.Thread(target=target, args=(c,)) for c in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_server(env: dict[str, str], workers: int, log_file: Path) -> tuple[subprocess.Popen, str]:

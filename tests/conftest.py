@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from ragbot.config import Settings
+from ragbot.conversation.store import open_store
 
 from helpers import run_cli, write_sample_corpus
 from postgres_server import postgres_server, postgres_stores_closed  # noqa: F401 -- a throwaway PostgreSQL; leaks fail
@@ -68,3 +69,25 @@ def chat_env(tmp_path, corpus):
     }
     assert run_cli("ingest", str(corpus["md"].parent), env=env).returncode == 0
     return env
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def location(request, tmp_path) -> str | Path:
+    """Where a test's store lives: a new SQLite file, or a new database on the test PostgreSQL server."""
+    if request.param == "sqlite":
+        return tmp_path / "conversations.sqlite"
+    return request.getfixturevalue("postgres_server").new_database()
+
+
+@pytest.fixture
+def stores(location):
+    """``stores()`` opens the test's store (again); every store opened is closed at the end."""
+    opened = []
+
+    def make():
+        opened.append(open_store(location))
+        return opened[-1]
+
+    yield make
+    for store in opened:
+        store.close()

@@ -29,27 +29,6 @@ from ragbot.testing.live_server import LiveServer
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def location(request, tmp_path) -> str | Path:
-    if request.param == "sqlite":
-        return tmp_path / "conversations.sqlite"
-    return request.getfixturevalue("postgres_server").new_database()
-
-
-@pytest.fixture
-def stores(location):
-    """``stores()`` opens the test's store (again), as another process would; all are closed at the end."""
-    opened = []
-
-    def make():
-        opened.append(open_store(location))
-        return opened[-1]
-
-    yield make
-    for store in opened:
-        store.close()
-
-
 def test_a_turn_answered_from_fewer_turns_than_saved_is_refused_and_saves_nothing(stores):
     first, second = stores(), stores()
     first.append_turn("trip", "尼罗河是什么？", "一条大河。")

@@ -36,28 +36,6 @@ UNREACHABLE = "postgresql://ragbot:s3cret-pw@127.0.0.1:1/ragbot"
 MASKED = "postgresql://ragbot:***@127.0.0.1:1/ragbot"
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def location(request, tmp_path) -> str | Path:
-    """Where a test's store lives: a new SQLite file, or a new database on the test PostgreSQL server."""
-    if request.param == "sqlite":
-        return tmp_path / "conversations.sqlite"
-    return request.getfixturevalue("postgres_server").new_database()
-
-
-@pytest.fixture
-def stores(location):
-    """``stores()`` opens the test's store (again); every store opened is closed at the end."""
-    opened = []
-
-    def make():
-        opened.append(open_store(location))
-        return opened[-1]
-
-    yield make
-    for store in opened:
-        store.close()
-
-
 def test_migrations_of_both_stores_have_the_same_names():
     names = ["m001_initial", "m002_conversation_state", "m003_turn_ids"]
     assert PG_MIGRATIONS.names == SQLITE_MIGRATIONS.names == names
