@@ -1,7 +1,8 @@
 """The rewrite's guards and comparison rule replayed on a finished `ragbot eval` run, no model.
 
 Takes the ``results.jsonl`` of a rewrite-set run (e.g. main's) and post-processes each row's
-standalone question as ``rewrite_question`` now does after the model answers: a rewrite that
+standalone question as ``rewrite_question`` now does after the model answers: a pronoun the
+model's reasoning resolved is replaced by its referent in the question; a rewrite that
 leaves out the question's words, repeats an earlier question or adds nothing becomes the question
 as typed; an English comparison follow-up left as typed takes the previous question's predicate.
 Prints exact match, corpus BLEU-4 and the share of already-standalone questions left unchanged.
@@ -19,7 +20,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from ragbot.conversation.rewrite import _content, comparison_rewrite, drops_question, repeated_question  # noqa: E402
+from ragbot.conversation.rewrite import (  # noqa: E402
+    _content,
+    comparison_rewrite,
+    drops_question,
+    repeated_question,
+    substitute_referent,
+)
 from ragbot.evaluation.metrics import corpus_bleu, exact_match, normalise  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data"
@@ -40,6 +47,10 @@ def main() -> None:
         question, rewrite = row["question"], row["rewrite"]["standalone"]
         case = cases[row["id"]]
         users = [t for t, role in zip(case["history"], case["history_roles"], strict=True) if role == "user"]
+        if row["rewrite"]["called_model"] and (
+            substituted := substitute_referent(question, row["rewrite"].get("reasoning", ""), case["history"])
+        ):
+            rewrite = substituted[0]
         rejected = drops_question(rewrite, question) or repeated_question(rewrite, question, users)
         if rewrite != question and (rejected or _content(rewrite) <= _content(question)):
             rewrite = question

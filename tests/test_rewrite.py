@@ -101,6 +101,25 @@ def test_invented_name_is_rejected():
     )
 
 
+def test_the_referent_the_reasoning_found_replaces_the_pronoun():
+    """A small model often resolves the pronoun in its reasoning, then copies the question or
+    rewords it: the standalone question is the question with that one substitution."""
+    history = [Message("user", "你知道林伟彬吗？"), Message("assistant", "知道，他是一位演员。")]
+    copied = ScriptedChatModel(["思考：“他”指前面说的林伟彬。\n改写：你觉得他怎么样？"])
+    result = rewrite_question("你觉得他怎么样？", history, copied)
+    assert result.question == "你觉得林伟彬怎么样？" and "'林伟彬'" in result.reason
+    reworded = ScriptedChatModel(["思考：“他”指林伟彬。\n改写：林伟彬的演技怎么样？"])
+    assert rewrite_question("那他演技好吗？", history, reworded).question == "那林伟彬演技好吗？"
+    # the referent must come from the history; a pronoun inside a word (其他) is not one
+    invented = ScriptedChatModel(["思考：“他”指周杰伦。\n改写：你觉得他怎么样？"])
+    assert rewrite_question("你觉得他怎么样？", history, invented).question == "你觉得他怎么样？"
+    inside = ScriptedChatModel(["思考：“他”指林伟彬。\n改写：其他演员怎么样？"])
+    assert rewrite_question("其他演员怎么样？", history, inside).question == "其他演员怎么样？"
+    # a leading 那 is "so", not a pronoun: "那你知道..." keeps it
+    so = ScriptedChatModel(["思考：“那”指林伟彬。\n改写：那你知道林伟彬的作品吗？"])
+    assert rewrite_question("那你知道他的作品吗？", history, so).question == "那你知道林伟彬的作品吗？"
+
+
 def test_introduced_name_accepts_names_copied_from_history():
     assert introduced_name("尼罗河流经哪些国家？", "它流经哪些国家？", ["尼罗河是什么？"]) is None
     assert introduced_name("长江发源于哪里？", "那长江呢？", ["黄河发源于哪里？"]) is None
