@@ -203,6 +203,10 @@ def test_rewrite_repeating_an_earlier_question_falls_back_to_the_question_as_typ
     # a follow-up of that earlier question is kept: it carries the new question's words
     model = ScriptedChatModel(["思考：指尼罗河。\n改写：尼罗河有多长？"])
     assert rewrite_question("它有多长？", history, model).question == "尼罗河有多长？"
+    # an earlier question copied word for word, even when the new one has no content words to keep
+    film = [Message("user", "看过真爱至上这部电影吗？"), Message("assistant", "看过，它获得过不少提名。")]
+    model = ScriptedChatModel(["思考：指真爱至上。\n改写：看过真爱至上这部电影吗？"])
+    assert rewrite_question("都有什么呀？", film, model).question == "都有什么呀？"
 
 
 def test_guard_in_the_chat_a_new_subject_after_the_nile_is_searched_as_typed(tmp_path, hash_settings, corpus):

@@ -354,6 +354,11 @@ def _comparison_fallback(result: RewriteResult, user_questions: Sequence[str]) -
     return result
 
 
+def _letters(text: str) -> str:
+    """``text`` without punctuation, spaces or case: what "word for word" compares."""
+    return re.sub(r"[\W_]+", "", text).lower()
+
+
 def _content(text: str) -> set[str]:
     """The words that carry a question's subject: Chinese characters other than function words
     and pronouns, English words other than stopwords."""
@@ -382,7 +387,11 @@ def drops_question(candidate: str, question: str) -> bool:
 def repeated_question(candidate: str, question: str, earlier: Sequence[str]) -> str | None:
     """The earlier user question of the history that ``candidate`` repeats (as typed, or resolved:
     it keeps every content word of it) while keeping under half of the new question's content,
-    e.g. "尼罗河流经哪些国家？" for "怎么烤面包？" after the Nile. None if it repeats nothing."""
+    e.g. "尼罗河流经哪些国家？" for "怎么烤面包？" after the Nile; or that it copies word for word
+    ("都有什么呀？" -> "看过真爱至上这部电影吗？"). None if it repeats nothing."""
+    for text in reversed(earlier):
+        if _letters(candidate) == _letters(text) != _letters(question):
+            return text
     new = _content(question)
     kept = _content(candidate)
     if not new or len(new & kept) * 2 >= len(new):
