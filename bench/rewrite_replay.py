@@ -3,7 +3,8 @@
 Takes the ``results.jsonl`` of a rewrite-set run (e.g. main's) and post-processes each row's
 standalone question as ``rewrite_question`` now does after the model answers: a pronoun the
 model's reasoning resolved is replaced by its referent in the question; a rewrite that
-leaves out the question's words, repeats an earlier question or adds nothing becomes the question
+names something found neither in the question nor the history, leaves out the question's words,
+repeats an earlier question or adds nothing becomes the question
 as typed; an English comparison follow-up left as typed takes the previous question's predicate.
 Prints exact match, corpus BLEU-4 and the share of already-standalone questions left unchanged.
 Exact for these rules (greedy decoding gives the same model outputs); blind to prompt changes.
@@ -24,6 +25,7 @@ from ragbot.conversation.rewrite import (  # noqa: E402
     _content,
     comparison_rewrite,
     drops_question,
+    introduced_name,
     repeated_question,
     substitute_referent,
 )
@@ -51,7 +53,11 @@ def main() -> None:
             substituted := substitute_referent(question, row["rewrite"].get("reasoning", ""), case["history"])
         ):
             rewrite = substituted[0]
-        rejected = drops_question(rewrite, question) or repeated_question(rewrite, question, users)
+        rejected = (
+            introduced_name(rewrite, question, case["history"])
+            or drops_question(rewrite, question)
+            or repeated_question(rewrite, question, users)
+        )
         if rewrite != question and (rejected or _content(rewrite) <= _content(question)):
             rewrite = question
         if rewrite == question and (built := comparison_rewrite(question, users)):

@@ -134,6 +134,11 @@ def test_introduced_name_accepts_names_copied_from_history():
     assert introduced_name("斯科特的别名是什么？", "你知道他有个别名不？", ["斯科特·埃德希特演过什么"]) is None
     assert introduced_name("尼罗河长6650公里吗", "它有多长", ["尼罗河是什么？"]) is not None
     assert introduced_name("黄河流经哪些国家？", "它流经哪些国家？", ["尼罗河是什么？"]) == "黄河"
+    # a Latin word the model slipped into a Chinese question, capitalised or not
+    assert introduced_name(
+        "制片地区在日本， remembers是哪年出品的吗？", "制片地区在日本，还记得是哪年出品的吗？", []
+    ) == ("remembers")
+    assert introduced_name("LOL是哪个公司的呢", "那么它是哪个公司的呢", ["你玩LOL吗"]) is None
     assert introduced_name("Is the Nile 6650 km long?", "How long is it?", ["Tell me about the Nile"]) == "6650"
     assert (
         introduced_name("Why do Venus flytraps eat prey?", "Why do they eat prey?", ["What are Venus flytraps?"])

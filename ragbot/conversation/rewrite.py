@@ -186,7 +186,8 @@ def introduced_name(rewrite: str, question: str, history: Sequence[str]) -> str 
     Chinese: a character is accounted for when it is part of a 2-character piece that occurs
     in the context; two or more unaccounted characters in a row are a new word (a single one
     is allowed: a joining word such as 的 between two copied spans). English and numbers:
-    capitalised words and numbers absent from the context.
+    capitalised words and numbers absent from the context, and any Latin word in the rewrite
+    of a Chinese question (the human rewrites of Su et al. never add one).
     """
     context = question + "\n" + "\n".join(history)
     lowered = context.lower()
@@ -199,9 +200,11 @@ def introduced_name(rewrite: str, question: str, history: Sequence[str]) -> str 
             piece = run[match.start() : match.end()]
             if not set(piece) <= _ZH_FUNCTION_CHARS:  # 是什么 / 哪些 are words of the question, not names
                 return piece
+    chinese = is_chinese(question)
     for position, word in enumerate(_EN_WORD.findall(rewrite)):
-        # capitalised words inside the sentence are names; the first word is capitalised anyway
-        is_name = (word[0].isupper() and position > 0 and word != "I") or word[0].isdigit()
+        # capitalised words inside the sentence are names; the first word is capitalised anyway.
+        # In a Chinese question any Latin word is one ("制片地区在日本， remembers是哪年出品的吗？")
+        is_name = (word[0].isupper() and position > 0 and word != "I") or word[0].isdigit() or chinese
         if is_name and word.lower() not in lowered and word.lower().rstrip("'s") not in lowered:
             return word
     return None
