@@ -413,6 +413,21 @@ class KnowledgeBase:
         return self.search(query, k).hits
 
     # ------------------------------------------------------------------ writing
+    def _embed(self, chunks: list[Chunk], reuse: index_files.StoredIndex | None, show: bool) -> np.ndarray:
+        """The unit vectors of ``chunks``, row for row; the texts ``reuse`` holds are not embedded again."""
+        vectors = np.empty((len(chunks), self.embedder.dim), dtype=np.float32)
+        rows = {c.embedding_text: row for row, c in enumerate(reuse.chunks)} if reuse is not None else {}
+        known = [(i, rows[c.embedding_text]) for i, c in enumerate(chunks) if c.embedding_text in rows]
+        if known:
+            vectors[[i for i, _ in known]] = reuse.vectors[[row for _, row in known]]
+        todo = [i for i, c in enumerate(chunks) if c.embedding_text not in rows]
+        if todo:
+            bar = tqdm(total=len(todo), unit="chunk", desc="Embedding", disable=not show, file=sys.stderr)
+            with bar:
+                texts = [chunks[i].embedding_text for i in todo]
+                vectors[todo] = self.embedder.embed_passages(texts, progress=bar.update)
+        return vectors
+
     def ingest(
         self,
         paths: Sequence[str | Path],
@@ -510,11 +525,9 @@ class KnowledgeBase:
                 report.seconds = time.perf_counter() - started
                 return report  # nothing changed: leave the index exactly as it is
 
-            new_vectors = np.empty((0, self.embedder.dim), dtype=np.float32)
-            if missing:
-                bar = tqdm(total=len(missing), unit="chunk", desc="Embedding", disable=not show, file=sys.stderr)
-                with bar:
-                    new_vectors = self.embedder.embed_passages([c.embedding_text for c in missing], progress=bar.update)
+            # Syncing the default index, a chunk whose text it already holds (the copy just dropped,
+            # from an install at another path) takes that vector: the same embedder, the same vector.
+            new_vectors = self._embed(missing, old if knowledge is not None else None, show)
 
             index_type = self.settings.index_type
             if index_type == "auto":
