@@ -6,7 +6,7 @@ import pytest
 
 from ragbot import Settings
 from ragbot.conversation.bot import LOCAL_PASSAGE_TOKENS, answer_messages
-from ragbot.conversation.excerpts import excerpts
+from ragbot.conversation.excerpts import excerpts, sentences
 from ragbot.knowledge.knowledge_base import Hit
 from ragbot.tokens import count_tokens
 
@@ -41,6 +41,11 @@ def test_a_passage_is_cut_to_the_lines_the_question_asks_about_within_the_budget
     # a value listed over two lines ("……；" then the next item) stays whole
     assert "1.6亿美元（北美）" in excerpts([django], "它的票房是多少？", budget=40)[0].text
     assert excerpts([sam], "我是山姆是哪年上映的？", budget=500) == [sam]  # what fits stays as it is
+
+
+def test_a_value_listed_over_two_lines_is_one_sentence_spaced_as_its_script_needs():
+    assert sentences("Items: one,\ntwo; three;\nfour.") == ["Items: one, two; three; four."]
+    assert sentences("其它译名：被解放的迪亚戈、\n黑杀令，\n决杀令") == ["其它译名：被解放的迪亚戈、黑杀令，决杀令"]
 
 
 def test_the_answer_prompt_shows_cut_passages_only_where_the_budget_says(hash_settings, corpus):

@@ -2,9 +2,12 @@
 
 import json
 import multiprocessing
+import shutil
+from pathlib import Path
 
 import pytest
 
+from ragbot.cli.repl import format_sources
 from ragbot.config import Settings
 from ragbot.errors import (
     EmbedderMismatchError,
@@ -15,7 +18,9 @@ from ragbot.errors import (
     QueryError,
 )
 from ragbot.knowledge import index as store
-from ragbot.knowledge.knowledge_base import KnowledgeBase
+from ragbot.knowledge.knowledge_base import KnowledgeBase, bundled_knowledge_dir
+
+from helpers import make_bot
 
 
 def open_kb(settings: Settings) -> KnowledgeBase:
@@ -197,6 +202,64 @@ def test_default_index_is_built_from_the_bundled_knowledge_on_first_use():
     kb = KnowledgeBase.open(Settings(embedder="hash"))
     assert kb.manifest.sources >= 25
     assert any(h.source.endswith("nile-zh.md") for h in kb.retrieve("尼罗河流经哪些国家", k=3))
+
+
+def _bundled_names(sources, *folders: Path) -> list[str]:
+    """``knowledge/...`` for each source inside one of ``folders`` (the others left out)."""
+    return [
+        str(Path("knowledge") / Path(s).relative_to(f)) for s in sources for f in folders if Path(s).is_relative_to(f)
+    ]
+
+
+def test_the_default_index_keeps_one_copy_of_the_bundled_knowledge_when_ragbot_moves(tmp_path):
+    """Installs at two paths sharing one RAGBOT_HOME (a second venv, a moved checkout, git
+    worktrees): the default index lists each bundled document once, from the install that opened
+    it last, and keeps the user's own documents, even one named like a bundled file."""
+    old, new = tmp_path / "old" / "knowledge", tmp_path / "new" / "knowledge"
+    shutil.copytree(bundled_knowledge_dir(), old)
+    shutil.copytree(bundled_knowledge_dir(), new)
+    (new / "rivers" / "danube-zh.md").write_text("# 多瑙河\n\n多瑙河是欧洲第二长河，流经十个国家。\n", encoding="utf-8")
+    (new / "llm" / "rlhf-en.md").unlink()  # a newer knowledge base: one file edited, one deleted
+    notes = tmp_path / "notes" / "knowledge" / "rivers"
+    notes.mkdir(parents=True)
+    (notes / "nile-zh.md").write_text("# 我的尼罗河笔记\n\n尼罗河长约六千六百五十公里。\n", encoding="utf-8")
+
+    KnowledgeBase.open(Settings(embedder="hash", knowledge_dir=old)).ingest([notes / "nile-zh.md"])
+    kb = KnowledgeBase.open(Settings(embedder="hash", knowledge_dir=new, threshold=0.0))
+
+    everything = [h.source for h in kb.search("尼罗河有多长？", k=len(kb)).hits]
+    assert len(everything) == len(kb)
+    names = _bundled_names(set(everything), old, new)
+    assert sorted(names) == sorted(_bundled_names(set(everything), new)) == sorted(set(names))
+    assert len(names) == len([p for p in new.rglob("*.md")])
+    assert not any(Path(s).is_relative_to(old) for s in everything)  # the old Danube text and RLHF too
+    assert str(notes / "nile-zh.md") in everything  # the user's document survives
+
+    listed = format_sources(make_bot(kb)[0].answer("尼罗河有多长？")).splitlines()  # as the chat shows them
+    nile = [line for line in listed if "knowledge/rivers/nile-zh.md" in line and "notes/" not in line]
+    assert len(nile) == 1 and "new/knowledge/rivers/nile-zh.md" in nile[0], listed
+
+    # Back to the old install: the same again the other way round, and no re-embedding of the notes.
+    kb = KnowledgeBase.open(Settings(embedder="hash", knowledge_dir=old))
+    sources = set(kb.stored.sources)
+    assert not any(Path(s).is_relative_to(new) for s in sources) and str(notes / "nile-zh.md") in sources
+    assert len(_bundled_names(sources, old)) == len(list(old.rglob("*.md")))
+
+
+def test_an_older_default_index_without_the_bundled_mark_drops_exact_copies_only(tmp_path):
+    """An index written before the mark (no bundled.json): the copies recognised by relative path
+    and sha256 go, an edited file's old copy cannot be told from a user's and stays."""
+    old, new = tmp_path / "old" / "knowledge", tmp_path / "new" / "knowledge"
+    shutil.copytree(bundled_knowledge_dir(), old)
+    shutil.copytree(bundled_knowledge_dir(), new)
+    (new / "rivers" / "danube-zh.md").write_text("# 多瑙河\n\n多瑙河是欧洲第二长河。\n", encoding="utf-8")
+    kb = KnowledgeBase.open(Settings(embedder="hash", knowledge_dir=old))
+    (kb.directory / (kb.directory / store.CURRENT).read_text().strip() / store.BUNDLED).unlink()
+
+    kb = KnowledgeBase.open(Settings(embedder="hash", knowledge_dir=new))
+    sources = set(kb.stored.sources)
+    assert {s for s in sources if Path(s).is_relative_to(old)} == {str(old / "rivers" / "danube-zh.md")}
+    assert len(_bundled_names(sources, new)) == len(list(new.rglob("*.md")))
 
 
 def test_gold_documents_are_found_by_id_or_by_their_source_as_displayed():

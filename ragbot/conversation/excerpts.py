@@ -34,14 +34,15 @@ _GOES_ON = ("；", ";", "，", ",", "、")
 
 def sentences(text: str) -> list[str]:
     """``text`` split after each sentence end and at line breaks (empty pieces dropped); a line
-    ending in "；", "，" or "、" goes on in the next one (a value listed over two lines)."""
+    ending in "；", "，" or "、" goes on in the next one (a value listed over two lines), after a
+    space if it ended in a Latin "," or ";"."""
     out: list[str] = []
     for piece in _SENTENCE_END.split(text):
         piece = piece.strip() if piece else ""
         if not piece:
             continue
         if out and out[-1].endswith(_GOES_ON):
-            out[-1] += piece
+            out[-1] += (" " if out[-1][-1] in ",;" else "") + piece
         else:
             out.append(piece)
     return out

@@ -4,7 +4,8 @@ Layout of an index directory::
 
     CURRENT            name of the live generation (replaced atomically with os.replace)
     gen-<time>/        manifest.json, chunks.jsonl, vectors.npy, index.faiss, sources.json,
-                       bm25/ (the lexical index of the same chunks, see ``lexical.py``)
+                       bm25/ (the lexical index of the same chunks, see ``lexical.py``),
+                       bundled.json (default index only: the sources synced from its knowledge folder)
     .lock              held by the one process writing (filelock; released if it dies)
 
 A write builds a complete new generation in a temporary directory, renames it into place,
@@ -39,6 +40,9 @@ from ragbot.knowledge.lexical import LexicalIndex
 
 FORMAT_VERSION = 1
 CURRENT = "CURRENT"
+# A file of its own, not a field of the manifest or of a source record: an older ragbot sharing the
+# same RAGBOT_HOME reads those strictly and would call the index damaged; this file it ignores.
+BUNDLED = "bundled.json"
 HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 80
 HNSW_EF_SEARCH = 128
@@ -101,7 +105,10 @@ def build_faiss(vectors: np.ndarray, index_type: str) -> faiss.Index:
 
 
 class StoredIndex:
-    """A loaded generation: manifest, chunks (row i = FAISS id i), FAISS index, sources."""
+    """A loaded generation: manifest, chunks (row i = FAISS id i), FAISS index, sources.
+
+    ``bundled``: the sources the default index took from its knowledge folder (None: not recorded,
+    an index that is not the default one, or one written by an older ragbot)."""
 
     def __init__(
         self,
@@ -112,6 +119,7 @@ class StoredIndex:
         vectors_path: Path | None = None,
         vectors: np.ndarray | None = None,
         generation: Path | None = None,
+        bundled: set[str] | None = None,
     ):
         self.manifest = manifest
         self.chunks = chunks
@@ -120,6 +128,7 @@ class StoredIndex:
         self._vectors_path = vectors_path
         self._vectors = vectors
         self.generation = generation  # the directory it was loaded from, if any
+        self.bundled = bundled
         self._lexical: LexicalIndex | None = None
         self.lexical_stored: bool | None = None  # None: not looked for yet
 
@@ -269,6 +278,12 @@ def _load(directory: Path) -> StoredIndex:
             for path, rec in json.loads((gen / "sources.json").read_text(encoding="utf-8")).items()
         }
         faiss_index = faiss.read_index(str(gen / "index.faiss"))
+        bundled = None
+        if (gen / BUNDLED).exists():
+            bundled = json.loads((gen / BUNDLED).read_text(encoding="utf-8"))
+            if not isinstance(bundled, list) or not all(isinstance(p, str) for p in bundled):
+                raise ValueError(f"{BUNDLED} is not a list of paths")
+            bundled = set(bundled)
     except (FileNotFoundError, IsADirectoryError) as exc:
         raise _damaged(directory, f"missing file {Path(exc.filename).name}") from None
     except (ValueError, TypeError, AttributeError) as exc:  # bad JSON, bad UTF-8, wrong fields
@@ -284,7 +299,14 @@ def _load(directory: Path) -> StoredIndex:
         )
     vectors = _load_vectors(gen / "vectors.npy", len(chunks), manifest.dim)
     return StoredIndex(
-        manifest, chunks, faiss_index, sources, vectors_path=gen / "vectors.npy", vectors=vectors, generation=gen
+        manifest,
+        chunks,
+        faiss_index,
+        sources,
+        vectors_path=gen / "vectors.npy",
+        vectors=vectors,
+        generation=gen,
+        bundled=bundled,
     )
 
 
@@ -344,6 +366,8 @@ def _save(directory: Path, stored: StoredIndex) -> None:
         json.dumps({p: asdict(r) for p, r in stored.sources.items()}, ensure_ascii=False),
         encoding="utf-8",
     )
+    if stored.bundled is not None:
+        (tmp / BUNDLED).write_text(json.dumps(sorted(stored.bundled), ensure_ascii=False), encoding="utf-8")
     (tmp / "manifest.json").write_text(
         json.dumps(asdict(stored.manifest), ensure_ascii=False, indent=2), encoding="utf-8"
     )

@@ -149,6 +149,31 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def bundled_copies(stored: index_files.StoredIndex, folder: Path, digests: dict[str, str]) -> list[str]:
+    """The sources in the default index that came from the knowledge folder of a ragbot at another
+    path sharing the same RAGBOT_HOME (a second venv, a moved checkout, another git worktree): each
+    would be listed again beside the same document under ``folder``. They are the sources that
+    install marked as synced from its folder, and any source that is the same file as one of
+    ``folder``'s (``digests``: its files' sha256): a path ending in ``<folder name>/<relative
+    path>`` with the same sha256 (an index written before the mark, or by an older ragbot). A
+    user's own documents carry no mark, and an exact copy of a bundled file adds nothing, so
+    dropping these loses nothing the user ingested."""
+    same_file: dict[tuple[str, ...], str] = {}
+    for path, digest in digests.items():
+        if Path(path).is_relative_to(folder):
+            same_file[(folder.name, *Path(path).relative_to(folder).parts)] = digest
+    lengths = {len(key) for key in same_file}
+    marked = stored.bundled or set()
+    copies = []
+    for source, record in stored.sources.items():
+        path = Path(source)
+        if path.is_relative_to(folder):
+            continue
+        if source in marked or any(same_file.get(path.parts[-n:]) == record.sha256 for n in lengths):
+            copies.append(source)
+    return copies
+
+
 def not_utf8(text: str) -> str | None:
     """Where ``text`` stops being valid UTF-8, or None if it is. The shell hands Python bytes that
     are not UTF-8 as lone surrogates (``"caf\\xe9"`` arrives as ``"caf\\udce9"``), which no embedder,
@@ -210,18 +235,18 @@ class KnowledgeBase:
         embedder = embedder or make_embedder(settings)
         kb = cls(settings, embedder, store=open_store(settings, embedder))  # a Milvus URI is reached here
         if settings.uses_default_index:
-            knowledge = settings.knowledge_dir or bundled_knowledge_dir()
+            knowledge = (settings.knowledge_dir or bundled_knowledge_dir()).expanduser().resolve()
             if not kb.store.exists():
                 print(
                     "Building the default index from the bundled knowledge base (first run only)...",
                     file=sys.stderr,
                 )
-                kb.ingest([knowledge])
+                kb.ingest([knowledge], knowledge_folder=knowledge)
             elif kb._is_stale(knowledge):
                 print("The bundled knowledge base changed; updating the default index...", file=sys.stderr)
-                kb.ingest([knowledge])
-            elif not kb.stored.has_stored_lexical:  # written by an older ragbot: store its BM25 index
-                kb.ingest([knowledge])
+                kb.ingest([knowledge], knowledge_folder=knowledge)
+            elif not kb.stored.has_stored_lexical or kb.stored.bundled is None:
+                kb.ingest([knowledge], knowledge_folder=knowledge)  # written by an older ragbot: store what it lacks
             else:
                 kb._load()
         elif not create:
@@ -229,17 +254,21 @@ class KnowledgeBase:
         return kb
 
     def _is_stale(self, folder: Path) -> bool:
-        """Whether files under ``folder`` differ from what the index holds (cheap: hashes only)."""
+        """Whether files under ``folder`` differ from what the index holds, or the index still holds
+        another install's copy of them (cheap: hashes only)."""
         files, _ = find_files([folder])
-        sources = self._load().sources
+        stored = self._load()
         folder = folder.resolve()
-        known = {s for s in sources if Path(s).is_relative_to(folder)}
+        known = {s for s in stored.sources if Path(s).is_relative_to(folder)}
         if known != {str(f) for f in files}:
             return True
         try:
-            return any(sources[str(f)].sha256 != _sha256(f) for f in files)
+            digests = {str(f): _sha256(f) for f in files}
         except OSError:
             return True  # an unreadable file: ingest reports it
+        return any(stored.sources[f].sha256 != d for f, d in digests.items()) or bool(
+            bundled_copies(stored, folder, digests)
+        )
 
     # ------------------------------------------------------------------ reading
     def _load(self) -> index_files.StoredIndex:
@@ -384,13 +413,39 @@ class KnowledgeBase:
         return self.search(query, k).hits
 
     # ------------------------------------------------------------------ writing
-    def ingest(self, paths: Sequence[str | Path], rebuild: bool = False, progress: bool | None = None) -> IngestReport:
+    def _embed(self, chunks: list[Chunk], reuse: index_files.StoredIndex | None, show: bool) -> np.ndarray:
+        """The unit vectors of ``chunks``, row for row; the texts ``reuse`` holds are not embedded again."""
+        vectors = np.empty((len(chunks), self.embedder.dim), dtype=np.float32)
+        rows = {c.embedding_text: row for row, c in enumerate(reuse.chunks)} if reuse is not None else {}
+        known = [(i, rows[c.embedding_text]) for i, c in enumerate(chunks) if c.embedding_text in rows]
+        if known:
+            vectors[[i for i, _ in known]] = reuse.vectors[[row for _, row in known]]
+        todo = [i for i, c in enumerate(chunks) if c.embedding_text not in rows]
+        if todo:
+            bar = tqdm(total=len(todo), unit="chunk", desc="Embedding", disable=not show, file=sys.stderr)
+            with bar:
+                texts = [chunks[i].embedding_text for i in todo]
+                vectors[todo] = self.embedder.embed_passages(texts, progress=bar.update)
+        return vectors
+
+    def ingest(
+        self,
+        paths: Sequence[str | Path],
+        rebuild: bool = False,
+        progress: bool | None = None,
+        *,
+        knowledge_folder: Path | None = None,
+    ) -> IngestReport:
         """Add files and folders to the index. Unchanged files are skipped, changed files
         replace their old chunks, and files gone from an ingested folder are removed.
-        ``rebuild=True`` starts from an empty index (e.g. to change embedder)."""
+        ``rebuild=True`` starts from an empty index (e.g. to change embedder).
+        ``knowledge_folder`` (``open`` syncing the default index with it, one of ``paths``): its
+        files are marked as the knowledge base's, and another install's copies of a knowledge base
+        (``bundled_copies``) are removed in the same write."""
         started = time.perf_counter()
         files, skipped = find_files(list(paths))
         folders = [Path(p).expanduser().resolve() for p in paths if Path(p).expanduser().is_dir()]
+        knowledge = knowledge_folder.expanduser().resolve() if knowledge_folder is not None else None
         show = sys.stderr.isatty() if progress is None else progress
         report = IngestReport(files=len(files), skipped=skipped)
 
@@ -427,6 +482,9 @@ class KnowledgeBase:
                 ):
                     continue
                 to_read.append(path)
+            if knowledge is not None and old is not None:
+                for source in bundled_copies(old, knowledge, hashes):
+                    del sources[source]
 
             new_chunks: dict[str, Chunk] = {}
             for path, result in iter_documents(to_read):
@@ -457,16 +515,19 @@ class KnowledgeBase:
             report.unchanged = len(live_ids) - report.added
             report.chunks = len(chunks)
 
-            # An index from an older ragbot (no stored BM25) is written again, to store it.
-            if old is not None and not report.added and not report.removed and not to_read and old.has_stored_lexical:
+            bundled = None if old is None or old.bundled is None else frozenset(old.bundled & sources.keys())
+            if knowledge is not None:
+                bundled = frozenset(s for s in sources if Path(s).is_relative_to(knowledge))
+
+            # An index from an older ragbot (no stored BM25, no bundled mark) is written again, to store it.
+            unchanged = not report.added and not report.removed and not to_read
+            if old is not None and unchanged and old.has_stored_lexical and bundled == old.bundled:
                 report.seconds = time.perf_counter() - started
                 return report  # nothing changed: leave the index exactly as it is
 
-            new_vectors = np.empty((0, self.embedder.dim), dtype=np.float32)
-            if missing:
-                bar = tqdm(total=len(missing), unit="chunk", desc="Embedding", disable=not show, file=sys.stderr)
-                with bar:
-                    new_vectors = self.embedder.embed_passages([c.embedding_text for c in missing], progress=bar.update)
+            # Syncing the default index, a chunk whose text it already holds (the copy just dropped,
+            # from an install at another path) takes that vector: the same embedder, the same vector.
+            new_vectors = self._embed(missing, old if knowledge is not None else None, show)
 
             index_type = self.settings.index_type
             if index_type == "auto":
@@ -488,7 +549,7 @@ class KnowledgeBase:
                 if index_type == "hnsw"
                 else {},
             )
-            update = IndexUpdate(manifest, chunks, sources, [c.id for c in missing], new_vectors)
+            update = IndexUpdate(manifest, chunks, sources, [c.id for c in missing], new_vectors, bundled)
             del new_vectors  # the store may drop its copy once written (peak memory)
             self._stored = self.store.write(old, update)
         report.seconds = time.perf_counter() - started

@@ -33,6 +33,7 @@ class IndexUpdate:
     sources: dict[str, SourceRecord]
     new_ids: list[str]  # the chunks the old index did not hold...
     new_vectors: np.ndarray | None  # ...and their unit vectors, row for row (a store may drop them once copied)
+    bundled: frozenset[str] | None = None  # the default index's sources from its knowledge folder (FAISS only)
 
 
 class VectorStore(ABC):
@@ -105,6 +106,7 @@ class FaissStore(VectorStore):
             faiss_files.build_faiss(vectors, update.manifest.index_type),
             update.sources,
             vectors=vectors,
+            bundled=None if update.bundled is None else set(update.bundled),
         )
         faiss_files.save(self.directory, stored)
         return stored
