@@ -31,6 +31,8 @@ ROWS = [
     {"id": "f4", "question": "霸王别姬是哪年上映的，谁导演？", "gold_facts": ["1993年", "陈凯歌"]},
     # no gold facts: not counted
     {"id": "f5", "question": "怎么烤面包？"},
+    # two titles as one fact, stated with a citation marker after each: stated
+    {"id": "f6", "question": "卧虎藏龙和霸王别姬都看过吗？", "gold_facts": ["《卧虎藏龙》《霸王别姬》"]},
 ]  # fmt: skip
 ANSWERS = {
     "谁导演的，谁主演": "李安导演，周润发主演。",
@@ -38,6 +40,7 @@ ANSWERS = {
     "霸王别姬是谁主演": "主演是张国荣 [1]。",
     "霸王别姬是哪年": "2003年，导演不详。",
     "面包": "先和面。",
+    "都看过吗": "看过《卧虎藏龙》 [1]，《霸王别姬》 [2]。",
 }
 
 
@@ -69,19 +72,20 @@ def test_fact_recall_equals_the_share_computed_by_hand(kb, questions, tmp_path):
     out = tmp_path / "run"
     run = evaluate(questions, RagBot(kb, answer_by_topic()), out=out)
     by_id = {r["id"]: r["answer"] for r in run.rows}
-    assert [by_id[i].get("fact_recall") for i in ("f1", "f2", "f3", "f4", "f5")] == [0.5, 1.0, 1.0, 0.0, None]
+    assert [by_id[i].get("fact_recall") for i in ("f1", "f2", "f3", "f4", "f5", "f6")] == [0.5, 1, 1, 0, None, 1]
     assert by_id["f1"]["facts_found"] == ["李安"] and by_id["f3"]["gold_facts"] == ["张国荣"]
 
     facts = run.summary["answers"]["facts"]
-    assert facts["n"] == 4
-    assert facts["recall"] == pytest.approx((0.5 + 1 + 1 + 0) / 4)
-    assert facts["all_found"] == pytest.approx(2 / 4)
-    # the table `ragbot eval` prints: fact recall next to token-F1 (f3 is the one row with a good answer)
+    assert facts["n"] == 5
+    assert facts["recall"] == pytest.approx((0.5 + 1 + 1 + 0 + 1) / 5)
+    assert facts["all_found"] == pytest.approx(3 / 5)
+    # the table `ragbot eval` prints: fact recall next to token-F1 (f3 is the one row with a good
+    # answer: "主演是张国荣" against "张国荣", the citation marker not counted: 2 * 1/2 * 1 / 1.5)
     printed = format_summary(run.summary)
-    assert "Answers (1 rows with a good answer, 4 with gold facts)" in printed
-    assert "token-F1 0.600, fact recall 0.625 (all gold facts stated: 50.0%)" in printed
+    assert "Answers (1 rows with a good answer, 5 with gold facts)" in printed
+    assert "token-F1 0.667, fact recall 0.700 (all gold facts stated: 60.0%)" in printed
     report = (out / "report.md").read_text(encoding="utf-8")
-    assert "fact recall 0.625 (all gold facts stated: 50.0%)" in report
+    assert "fact recall 0.700 (all gold facts stated: 60.0%)" in report
     assert "### Answers missing gold facts (lowest fact recall, 2 of 2)" in report
     assert "| f4 | 霸王别姬是哪年上映的，谁导演？ |" in report and "| 1993年, 陈凯歌 | 0.00 |" in report
 
@@ -92,8 +96,8 @@ def test_eval_compare_shows_fact_recall_side_by_side(kb, questions, tmp_path):
     evaluate(questions, RagBot(kb, answer_by_topic(better)), out=tmp_path / "b", report=False)
     result = run_cli("eval", "--compare", str(tmp_path / "a"), str(tmp_path / "b"))
     assert result.returncode == 0, result.stderr
-    assert "| answers.facts.recall | 0.625 | 0.875 | +0.25 |" in result.stdout
-    assert "| answers.facts.all_found | 0.5 | 0.75 | +0.25 |" in result.stdout
+    assert "| answers.facts.recall | 0.7 | 0.9 | +0.2 |" in result.stdout
+    assert "| answers.facts.all_found | 0.6 | 0.8 | +0.2 |" in result.stdout
     assert "- more gold facts stated: 1 (f4)" in result.stdout
 
 

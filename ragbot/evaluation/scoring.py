@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ragbot.conversation.bot import LABELS, RagBot
+from ragbot.conversation.citations import strip_citations
 from ragbot.conversation.prompts import load_prompt
 from ragbot.conversation.rewrite import RewriteResult, is_chinese, needs_rewrite
 from ragbot.errors import EvaluationError, ModelError
@@ -167,7 +168,7 @@ class TurnEvaluator:
 
     def _answer_part(self, case: EvalCase, text: str, standalone: str) -> dict[str, Any]:
         part: dict[str, Any] = {"text": text}
-        body = _strip_label(text)
+        body = answer_body(text)
         if case.gold_facts:
             recall, found = fact_recall(body, case.gold_facts)
             part.update(gold_facts=list(case.gold_facts), facts_found=found, fact_recall=recall)
@@ -215,6 +216,12 @@ def _row_head(case: EvalCase | BadRow) -> dict[str, Any]:
     else:
         head["question"] = case.question
     return head
+
+
+def answer_body(text: str) -> str:
+    """What an answer says, as its scores compare it: no route label, no citation markers
+    ("《超能陆战队》 [1]，《幸福结局》 [1]" states 《超能陆战队》《幸福结局》; a good answer has none)."""
+    return strip_citations(_strip_label(text), 0).strip()
 
 
 def _strip_label(text: str) -> str:
