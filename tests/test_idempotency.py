@@ -172,14 +172,11 @@ def test_a_resend_while_the_first_is_answered_is_409_with_retry_after_then_repla
     with LiveServer(create_app(bots(slow), ApiKeys([]))) as server:
         conversation_id = ask(server, "尼罗河是什么？", store=True).json()["ragbot"]["conversation_id"]
         before, streamed = slow.pieces, {}
-        thread = threading.Thread(
-            target=lambda: streamed.update(
-                zip(
-                    ("headers", "text", "chunks"),
-                    ask_streamed(server, "尼罗河流经哪些国家？", "k-1", conversation_id=conversation_id),
-                )
-            )  # fmt: skip
-        )
+
+        def first() -> None:
+            streamed["text"] = ask_streamed(server, "尼罗河流经哪些国家？", "k-1", conversation_id=conversation_id)[1]
+
+        thread = threading.Thread(target=first)
         thread.start()
         while slow.pieces == before:  # until the first is generating
             time.sleep(0.005)
