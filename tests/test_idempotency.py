@@ -233,3 +233,18 @@ def test_a_reply_is_saved_with_its_turn_and_another_reply_under_that_id_is_refus
     assert len(again.history("trip")) == 2 and again.reply("trip", "key_2") is None
     again.clear("trip")
     assert again.reply("trip", "key_1") is None
+
+
+def test_a_store_from_before_replies_opens_keeps_its_turns_and_saves_replies(stores, monkeypatch):
+    from ragbot.conversation import store_postgres, store_sqlite
+
+    for migrations in (store_sqlite.MIGRATIONS, store_postgres.MIGRATIONS):
+        monkeypatch.setattr(migrations, "steps", [s for s in migrations.steps if s.__name__ != "m004_replies"])
+    old = stores()  # written by the ragbot before idempotency keys
+    old.append_turn("trip", "尼罗河是什么？", "一条大河。", turn_id="t-1")
+    old.close()
+    monkeypatch.undo()
+    store = stores()
+    assert [t.answer for t in store.turns("trip")] == ["一条大河。"]
+    store.append_turn("trip", "它多长？", "约6650公里。", expected_turns=1, turn_id="key_2", reply=Reply("d", {"x": 1}))
+    assert stores().reply("trip", "key_2").record == {"x": 1}
