@@ -114,8 +114,9 @@ class ConversationStore(ABC):
         another number by now (another process saved a turn meanwhile), nothing is saved and
         ``ConversationChangedError`` is raised. ``turn_id`` (made before the first try) makes the save
         idempotent: a turn already saved under it is not saved again, its number is returned.
-        ``reply``: saved with the turn under ``turn_id`` (``reply``); a turn already saved under that id
-        with another reply was saved by another request, and this one gets ``TurnAnsweredError``."""
+        ``reply`` (a turn sent with an idempotency key): saved with the turn, read back by ``reply()``; a
+        turn already saved under ``turn_id`` with another reply was saved by another request with the
+        same key, and this one gets ``TurnAnsweredError``."""
 
     def reply(self, name: str, turn_id: str) -> Reply | None:
         """The reply saved with the turn ``turn_id`` of ``name`` (``append_turn(reply=)``), or None."""

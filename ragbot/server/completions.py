@@ -162,9 +162,10 @@ class ChunkWriter:
 
     def end(self, answer: Answer | dict[str, Any], conversation_id: str | None) -> str:
         """The finish chunk, then the last chunk (no choices) with the ``ragbot`` field, then [DONE]."""
+        record = _record(answer)
         finish = self._event(choices=[{"index": 0, "delta": {}, "finish_reason": "stop"}])
-        extra = {"usage": usage_field(answer)} if self.include_usage else {}
-        last = self._event(choices=[], **extra, ragbot=ragbot_field(answer, conversation_id))
+        extra = {"usage": usage_field(record)} if self.include_usage else {}
+        last = self._event(choices=[], **extra, ragbot=ragbot_field(record, conversation_id))
         return finish + last + "data: [DONE]\n\n"
 
     def replay(self, record: dict[str, Any], conversation_id: str | None) -> str:
