@@ -192,6 +192,32 @@ def test_a_resend_while_the_first_is_answered_is_409_with_retry_after_then_repla
         assert len(saved_messages(server, conversation_id)) == 4
 
 
+def test_the_openai_sdk_resending_during_the_first_gets_the_saved_answer_by_its_own_retry(bots):
+    import openai
+
+    slow = PacedChatModel(default="慢" * 80, delay=0.02, name=MODEL)  # 20 pieces, 0.4 s
+    with LiveServer(create_app(bots(slow), ApiKeys([]))) as server:
+        conversation_id = ask(server, "尼罗河是什么？", store=True).json()["ragbot"]["conversation_id"]
+        before = slow.pieces
+        thread = threading.Thread(
+            target=ask, args=(server, "尼罗河流经哪些国家？", "k-1"), kwargs={"conversation_id": conversation_id}
+        )
+        thread.start()
+        while slow.pieces == before:  # until the first is generating
+            time.sleep(0.005)
+        api = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=3, timeout=20)
+        raw = api.chat.completions.with_raw_response.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": "尼罗河流经哪些国家？"}],
+            extra_body={"conversation_id": conversation_id},
+            extra_headers={"Idempotency-Key": "k-1"},
+        )
+        thread.join(timeout=20)
+        assert raw.retries_taken >= 1  # the first try was the 409; Retry-After: 1 brought the retry
+        assert raw.headers["Idempotent-Replayed"] == "true" and raw.parse().choices[0].message.content == "慢" * 80
+        assert len(slow.calls) == 2 and len(saved_messages(server, conversation_id)) == 4
+
+
 def test_two_servers_answering_one_key_at_once_save_one_turn_and_the_other_gets_409(bots):
     slow = PacedChatModel(default="慢" * 120, delay=0.02, name=MODEL)  # 30 pieces, 0.6 s
     fast = PacedChatModel(default="快。", delay=0.0, name=MODEL)
