@@ -33,6 +33,7 @@ from ragbot.errors import (
     StoreUnavailableError,
     StoreUnreachableError,
     TrainingFileError,
+    TurnAnsweredError,
     VectorStoreError,
 )
 from ragbot.knowledge.chunking import Chunk, chunk_document, split_sentences
@@ -76,6 +77,7 @@ __all__ = [
     "StoreUnavailableError",
     "StoreUnreachableError",
     "TrainingFileError",
+    "TurnAnsweredError",
     "VectorStoreError",
     "Turn",
     "chunk_document",

@@ -92,6 +92,11 @@ class ConversationChangedError(RagbotError):
         self.name = name  # the conversation, as the store names it
 
 
+class TurnAnsweredError(ConversationChangedError):
+    """A turn was not saved because another request with the same idempotency key (the same turn id)
+    saved its answer while this one was generated: send the request again to get the saved answer."""
+
+
 class FinetuneError(RagbotError):
     """Fine-tuning could not go on: unknown job or model, a job that failed on the server."""
 

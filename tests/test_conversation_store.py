@@ -37,7 +37,7 @@ MASKED = "postgresql://ragbot:***@127.0.0.1:1/ragbot"
 
 
 def test_migrations_of_both_stores_have_the_same_names():
-    names = ["m001_initial", "m002_conversation_state", "m003_turn_ids"]
+    names = ["m001_initial", "m002_conversation_state", "m003_turn_ids", "m004_replies"]
     assert PG_MIGRATIONS.names == SQLITE_MIGRATIONS.names == names
 
 
@@ -108,7 +108,7 @@ def test_the_migrations_are_recorded_and_a_newer_schema_is_refused(stores, locat
         with psycopg.connect(location) as db:
             applied = [name for (name,) in db.execute("SELECT name FROM _migrations ORDER BY name")]
             db.execute("INSERT INTO _migrations VALUES ('m099_from_the_future', 0)")
-    assert applied == ["m001_initial", "m002_conversation_state", "m003_turn_ids"]
+    assert applied == ["m001_initial", "m002_conversation_state", "m003_turn_ids", "m004_replies"]
     with pytest.raises(ConversationStoreError, match="by a newer ragbot .*m099_from_the_future.*upgrade ragbot"):
         stores()
 

@@ -86,12 +86,12 @@ def test_a_file_from_before_migrations_keeps_its_turns_and_feedback_and_gets_lat
     (turn,) = store.turns("trip")
     assert (turn.question, turn.answer, turn.meta) == ("What is the Nile?", "A river [1].", {"route": "grounded"})
     assert turn.feedback == Feedback("bad", "The longest river in Africa.")
-    assert applied(path) == ["m001_initial", "m002_conversation_state", "m003_turn_ids"]
+    assert applied(path) == ["m001_initial", "m002_conversation_state", "m003_turn_ids", "m004_replies"]
 
     monkeypatch.setattr(MIGRATIONS, "steps", [*MIGRATIONS.steps, m099_tags])
     for _ in range(2):  # the second open applies nothing (ALTER TABLE ADD COLUMN would fail if run twice)
         store = ConversationStore(path)
-    assert applied(path) == ["m001_initial", "m002_conversation_state", "m003_turn_ids", "m099_tags"]
+    assert applied(path) == ["m001_initial", "m002_conversation_state", "m003_turn_ids", "m004_replies", "m099_tags"]
     assert store.history("trip")[1].content == "A river [1]."
     with sqlite3.connect(path) as db:
         assert db.execute("SELECT name, tags FROM conversations").fetchall() == [("trip", "")]

@@ -32,7 +32,15 @@ from ragbot.conversation.memory import messages_from_pairs, trim_history, valida
 from ragbot.conversation.prompts import load_prompt
 from ragbot.conversation.rewrite import RewriteResult, is_chinese, rewrite_question
 from ragbot.conversation.routing import Evidence, evidence, in_prompt_order, topic_gate
-from ragbot.conversation.store import ConversationStore, Feedback, make_feedback, new_turn_id, open_store
+from ragbot.conversation.store import (
+    ConversationStore,
+    Feedback,
+    Reply,
+    TurnKey,
+    make_feedback,
+    new_turn_id,
+    open_store,
+)
 from ragbot.conversation.topic import (
     Topic,
     TopicDocument,
@@ -725,15 +733,16 @@ class Conversation:
         *_, answer = self.stream(question)
         return answer
 
-    def stream(self, question: str) -> Iterator[str | Answer]:
+    def stream(self, question: str, key: TurnKey | None = None) -> Iterator[str | Answer]:
         """Text deltas, then the ``Answer``; the turn is saved only once it is complete. A named
-        conversation checks its file first, so a turn that could not be saved is never asked."""
+        conversation checks its file first, so a turn that could not be saved is never asked.
+        ``key``: a client's idempotency key; the turn is saved under its id, with the answer's record."""
         with self._lock:
             self.check_storage()
             shown = self.last.sources if self.last else ()
             for item in self.bot.stream_answer(question, self.history, state=self.topic, last_sources=shown):
                 if isinstance(item, Answer):
-                    self._remember(item)
+                    self._remember(item, key)
                     self.warm_up()  # while the answer is read and the next question typed
                 yield item
 
@@ -786,13 +795,14 @@ class Conversation:
         """Go on without saving (the file cannot be used): turns and feedback stay in this object only."""
         self.name = None
 
-    def _remember(self, answer: Answer) -> None:
+    def _remember(self, answer: Answer, key: TurnKey | None = None) -> None:
         if self.name:
             store, turns = self.bot.store, len(self.history) // 2
+            reply = Reply(key.request, answer.to_dict()) if key else None
             try:  # saved only if no other process added a turn meanwhile, and once (an id made before the save)
                 store.append_turn(
                     self.name, answer.question, answer.text, turn_meta(answer), answer.topic.to_dict(),
-                    expected_turns=turns, turn_id=new_turn_id(),
+                    expected_turns=turns, turn_id=key.turn_id if key else new_turn_id(), reply=reply,
                 )  # fmt: skip
             except ConversationChangedError:
                 self._load()  # what the other process saved: the next message starts from there

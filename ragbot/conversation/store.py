@@ -18,7 +18,13 @@ from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsp
 
 from ragbot import registry
 from ragbot.config import is_url
-from ragbot.errors import ConfigError, ConversationChangedError, ConversationError
+from ragbot.errors import (
+    ConfigError,
+    ConversationChangedError,
+    ConversationError,
+    ConversationStoreError,
+    TurnAnsweredError,
+)
 from ragbot.models.chat import Message
 
 RATINGS = ("good", "bad")
@@ -56,6 +62,25 @@ class StoredTurn:
     feedback: Feedback | None = None
 
 
+@dataclass(frozen=True)
+class TurnKey:
+    """A turn a client named with an idempotency key: the turn id the key maps to (the same for every
+    resend) and a digest of the request, which a resend must match to be given the saved answer."""
+
+    turn_id: str
+    request: str
+
+
+@dataclass(frozen=True)
+class Reply:
+    """What a keyed turn answered, saved with the turn so that a resend gets it again without calling
+    the model: the request's digest and the answer's record (``Answer.to_dict()``)."""
+
+    request: str
+    record: dict[str, Any]
+    created: float = 0.0  # when it was saved (seconds since the epoch)
+
+
 class ConversationStore(ABC):
     """Named conversations: their turns, the state after the last one, and feedback per turn.
 
@@ -80,6 +105,7 @@ class ConversationStore(ABC):
         *,
         expected_turns: int | None = None,
         turn_id: str | None = None,
+        reply: Reply | None = None,
     ) -> int:
         """Save one finished turn in one transaction (with the conversation's ``state`` after it
         when given); return its number, 0-based, given by the store so concurrent writers never share one.
@@ -87,7 +113,17 @@ class ConversationStore(ABC):
         ``expected_turns``: the number of turns the answer was generated from; if the conversation has
         another number by now (another process saved a turn meanwhile), nothing is saved and
         ``ConversationChangedError`` is raised. ``turn_id`` (made before the first try) makes the save
-        idempotent: a turn already saved under it is not saved again, its number is returned."""
+        idempotent: a turn already saved under it is not saved again, its number is returned.
+        ``reply`` (a turn sent with an idempotency key): saved with the turn, read back by ``reply()``; a
+        turn already saved under ``turn_id`` with another reply was saved by another request with the
+        same key, and this one gets ``TurnAnsweredError``."""
+
+    def reply(self, name: str, turn_id: str) -> Reply | None:
+        """The reply saved with the turn ``turn_id`` of ``name`` (``append_turn(reply=)``), or None."""
+        raise ConversationStoreError(
+            f"the conversation store {self.location} keeps no replies, so it cannot answer requests with an "
+            "Idempotency-Key; send them without one, or use the SQLite file or PostgreSQL"
+        )
 
     @abstractmethod
     def state(self, name: str) -> tuple[int, dict[str, Any]] | None:
@@ -150,6 +186,15 @@ def changed(name: str, expected: int, found: int) -> ConversationChangedError:
     )
 
 
+def answered(name: str) -> TurnAnsweredError:
+    """The error of a keyed turn whose id another request saved first, with its own answer."""
+    return TurnAnsweredError(
+        f"another request with the same idempotency key saved its answer in conversation {name!r} while this "
+        "one was generated; nothing was saved: send the request again to get the saved answer",
+        name,
+    )
+
+
 SCHEMES = {"postgresql": "postgresql", "postgres": "postgresql"}  # URL scheme -> conversation store
 
 
@@ -195,6 +240,8 @@ __all__ = [
     "ConversationStore",
     "Feedback",
     "RATINGS",
+    "Reply",
+    "TurnKey",
     "StoredTurn",
     "make_feedback",
     "mask_url",

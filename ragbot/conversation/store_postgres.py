@@ -30,7 +30,9 @@ from ragbot import registry
 from ragbot.conversation.store import (
     ConversationStore,
     Feedback,
+    Reply,
     StoredTurn,
+    answered,
     changed,
     mask_url,
     new_turn_id,
@@ -147,6 +149,25 @@ def m003_turn_ids(db: Any) -> None:
 _SCHEMA_3 = """
 ALTER TABLE messages ADD COLUMN turn_id TEXT;
 CREATE UNIQUE INDEX messages_by_turn_id ON messages(conversation, turn_id, role)
+"""
+
+
+@MIGRATIONS
+def m004_replies(db: Any) -> None:
+    """What a turn asked with an idempotency key answered (the request's digest and the answer's record),
+    saved with the turn, so a client's resend gets the same answer without the model being called."""
+    run_script(db, _SCHEMA_4)
+
+
+_SCHEMA_4 = """
+CREATE TABLE replies (
+    conversation TEXT NOT NULL REFERENCES conversations(name) ON DELETE CASCADE,
+    turn_id TEXT NOT NULL,
+    request TEXT NOT NULL,
+    record TEXT NOT NULL,
+    created_at DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (conversation, turn_id)
+)
 """
 
 _WHAT_TO_DO = "start PostgreSQL or fix the URL in `sessions` (RAGBOT_SESSIONS, --sessions)"
@@ -288,18 +309,20 @@ class PostgresStore(ConversationStore):
         *,
         expected_turns: int | None = None,
         turn_id: str | None = None,
+        reply: Reply | None = None,
     ) -> int:
         """Save one finished turn (``ConversationStore.append_turn``). A try that loses a race, or whose
         connection breaks (even during COMMIT, when the turn may be saved already), is run again under
-        the same turn id, so the turn is saved once."""
+        the same turn id, so the turn is saved once (and a reply saved by such a try is this one's)."""
         row = (question, answer, json.dumps(meta or {}, ensure_ascii=False))
         state_text = None if state is None else json.dumps(state, ensure_ascii=False)
         turn_id = turn_id or new_turn_id()
+        saved_reply = None if reply is None else (reply.request, json.dumps(reply.record, ensure_ascii=False))
         for attempt in range(RETRIES):
             last = attempt == RETRIES - 1
             try:
                 with self._transaction(broken=(psycopg.OperationalError,)) as db:
-                    return self._append(db, name, row, state_text, expected_turns, turn_id)
+                    return self._append(db, name, row, state_text, expected_turns, turn_id, saved_reply)
             except psycopg.OperationalError as exc:  # the COMMIT may have reached the database: try once more
                 if attempt >= 1:  # a database that went away is not back for a third try
                     raise StoreUnavailableError(self._unavailable(self._reason(exc))) from None
@@ -313,7 +336,13 @@ class PostgresStore(ConversationStore):
 
     @staticmethod
     def _append(
-        db: Any, name: str, row: tuple[str, str, str], state: str | None, expected: int | None, turn_id: str
+        db: Any,
+        name: str,
+        row: tuple[str, str, str],
+        state: str | None,
+        expected: int | None,
+        turn_id: str,
+        reply: tuple[str, str] | None,
     ) -> int:
         question, answer, meta = row
         now = time.time()
@@ -326,6 +355,12 @@ class PostgresStore(ConversationStore):
             (name, turn_id),
         ).fetchone()
         if saved is not None:
+            if reply is not None:
+                found = db.execute(
+                    "SELECT record FROM replies WHERE conversation = %s AND turn_id = %s", (name, turn_id)
+                ).fetchone()
+                if found is None or found[0] != reply[1]:
+                    raise answered(name)  # another request with the same key saved its answer first
             return int(saved[0])  # saved by an earlier try whose COMMIT's answer was lost
         (turn,) = db.execute("SELECT COUNT(*) / 2 FROM messages WHERE conversation = %s", (name,)).fetchone()
         if expected is not None and turn != expected:
@@ -346,7 +381,20 @@ class PostgresStore(ConversationStore):
                 "ON CONFLICT (conversation) DO UPDATE SET turns = EXCLUDED.turns, state = EXCLUDED.state",
                 (name, turn + 1, state),
             )
+        if reply is not None:
+            db.execute(
+                "INSERT INTO replies(conversation, turn_id, request, record, created_at) VALUES (%s, %s, %s, %s, %s)",
+                (name, turn_id, *reply, now),
+            )
         return int(turn)
+
+    def reply(self, name: str, turn_id: str) -> Reply | None:
+        with self._transaction() as db:
+            row = db.execute(
+                "SELECT request, record, created_at FROM replies WHERE conversation = %s AND turn_id = %s",
+                (name, turn_id),
+            ).fetchone()
+        return None if row is None else Reply(row[0], json.loads(row[1]), row[2])
 
     def state(self, name: str) -> tuple[int, dict[str, Any]] | None:
         with self._transaction() as db:
@@ -362,7 +410,7 @@ class PostgresStore(ConversationStore):
     def clear(self, name: str) -> None:
         with self._transaction() as db:
             db.execute("SELECT 1 FROM conversations WHERE name = %s FOR UPDATE", (name,))
-            for table in ("messages", "feedback", "conversation_state"):
+            for table in ("messages", "feedback", "conversation_state", "replies"):
                 db.execute(f"DELETE FROM {table} WHERE conversation = %s", (name,))
 
     def set_feedback(self, name: str, turn: int, feedback: Feedback) -> None:

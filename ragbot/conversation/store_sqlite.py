@@ -20,7 +20,16 @@ from pathlib import Path
 from typing import Any
 
 from ragbot import registry
-from ragbot.conversation.store import ConversationStore, Feedback, StoredTurn, changed, new_turn_id, turns_from_rows
+from ragbot.conversation.store import (
+    ConversationStore,
+    Feedback,
+    Reply,
+    StoredTurn,
+    answered,
+    changed,
+    new_turn_id,
+    turns_from_rows,
+)
 from ragbot.errors import ConversationError, ConversationStoreError
 from ragbot.migrations import Migrations, run_script
 from ragbot.models.chat import Message
@@ -86,6 +95,25 @@ def m003_turn_ids(db: sqlite3.Connection) -> None:
 _SCHEMA_3 = """
 ALTER TABLE messages ADD COLUMN turn_id TEXT;
 CREATE UNIQUE INDEX IF NOT EXISTS messages_by_turn_id ON messages(conversation, turn_id, role);
+"""
+
+
+@MIGRATIONS
+def m004_replies(db: sqlite3.Connection) -> None:
+    """What a turn asked with an idempotency key answered (the request's digest and the answer's record),
+    saved with the turn, so a client's resend gets the same answer without the model being called."""
+    run_script(db, _SCHEMA_4)
+
+
+_SCHEMA_4 = """
+CREATE TABLE IF NOT EXISTS replies (
+    conversation TEXT NOT NULL REFERENCES conversations(name) ON DELETE CASCADE,
+    turn_id TEXT NOT NULL,
+    request TEXT NOT NULL,
+    record TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (conversation, turn_id)
+);
 """
 
 
@@ -214,11 +242,13 @@ class SQLiteStore(ConversationStore):
         *,
         expected_turns: int | None = None,
         turn_id: str | None = None,
+        reply: Reply | None = None,
     ) -> int:
         """Save one finished turn atomically, with the conversation's ``state`` after it when given;
         refused if the conversation no longer has ``expected_turns`` turns (``ConversationStore``)."""
         now = time.time()
         turn_id = turn_id or new_turn_id()
+        record = None if reply is None else json.dumps(reply.record, ensure_ascii=False)
         with self._use() as db, db:  # one transaction: both messages or neither
             # the first write takes SQLite's write lock: no other process saves a turn until this commits
             db.execute("INSERT OR IGNORE INTO conversations(name, created_at) VALUES (?, ?)", (name, now))
@@ -227,6 +257,8 @@ class SQLiteStore(ConversationStore):
                 (name, turn_id),
             ).fetchone()
             if saved is not None:
+                if record is not None and self._record(db, name, turn_id) != record:
+                    raise answered(name)  # another request with the same key saved its answer first
                 return int(saved[0])  # saved by an earlier try
             (turn,) = db.execute("SELECT COUNT(*) / 2 FROM messages WHERE conversation = ?", (name,)).fetchone()
             if expected_turns is not None and turn != expected_turns:
@@ -246,7 +278,26 @@ class SQLiteStore(ConversationStore):
                     "INSERT OR REPLACE INTO conversation_state(conversation, turns, state) VALUES (?, ?, ?)",
                     (name, turn + 1, json.dumps(state, ensure_ascii=False)),
                 )
+            if reply is not None:
+                db.execute(
+                    "INSERT INTO replies(conversation, turn_id, request, record, created_at) VALUES (?, ?, ?, ?, ?)",
+                    (name, turn_id, reply.request, record, now),
+                )
         return turn
+
+    @staticmethod
+    def _record(db: sqlite3.Connection, name: str, turn_id: str) -> str | None:
+        row = db.execute("SELECT record FROM replies WHERE conversation = ? AND turn_id = ?", (name, turn_id))
+        found = row.fetchone()
+        return None if found is None else found[0]
+
+    def reply(self, name: str, turn_id: str) -> Reply | None:
+        with self._use() as db:
+            row = db.execute(
+                "SELECT request, record, created_at FROM replies WHERE conversation = ? AND turn_id = ?",
+                (name, turn_id),
+            ).fetchone()
+        return None if row is None else Reply(row[0], json.loads(row[1]), row[2])
 
     def state(self, name: str) -> tuple[int, dict[str, Any]] | None:
         """The saved state of a conversation and the number of turns it covers, or None."""
@@ -265,6 +316,7 @@ class SQLiteStore(ConversationStore):
             db.execute("DELETE FROM messages WHERE conversation = ?", (name,))
             db.execute("DELETE FROM feedback WHERE conversation = ?", (name,))
             db.execute("DELETE FROM conversation_state WHERE conversation = ?", (name,))
+            db.execute("DELETE FROM replies WHERE conversation = ?", (name,))
 
     def set_feedback(self, name: str, turn: int, feedback: Feedback) -> None:
         """Record (or replace) the feedback on turn ``turn`` (0-based) of conversation ``name``."""

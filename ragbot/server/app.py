@@ -21,8 +21,9 @@ from starlette.types import Receive, Scope, Send
 
 from ragbot.config import Settings
 from ragbot.conversation.bot import Answer, RagBot
+from ragbot.conversation.store import Reply
 from ragbot.errors import RagbotError
-from ragbot.server import completions
+from ragbot.server import completions, idempotency
 from ragbot.server.completions import ChunkWriter
 from ragbot.server.errors import HANDLERS, APIError, from_ragbot_error
 from ragbot.server.keys import ApiKeys
@@ -60,7 +61,7 @@ def create_app(bot: RagBot, keys: ApiKeys | None = None) -> FastAPI:
     keys = keys if keys is not None else ApiKeys.from_settings(settings)
     slots = TurnSlots(settings.max_concurrent, settings.queue_timeout)
     models = [bot.answer_model.name]  # the name clients send as `model`
-    busy: set[str] = set()  # conversations answering a message in this process
+    busy: dict[str, str | None] = {}  # conversations answering a message in this process -> its keyed turn id
 
     app = FastAPI(title="ragbot", exception_handlers=HANDLERS, docs_url=None, redoc_url=None)
     app.add_middleware(BodyLimit, limit=settings.max_request_bytes)
@@ -123,7 +124,12 @@ def create_app(bot: RagBot, keys: ApiKeys | None = None) -> FastAPI:
         return {"id": conversation_id, "object": "conversation.deleted", "deleted": True}
 
     @app.post("/v1/chat/completions")
-    async def chat_completions(body: ChatCompletionRequest, who: str = Depends(owner)):
+    async def chat_completions(
+        body: ChatCompletionRequest,
+        who: str = Depends(owner),
+        idempotency_key: str | None = Header(default=None, alias=idempotency.HEADER),
+    ):
+        key = idempotency.checked_key(idempotency_key)
         if body.model not in models:
             raise APIError(
                 404,
@@ -143,14 +149,25 @@ def create_app(bot: RagBot, keys: ApiKeys | None = None) -> FastAPI:
                     "or drop store to send the history with each request",
                     param="messages",
                 )
-            conversation_id = completions.new_conversation_id()
+            # with a key, a resend of the first message finds the conversation it started
+            conversation_id = idempotency.conversation_id(who, key) if key else completions.new_conversation_id()
             conversation = await in_thread(bot.conversation, completions.stored_name(who, conversation_id))
         else:
-            conversation = None
+            conversation = None  # stateless: nothing is saved, so a key has nothing to replay
         name = conversation.name if conversation is not None else None
+        turn_key = idempotency.turn_key(name, key, body) if key and name else None
+        completion_id = idempotency.completion_id(turn_key) if turn_key else completions.new_completion_id()
+        if turn_key:
+            saved = await in_thread(bot.store.reply, name, turn_key.turn_id)
+            if saved is not None:
+                if saved.request != turn_key.request:
+                    raise idempotency.reused(key, saved, question)
+                return _replay(saved, body, models[0], completion_id, conversation_id)
         await slots.acquire()
         if name in busy:
             slots.release()
+            if turn_key and busy[name] == turn_key.turn_id:
+                raise idempotency.in_flight(key)
             raise APIError(
                 409,
                 f"conversation {conversation_id!r} is answering another message; retry when it is done",
@@ -158,20 +175,20 @@ def create_app(bot: RagBot, keys: ApiKeys | None = None) -> FastAPI:
                 param="conversation_id",
             )
         if name:
-            busy.add(name)
-        turn = TurnRunner(  # starts the turn, on a thread of its own
-            conversation.stream(question) if conversation is not None else bot.stream_answer(question, history),
-            whole=not body.stream,
-        )
+            busy[name] = turn_key.turn_id if turn_key else None
+        if conversation is not None:
+            steps = conversation.stream(question, turn_key)
+        else:
+            steps = bot.stream_answer(question, history)
+        turn = TurnRunner(steps, whole=not body.stream)  # starts the turn, on a thread of its own
 
         async def close() -> None:
             try:
                 await turn.close()
             finally:
-                busy.discard(name)
+                busy.pop(name, None)
                 slots.release()
 
-        completion_id = completions.new_completion_id()
         if not body.stream:
             try:
                 answer = await turn.answer()
@@ -190,6 +207,19 @@ def create_app(bot: RagBot, keys: ApiKeys | None = None) -> FastAPI:
         return TurnStream(_events(turn, first, writer, conversation_id), close)
 
     return app
+
+
+def _replay(saved: Reply, body: ChatCompletionRequest, model: str, completion_id: str, conversation_id: str | None):
+    """The saved answer of a keyed turn, in the shape this resend asks for (whole or streamed)."""
+    headers = {idempotency.REPLAYED: "true"}
+    if not body.stream:
+        content = completions.completion(saved.record, model, completion_id, conversation_id, saved.created)
+        return JSONResponse(content, headers=headers)
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    writer = ChunkWriter(model, completion_id, include_usage, saved.created)
+    events = writer.replay(saved.record, conversation_id)
+    headers.update({"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return StreamingResponse(iter([events]), media_type="text/event-stream", headers=headers)
 
 
 async def _events(

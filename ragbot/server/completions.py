@@ -95,49 +95,60 @@ def split_messages(messages: list[ChatMessage]) -> tuple[str, list[dict[str, str
     return kept[-1][1]["content"], [m for _, m in kept[:-1]]
 
 
-def ragbot_field(answer: Answer, conversation_id: str | None) -> dict[str, Any]:
+def _record(answer: Answer | dict[str, Any]) -> dict[str, Any]:
+    """A turn's record: ``Answer.to_dict()``, or the one saved with a keyed turn for its replays."""
+    return answer.to_dict() if isinstance(answer, Answer) else answer
+
+
+def ragbot_field(answer: Answer | dict[str, Any], conversation_id: str | None) -> dict[str, Any]:
     """What ragbot adds to a response: route, standalone question, sources, hits, topic; no reasoning."""
-    record = answer.to_dict()
+    record = dict(_record(answer))
     record.pop("answer")
-    record["rewrite"].pop("reasoning")
+    record["rewrite"] = {k: v for k, v in record["rewrite"].items() if k != "reasoning"}
     return {"conversation_id": conversation_id, **record}
 
 
-def usage_field(answer: Answer) -> dict[str, int]:
-    total = answer.total_usage
-    return {
-        "prompt_tokens": total.prompt_tokens,
-        "completion_tokens": total.completion_tokens,
-        "total_tokens": total.total_tokens,
-    }
+def usage_field(answer: Answer | dict[str, Any]) -> dict[str, int]:
+    """The tokens of all the turn's model calls (rewrite and answer) together."""
+    stages = _record(answer)["usage"].values()
+    prompt = sum(u["prompt_tokens"] for u in stages)
+    generated = sum(u["completion_tokens"] for u in stages)
+    return {"prompt_tokens": prompt, "completion_tokens": generated, "total_tokens": prompt + generated}
 
 
-def completion(answer: Answer, model: str, completion_id: str, conversation_id: str | None) -> dict[str, Any]:
+def completion(
+    answer: Answer | dict[str, Any],
+    model: str,
+    completion_id: str,
+    conversation_id: str | None,
+    created: float | None = None,
+) -> dict[str, Any]:
     """The whole answer as a ``chat.completion`` object."""
+    record = _record(answer)
     return {
         "id": completion_id,
         "object": "chat.completion",
-        "created": int(time.time()),
+        "created": int(created or time.time()),
         "model": model,
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": answer.text},
+                "message": {"role": "assistant", "content": record["answer"]},
                 "finish_reason": "stop",
                 "logprobs": None,
             }
         ],
-        "usage": usage_field(answer),
-        "ragbot": ragbot_field(answer, conversation_id),
+        "usage": usage_field(record),
+        "ragbot": ragbot_field(record, conversation_id),
     }
 
 
 class ChunkWriter:
     """The server-sent events of one streamed completion, each a ``chat.completion.chunk``."""
 
-    def __init__(self, model: str, completion_id: str, include_usage: bool = False):
+    def __init__(self, model: str, completion_id: str, include_usage: bool = False, created: float | None = None):
         self.model, self.id, self.include_usage = model, completion_id, include_usage
-        self.created = int(time.time())
+        self.created = int(created or time.time())
 
     def _event(self, **fields: Any) -> str:
         chunk = {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model}
@@ -149,12 +160,17 @@ class ChunkWriter:
     def text(self, piece: str) -> str:
         return self._event(choices=[{"index": 0, "delta": {"content": piece}, "finish_reason": None}])
 
-    def end(self, answer: Answer, conversation_id: str | None) -> str:
+    def end(self, answer: Answer | dict[str, Any], conversation_id: str | None) -> str:
         """The finish chunk, then the last chunk (no choices) with the ``ragbot`` field, then [DONE]."""
+        record = _record(answer)
         finish = self._event(choices=[{"index": 0, "delta": {}, "finish_reason": "stop"}])
-        extra = {"usage": usage_field(answer)} if self.include_usage else {}
-        last = self._event(choices=[], **extra, ragbot=ragbot_field(answer, conversation_id))
+        extra = {"usage": usage_field(record)} if self.include_usage else {}
+        last = self._event(choices=[], **extra, ragbot=ragbot_field(record, conversation_id))
         return finish + last + "data: [DONE]\n\n"
+
+    def replay(self, record: dict[str, Any], conversation_id: str | None) -> str:
+        """A saved answer as a whole stream: its text in one piece, then the end."""
+        return self.start() + self.text(record["answer"]) + self.end(record, conversation_id)
 
     @staticmethod
     def error(error: APIError) -> str:

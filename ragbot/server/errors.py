@@ -18,6 +18,7 @@ from ragbot.errors import (
     ModelError,
     QueryError,
     RagbotError,
+    TurnAnsweredError,
 )
 
 
@@ -47,6 +48,15 @@ class APIError(Exception):
 def from_ragbot_error(exc: RagbotError) -> APIError:
     """A ragbot error as the client should see it: its own mistake 400, a conversation another
     worker answered meanwhile 409, a part that is down 503."""
+    if isinstance(exc, TurnAnsweredError):
+        return APIError(
+            409,
+            "another request with this Idempotency-Key saved its answer while this one was generated; nothing "
+            "was saved: send the request again to get the saved answer",
+            code="idempotency_key_in_use",
+            param="Idempotency-Key",
+            headers={"Retry-After": "1"},
+        )
     if isinstance(exc, ConversationChangedError):
         return APIError(
             409,
