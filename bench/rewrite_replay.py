@@ -3,7 +3,8 @@
 Takes the ``results.jsonl`` of a rewrite-set run (e.g. main's) and post-processes each row's
 standalone question as ``rewrite_question`` now does after the model answers: a pronoun the
 model's reasoning resolved is replaced by its referent in the question; a rewrite that
-names something found neither in the question nor the history, leaves out the question's words,
+names something found neither in the question nor the history, pastes one of its sentences,
+leaves out the question's words,
 repeats an earlier question or adds nothing becomes the question
 as typed; an English comparison follow-up left as typed takes the previous question's predicate.
 Prints exact match, corpus BLEU-4 and the share of already-standalone questions left unchanged.
@@ -26,6 +27,7 @@ from ragbot.conversation.rewrite import (  # noqa: E402
     comparison_rewrite,
     drops_question,
     introduced_name,
+    pasted_sentence,
     repeated_question,
     substitute_referent,
 )
@@ -56,6 +58,7 @@ def main() -> None:
         rejected = (
             introduced_name(rewrite, question, case["history"])
             or drops_question(rewrite, question)
+            or pasted_sentence(rewrite, question, case["history"])
             or repeated_question(rewrite, question, users)
         )
         if rewrite != question and (rejected or _content(rewrite) <= _content(question)):

@@ -120,6 +120,24 @@ def test_the_referent_the_reasoning_found_replaces_the_pronoun():
     assert rewrite_question("那你知道他的作品吗？", history, so).question == "那你知道林伟彬的作品吗？"
 
 
+def test_a_rewrite_that_pastes_an_earlier_sentence_keeps_the_question_as_typed():
+    history = [
+        Message("user", "看过电影七武士吗？"),
+        Message("assistant", "看过，这是一部1954年上映的冒险，动作，剧情大片。"),
+    ]
+    pasted = ScriptedChatModel(
+        [
+            "思考：省略了对象。\n改写：看过电影七武士吗？这是一部1954年上映的冒险，动作，剧情大片。导演是黑泽明，知道编剧是谁吗？"
+        ]
+    )
+    result = rewrite_question("导演是黑泽明，知道编剧是谁吗？", history, pasted)
+    assert result.question == "导演是黑泽明，知道编剧是谁吗？" and "pastes the earlier sentence" in result.reason
+    # a long name the user typed alone is a name, not a sentence: copying it is a rewrite
+    named = [Message("user", "哈利·波特与魔法石"), Message("assistant", "一部奇幻电影。")]
+    model = ScriptedChatModel(["思考：省略了对象。\n改写：哈利·波特与魔法石的导演是谁？"])
+    assert rewrite_question("导演是谁？", named, model).question == "哈利·波特与魔法石的导演是谁？"
+
+
 def test_introduced_name_accepts_names_copied_from_history():
     assert introduced_name("尼罗河流经哪些国家？", "它流经哪些国家？", ["尼罗河是什么？"]) is None
     assert introduced_name("长江发源于哪里？", "那长江呢？", ["黄河发源于哪里？"]) is None
