@@ -1,12 +1,9 @@
 """The rewrite's guards and comparison rule replayed on a finished `ragbot eval` run, no model.
 
 Takes the ``results.jsonl`` of a rewrite-set run (e.g. main's) and post-processes each row's
-standalone question as ``rewrite_question`` now does after the model answers: a pronoun the
-model's reasoning resolved is replaced by its referent in the question; a rewrite that
-names something found neither in the question nor the history, pastes one of its sentences,
-leaves out the question's words,
-repeats an earlier question or adds nothing becomes the question
-as typed; an English comparison follow-up left as typed takes the previous question's predicate.
+standalone question with the code ``rewrite_question`` runs after the model answers
+(``checked_candidate``: the referent substitution and the guards), then the English comparison
+rule (a follow-up left as typed takes the previous question's predicate).
 Prints exact match, corpus BLEU-4 and the share of already-standalone questions left unchanged.
 Exact for these rules (greedy decoding gives the same model outputs); blind to prompt changes.
 
@@ -22,15 +19,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from ragbot.conversation.rewrite import (  # noqa: E402
-    _content,
-    comparison_rewrite,
-    drops_question,
-    introduced_name,
-    pasted_sentence,
-    repeated_question,
-    substitute_referent,
-)
+from ragbot.conversation.rewrite import checked_candidate, comparison_rewrite  # noqa: E402
 from ragbot.evaluation.metrics import corpus_bleu, exact_match, normalise  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data"
@@ -51,18 +40,9 @@ def main() -> None:
         question, rewrite = row["question"], row["rewrite"]["standalone"]
         case = cases[row["id"]]
         users = [t for t, role in zip(case["history"], case["history_roles"], strict=True) if role == "user"]
-        if row["rewrite"]["called_model"] and (
-            substituted := substitute_referent(question, row["rewrite"].get("reasoning", ""), case["history"])
-        ):
-            rewrite = substituted[0]
-        rejected = (
-            introduced_name(rewrite, question, case["history"])
-            or drops_question(rewrite, question)
-            or pasted_sentence(rewrite, question, case["history"])
-            or repeated_question(rewrite, question, users)
-        )
-        if rewrite != question and (rejected or _content(rewrite) <= _content(question)):
-            rewrite = question
+        if row["rewrite"]["called_model"]:
+            reasoning = row["rewrite"].get("reasoning", "")
+            rewrite, _ = checked_candidate(question, rewrite, reasoning, case["history"], users, "")
         if rewrite == question and (built := comparison_rewrite(question, users)):
             rewrite = built
         gold = row["rewrite"]["gold"]

@@ -296,32 +296,37 @@ def rewrite_question(
         log.warning("rewrite output unparseable, using the question as typed: %r", completion.text[:200])
         return _comparison_fallback(result, users)
     result.reasoning, candidate = parsed
-    if substituted := substitute_referent(question, result.reasoning, texts):
+    result.question, result.reason = checked_candidate(
+        question, candidate, result.reasoning, texts, users, decision.reason
+    )
+    return _comparison_fallback(result, users)
+
+
+def checked_candidate(
+    question: str, candidate: str, reasoning: str, history: Sequence[str], users: Sequence[str], why: str
+) -> tuple[str, str]:
+    """(the standalone question, why) for the model's final line ``candidate``: the referent
+    substitution, then the guards; a rejected rewrite, or one that adds nothing, gives the
+    question as typed. ``why``: why the model was asked. ``bench/rewrite_replay.py`` reuses this."""
+    if substituted := substitute_referent(question, reasoning, history):
         candidate, how = substituted
-        decision = RewriteDecision(True, f"{decision.reason}; {how}")
-    if name := introduced_name(candidate, question, texts):
-        result.reason = f"rejected: introduces {name!r}, found neither in the history nor the question"
+        why = f"{why}; {how}"
+    if name := introduced_name(candidate, question, history):
         log.warning("rewrite %r rejected: invents %r", candidate, name)
-        return _comparison_fallback(result, users)
+        return question, f"rejected: introduces {name!r}, found neither in the history nor the question"
     if earlier := repeated_question(candidate, question, users):
-        result.reason = f"rejected: repeats the earlier question {earlier!r} instead of the new one"
         log.warning("rewrite %r rejected: repeats %r", candidate, earlier)
-        return _comparison_fallback(result, users)
+        return question, f"rejected: repeats the earlier question {earlier!r} instead of the new one"
     if drops_question(candidate, question):
-        result.reason = "rejected: leaves out most words of the question (an earlier message copied?)"
         log.warning("rewrite %r rejected: it drops the words of %r", candidate, question)
-        return _comparison_fallback(result, users)
-    if pasted := pasted_sentence(candidate, question, texts):
-        result.reason = f"rejected: pastes the earlier sentence {pasted!r} into the question"
+        return question, "rejected: leaves out most words of the question (an earlier message copied?)"
+    if pasted := pasted_sentence(candidate, question, history):
         log.warning("rewrite %r rejected: it pastes %r", candidate, pasted)
-        return _comparison_fallback(result, users)
+        return question, f"rejected: pastes the earlier sentence {pasted!r} into the question"
     if _content(candidate) <= _content(question):
         # it resolved nothing (dropped a particle, reworded): the question as typed says the same
-        result.reason = f"{decision.reason}; the rewrite adds nothing to the question, kept as typed"
-        return _comparison_fallback(result, users)
-    result.question = candidate
-    result.reason = decision.reason
-    return _comparison_fallback(result, users)
+        return question, f"{why}; the rewrite adds nothing to the question, kept as typed"
+    return candidate, why
 
 
 _EN_COMPARISON = re.compile(
