@@ -217,6 +217,19 @@ def test_max_tokens_and_stop_are_honoured(smollm2):
     assert stop not in cut and full.startswith(cut.rstrip()) and len(cut) < len(full)
 
 
+def test_until_ends_the_generation_there_and_still_reports_its_tokens(smollm2):
+    warm(smollm2, STORY)
+    full = smollm2.complete(STORY, GenerationSettings(temperature=0.0, max_tokens=40))
+    cut = smollm2.complete(STORY, GenerationSettings(temperature=0.0, max_tokens=40, until=lambda t: len(t) >= 12))
+    assert len(full.text) > 20 and len(cut.text) >= 12
+    assert full.text.startswith(cut.text) and len(cut.text) < len(full.text)
+    # the model stopped generating: it made only the tokens of the cut text, and says so
+    assert not cut.usage.counted_locally
+    assert cut.usage.prompt_tokens == full.usage.prompt_tokens
+    assert 1 <= cut.usage.completion_tokens < full.usage.completion_tokens
+    assert cut.usage.completion_tokens <= smollm2.count_tokens(cut.text) + 2
+
+
 def test_alternating_prompts_restore_their_own_prompt_state(smollm2):
     # Like with like: a prompt restored from the cache is compared with the same prompt asked
     # again right away (both re-evaluate only its last token on the kept state), and a cold

@@ -98,6 +98,20 @@ def test_stop_sequence_ends_the_answer_before_it(llama_server):  # noqa: F811
     assert len(cut) < len(full)
 
 
+def test_until_closes_the_stream_where_it_says(llama_server):  # noqa: F811
+    model = OpenAIChatModel(SERVED_ALIAS, base_url=llama_server)
+    story = [Message("user", "Write a long story about a dragon who learns to bake bread.")]
+    greedy = GenerationSettings(temperature=0.0, max_tokens=40)
+    warm(model, story)
+    full = model.complete(story, greedy).text
+    cut = model.complete(story, dataclasses.replace(greedy, until=lambda t: len(t) >= 12))
+    assert len(full) > 20 and len(cut.text) >= 12
+    assert full.startswith(cut.text) and len(cut.text) < len(full)
+    assert cut.usage.completion_tokens < server_tokens(llama_server, full)
+    # the server is free again at once: the next request is answered whole
+    assert model.complete(story, greedy).text == full
+
+
 def test_unknown_model_name_is_served_by_the_loaded_model(llama_server):  # noqa: F811
     # llama.cpp's server does not check the name: any unknown name falls back to its one model,
     # and its answer carries the requested name. So a typo in the model name goes unnoticed.

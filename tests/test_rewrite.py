@@ -10,7 +10,7 @@ from ragbot.conversation.rewrite import introduced_name, needs_rewrite, parse_re
 from ragbot.conversation.rewrite_examples import load_bank, select_examples
 from ragbot.errors import ModelError, PromptError
 from ragbot.models.chat import Message
-from ragbot.testing.fakes import ScriptedChatModel
+from ragbot.testing.fakes import PacedChatModel, ScriptedChatModel
 from ragbot.tokens import count_tokens
 
 from helpers import NILE_REWRITE, make_bot
@@ -118,6 +118,23 @@ def test_the_referent_the_reasoning_found_replaces_the_pronoun():
     # a leading 那 is "so", not a pronoun: "那你知道..." keeps it
     so = ScriptedChatModel(["思考：“那”指林伟彬。\n改写：那你知道林伟彬的作品吗？"])
     assert rewrite_question("那你知道他的作品吗？", history, so).question == "那你知道林伟彬的作品吗？"
+
+
+def test_generation_stops_once_the_reasoning_has_named_the_referent():
+    """The final line would be replaced by the substitution, so it is not generated (the tokens
+    it costs are most of a rewrite's time on the local model)."""
+    history = [Message("user", "你知道林伟彬吗？"), Message("assistant", "知道，他是一位演员。")]
+    reply = "思考：“他”指前面说的林伟彬。\n改写：你觉得林伟彬这个人怎么样呢？"
+    model = PacedChatModel([reply], delay=0)
+    result = rewrite_question("你觉得他怎么样？", history, model)
+    assert result.question == "你觉得林伟彬怎么样？"
+    assert result.reasoning == "“他”指前面说的林伟彬。"
+    assert "你觉得林伟彬这个人" not in result.raw_output  # the final line was not generated
+    assert model.pieces < len(reply) / 4
+    # a reasoning that settles nothing (a referent not in the history) is read to its final line
+    unsettled = PacedChatModel(["思考：“他”指周杰伦。\n改写：你觉得周杰伦怎么样？"], delay=0)
+    kept = rewrite_question("你觉得他怎么样？", history, unsettled)
+    assert "改写：你觉得周杰伦怎么样？" in kept.raw_output and kept.question == "你觉得他怎么样？"
 
 
 def test_a_rewrite_that_pastes_an_earlier_sentence_keeps_the_question_as_typed():

@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from ragbot.config import Settings
@@ -36,7 +36,12 @@ class Message:
 
 @dataclass(frozen=True)
 class GenerationSettings:
-    """Sampling knobs passed to every backend."""
+    """Sampling knobs passed to every backend.
+
+    ``until``: called with the text generated so far after each piece; once it is true the
+    reply ends there. A backend should stop generating then (the local and OpenAI-compatible
+    ones do, and still report the tokens spent); ``stream`` cuts the text there whatever the
+    backend does. The rewrite uses it to stop once the reasoning has settled the question."""
 
     temperature: float = 0.2
     top_p: float = 1.0
@@ -44,6 +49,11 @@ class GenerationSettings:
     frequency_penalty: float = 0.0
     presence_penalty: float = 0.0
     stop: tuple[str, ...] = ()
+    until: Callable[[str], bool] | None = field(default=None, compare=False, repr=False)
+
+    def reached(self, text: str) -> bool:
+        """Whether ``until`` says the reply ``text`` is complete."""
+        return self.until is not None and self.until(text)
 
 
 @dataclass
@@ -122,13 +132,14 @@ class ChatModel(ABC):
     def stream(self, messages: Sequence[Message], generation: GenerationSettings | None = None) -> Iterator[Delta]:
         """Text deltas as they are generated, then one ``Delta`` carrying the usage."""
         generation = generation or GenerationSettings()
-        text, usage = [], None
+        text, usage, ended = [], None, False
         for delta in self._stream(messages, generation):
             if delta.usage is not None:
                 usage = delta.usage
-            if delta.text:
+            if delta.text and not ended:  # after ``until``: a backend that ignores it is read to its end
                 text.append(delta.text)
                 yield Delta(text=delta.text)
+                ended = generation.reached("".join(text))
         yield Delta(usage=usage or local_usage(messages, "".join(text)))
 
     def complete(self, messages: Sequence[Message], generation: GenerationSettings | None = None) -> Completion:
@@ -179,13 +190,17 @@ class OpenAIChatModel(ChatModel):
         except openai.APIError as exc:
             raise ModelError(openai_api.error_message(exc, where, "answer")) from None
         # The server answered; from here on a failure cuts an answer that had started.
-        finished = False
+        finished, text = False, ""
         try:
             for chunk in chunks:
                 if chunk.choices and chunk.choices[0].finish_reason:
                     finished = True
                 if chunk.choices and chunk.choices[0].delta and chunk.choices[0].delta.content:
+                    text += chunk.choices[0].delta.content
                     yield Delta(text=chunk.choices[0].delta.content)
+                    if generation.reached(text):  # closing the response stops the server generating
+                        chunks.close()
+                        return  # no usage comes after a cut: ``stream`` counts it locally
                 if getattr(chunk, "usage", None):
                     details = getattr(chunk.usage, "prompt_tokens_details", None)  # servers that cache say so
                     cached = getattr(details, "cached_tokens", None) or 0

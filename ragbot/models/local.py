@@ -481,11 +481,15 @@ class LlamaCppChatModel(ChatModel):
         chunks = None
         try:
             chunks = llama.create_chat_completion(**kwargs)
+            so_far = ""
             for chunk in chunks:
                 choices = chunk.get("choices") or [{}]
                 text = (choices[0].get("delta") or {}).get("content")
                 if text:
+                    so_far += text
                     yield Delta(text=text)
+                    if generation.reached(so_far):
+                        break  # ``finally`` closes the generation; the usage below counts what was made
         except ValueError as exc:
             if "exceed context window" in str(exc):
                 raise ModelError(

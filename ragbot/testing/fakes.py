@@ -68,8 +68,12 @@ class ScriptedChatModel(ChatModel):
             reply = reply(messages)
         if isinstance(reply, BaseException):
             raise reply
+        so_far = ""
         for piece in _pieces(reply):
+            so_far += piece
             yield Delta(text=piece)
+            if generation.reached(so_far):
+                return
 
 
 def _pieces(text: str, size: int = 4) -> Iterator[str]:
