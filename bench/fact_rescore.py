@@ -7,6 +7,10 @@ runs made after it. Prints the run's recorded figure next to the recomputed one;
 runs, only the rows all of them answered count.
 
     python bench/fact_rescore.py facts-gen/results.jsonl facts-gen-new/results.jsonl
+    python bench/fact_rescore.py --facts kdconv_facts.jsonl facts-gen/results.jsonl
+
+``--facts QUESTIONS.jsonl``: take each row's gold facts from that question set (by id) instead,
+to score finished runs against regenerated gold facts.
 """
 
 from __future__ import annotations
@@ -23,18 +27,30 @@ from ragbot.evaluation.facts import fact_recall  # noqa: E402
 from ragbot.evaluation.scoring import answer_body  # noqa: E402
 
 
-def _rows(path: str) -> dict[str, dict]:
+def _jsonl(path: str) -> list[dict]:
     lines = Path(path).read_text(encoding="utf-8").splitlines()
-    rows = (json.loads(line) for line in lines if line.strip())
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+def _rows(path: str, facts: dict[str, list[str]] | None) -> dict[str, dict]:
+    rows = _jsonl(path)
+    if facts is not None:
+        for r in rows:
+            r.setdefault("answer", {})["gold_facts"] = facts.get(r["id"], [])
     return {r["id"]: r for r in rows if r.get("answer", {}).get("gold_facts")}
 
 
 def main() -> None:
-    if len(sys.argv) < 2:
-        sys.exit("usage: python bench/fact_rescore.py RUN/results.jsonl [RUN2/results.jsonl ...]")
-    runs = [_rows(p) for p in sys.argv[1:]]
+    args = sys.argv[1:]
+    facts = None
+    if args[:1] == ["--facts"] and len(args) >= 2:
+        facts = {r["id"]: r.get("gold_facts") or [] for r in _jsonl(args[1])}
+        args = args[2:]
+    if not args:
+        sys.exit("usage: python bench/fact_rescore.py [--facts QUESTIONS.jsonl] RUN/results.jsonl [RUN2/...]")
+    runs = [_rows(p, facts) for p in args]
     common = [i for i in runs[0] if all(i in r for r in runs)]
-    for path, rows in zip(sys.argv[1:], runs, strict=True):
+    for path, rows in zip(args, runs, strict=True):
         recorded = [rows[i]["answer"]["fact_recall"] for i in common]
         now = [fact_recall(answer_body(rows[i]["answer"]["text"]), rows[i]["answer"]["gold_facts"])[0] for i in common]
         n = len(common)

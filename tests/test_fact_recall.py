@@ -7,7 +7,7 @@ import pytest
 
 from ragbot import KnowledgeBase
 from ragbot.conversation.bot import RagBot
-from ragbot.evaluation.facts import contains_fact, facts_in_answer
+from ragbot.evaluation.facts import contains_fact, fact_recall, facts_in_answer
 from ragbot.evaluation.question_sets import read_questions
 from ragbot.evaluation.run import evaluate
 from ragbot.evaluation.tables import format_summary
@@ -129,6 +129,14 @@ def test_gold_facts_from_triples_are_the_values_the_good_answer_states():
     ]
     # the year of a date, the items of a list value; 剧情 is not in the answer
     assert facts_in_answer(triples, "1994年上映，汤姆·汉克斯主演。") == ["1994年", "汤姆·汉克斯"]
+
+
+def test_a_list_the_good_answer_states_whole_gives_one_fact_per_item():
+    triples = [["黑暗骑士", "拍摄地点", "新西兰,惠灵顿,帕拉帕拉姆"], ["黑暗骑士", "主演", "《 汤姆·汉克斯》（客串）"]]
+    facts = facts_in_answer(triples, "在新西兰,惠灵顿,帕拉帕拉姆拍的，汤姆·汉克斯客串。")
+    assert facts == ["新西兰", "惠灵顿", "帕拉帕拉姆", "汤姆·汉克斯"]
+    # so an answer naming two of the three places states two of those facts, not none
+    assert fact_recall("在新西兰的惠灵顿拍的", facts[:3])[0] == pytest.approx(2 / 3)
 
 
 def test_a_row_with_malformed_triples_is_reported_not_fatal(tmp_path):

@@ -8,8 +8,8 @@ case, full/half-width forms, spaces, punctuation and symbols are ignored (so 《
 not match 2012).
 
 Where a question set gives knowledge triples (subject, relation, value) instead of facts, the
-facts of a row are the values, or items of list values ("《无耻混蛋》、《低俗小说》"), that its
-good answer states (``facts_in_answer``): what the answer was built from, as far as it shows.
+facts of a row are the values, each item of a list value on its own ("《无耻混蛋》、《低俗小说》"),
+that its good answer states (``facts_in_answer``): what the answer was built from, as far as it shows.
 """
 
 from __future__ import annotations
@@ -96,13 +96,12 @@ def facts_in_answer(triples: Iterable[Sequence[str]], answer: str) -> list[str]:
     seen: set[str] = set()
     for triple in triples:
         value = str(triple[2]).strip()
-        if contains_fact(answer, value):
-            parts = [value]
-        else:  # each item, or the longest part of a date item, that the answer states
-            parts = [
-                next((p for p in (item, *_date_prefixes(item)) if contains_fact(answer, p)), "")
-                for item in value_items(value)
-            ]
+        # each item on its own, even when the good answer states the whole list: an answer naming
+        # two of three places ("新西兰,惠灵顿,帕拉帕拉姆") states two facts, not none
+        parts = [
+            next((p for p in (item, *_date_prefixes(item)) if contains_fact(answer, p)), "")
+            for item in value_items(value)
+        ]
         for part in parts:
             key = fact_key(part)
             if len(key.replace(_NUM, "")) >= MIN_KEY and key not in seen:
