@@ -6,7 +6,7 @@ import pytest
 
 from ragbot import Settings
 from ragbot.conversation.bot import LOCAL_PASSAGE_TOKENS, answer_messages
-from ragbot.conversation.excerpts import excerpts, sentences
+from ragbot.conversation.excerpts import excerpts, merged_keys, sentences
 from ragbot.knowledge.knowledge_base import Hit
 from ragbot.tokens import count_tokens
 
@@ -41,6 +41,32 @@ def test_a_passage_is_cut_to_the_lines_the_question_asks_about_within_the_budget
     # a value listed over two lines ("……；" then the next item) stays whole
     assert "1.6亿美元（北美）" in excerpts([django], "它的票房是多少？", budget=40)[0].text
     assert excerpts([sam], "我是山姆是哪年上映的？", budget=500) == [sam]  # what fits stays as it is
+
+
+def test_a_list_given_one_item_a_line_is_shown_whole():
+    inception = hit(
+        "盗梦空间",
+        "盗梦空间。盗梦空间的上映时间：2010年09月02日\n"
+        + "".join(f"盗梦空间的主演：{name}\n" for name in ("卢卡斯·哈斯", "安德鲁·普利文", "希里安·墨菲", "汤姆·哈迪"))
+        + "".join(f"盗梦空间的类型：{kind}\n" for kind in ("动作", "悬疑", "惊悚", "科幻"))
+        + "盗梦空间的票房：8.3亿美元\n盗梦空间的导演：克里斯托弗·诺兰",
+    )
+    cut = excerpts([inception], "这是什么类型的电影来着？", budget=30)[0].text
+    assert "盗梦空间的类型：动作、悬疑、惊悚、科幻" in cut
+    assert "汤姆·哈迪" not in cut  # the other list is not what was asked
+    assert merged_keys(["Cast: Tom Hardy", "Cast: Ellen Page", "Director: Nolan"]) == [
+        "Cast: Tom Hardy, Ellen Page",
+        "Director: Nolan",
+    ]
+    # a time or an address is not a key
+    assert merged_keys(["Talk at 10:30 room A", "Talk at 10:45 room B"]) == [
+        "Talk at 10:30 room A",
+        "Talk at 10:45 room B",
+    ]
+    assert merged_keys(["Docs https://a.example", "Docs https://b.example"]) == [
+        "Docs https://a.example",
+        "Docs https://b.example",
+    ]
 
 
 def test_a_value_listed_over_two_lines_is_one_sentence_spaced_as_its_script_needs():

@@ -48,6 +48,30 @@ def sentences(text: str) -> list[str]:
     return out
 
 
+# "盗梦空间的类型：动作": a key (up to its colon) and its value (not a time "10:30" or an address "https://")
+_KEYED = re.compile(r"^(?P<key>[^：:\n]{0,39}[^：:\n\d][：:])(?!//)\s*(?P<value>\S.*)$")
+_CJK = re.compile(r"[\u4e00-\u9fff]")
+
+
+def merged_keys(pieces: Sequence[str]) -> list[str]:
+    """Consecutive "key：value" sentences with the same key as one ("盗梦空间的类型：动作、悬疑、
+    惊悚、科幻"). Knowledge exported one fact a line (KdConv's passages) lists a film's four types
+    on four lines; merged, a question about the key is shown every item, and the key costs its
+    tokens once."""
+    out: list[str] = []
+    last = None
+    for piece in pieces:
+        m = _KEYED.match(piece)
+        key = m.group("key") if m else None
+        if key is not None and key == last:
+            joiner = "" if out[-1].endswith(_GOES_ON) else ("、" if _CJK.search(key) else ", ")
+            out[-1] += joiner + m.group("value")
+        else:
+            out.append(piece)
+        last = key
+    return out
+
+
 def excerpts(hits: Sequence[Hit], question: str, budget: int | None) -> list[Hit]:
     """``hits`` with their texts cut to the sentences that best match ``question``, all of them
     within ``budget`` tokens (``None``: as they are). Each passage keeps its best sentence (its
@@ -55,7 +79,7 @@ def excerpts(hits: Sequence[Hit], question: str, budget: int | None) -> list[Hit
     to the best-matching sentences of any passage, then to the top passages' beginnings."""
     if not budget or not hits or sum(count_tokens(h.text) for h in hits) <= budget:
         return list(hits)
-    parts = [sentences(h.text) or [h.text] for h in hits]
+    parts = [merged_keys(sentences(h.text)) or [h.text] for h in hits]
     words = set(tokenize(question))
     bags = [[set(tokenize(p)) for p in ps] for ps in parts]
     every = [bag for bs in bags for bag in bs]
