@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from ragbot.conversation.memory import clip_tokens
+from ragbot.conversation.rewrite import is_chinese
 from ragbot.knowledge.knowledge_base import Hit
 from ragbot.knowledge.lexical import tokenize
 from ragbot.tokens import count_tokens
@@ -50,7 +51,6 @@ def sentences(text: str) -> list[str]:
 
 # "盗梦空间的类型：动作": a key (up to its colon) and its value (not a time "10:30" or an address "https://")
 _KEYED = re.compile(r"^(?P<key>[^：:\n]{0,39}[^：:\n\d][：:])(?!//)\s*(?P<value>\S.*)$")
-_CJK = re.compile(r"[\u4e00-\u9fff]")
 
 
 def merged_keys(pieces: Sequence[str]) -> list[str]:
@@ -64,7 +64,7 @@ def merged_keys(pieces: Sequence[str]) -> list[str]:
         m = _KEYED.match(piece)
         key = m.group("key") if m else None
         if key is not None and key == last:
-            joiner = "" if out[-1].endswith(_GOES_ON) else ("、" if _CJK.search(key) else ", ")
+            joiner = "" if out[-1].endswith(_GOES_ON) else ("、" if is_chinese(key) else ", ")
             out[-1] += joiner + m.group("value")
         else:
             out.append(piece)

@@ -132,15 +132,15 @@ class ChatModel(ABC):
     def stream(self, messages: Sequence[Message], generation: GenerationSettings | None = None) -> Iterator[Delta]:
         """Text deltas as they are generated, then one ``Delta`` carrying the usage."""
         generation = generation or GenerationSettings()
-        text, usage, ended = [], None, False
+        text, usage, ended = "", None, False
         for delta in self._stream(messages, generation):
             if delta.usage is not None:
                 usage = delta.usage
             if delta.text and not ended:  # after ``until``: a backend that ignores it is read to its end
-                text.append(delta.text)
+                text += delta.text
                 yield Delta(text=delta.text)
-                ended = generation.reached("".join(text))
-        yield Delta(usage=usage or local_usage(messages, "".join(text)))
+                ended = generation.reached(text)
+        yield Delta(usage=usage or local_usage(messages, text))
 
     def complete(self, messages: Sequence[Message], generation: GenerationSettings | None = None) -> Completion:
         started = time.perf_counter()
