@@ -27,7 +27,7 @@ is a fresh temporary folder (a shared home may hold other checkouts' documents).
 from __future__ import annotations
 
 import argparse
-import copy
+import dataclasses
 import json
 import os
 import tempfile
@@ -40,12 +40,13 @@ from hybrid_recall import CROSS_LINGUAL
 os.environ["RAGBOT_HOME"] = tempfile.mkdtemp(prefix="ragbot-bench-home-")
 
 from ragbot import KnowledgeBase, Settings  # noqa: E402
-from ragbot.conversation.bot import RagBot, Route, Turn  # noqa: E402
-from ragbot.conversation.rewrite import is_chinese  # noqa: E402
+from ragbot.conversation.bot import RagBot  # noqa: E402
 from ragbot.conversation.translation import parse_translation  # noqa: E402
+from ragbot.conversation.turn import Route, Turn  # noqa: E402
 from ragbot.evaluation.retrieval import doc_key, first_gold_rank  # noqa: E402
 from ragbot.knowledge.knowledge_base import display_source  # noqa: E402
 from ragbot.models.chat import ChatModel, Delta, GenerationSettings, Message, make_chat_model  # noqa: E402
+from ragbot.text import is_chinese  # noqa: E402
 
 # more questions whose only answer document is in the other language (written from the documents)
 MORE_CROSS_LINGUAL = [
@@ -101,10 +102,18 @@ def history_messages(pairs) -> list[dict]:
 def run_modes(on: RagBot, off: RagBot, question: str, history: list[dict], depth: int) -> dict[str, Turn]:
     """The turn in each mode; the "fused" mode re-runs the cross-lingual step on a copy of the "off" turn."""
     turns = {"off": off.prepare(question, history, k=depth), "on": on.prepare(question, history, k=depth)}
-    fused = copy.copy(turns["off"])
-    fused.timings = dict(fused.timings)
-    on.cross_lingual_step(fused, depth, fuse=True)
-    turns["on, fused"] = fused
+    off_turn, started = turns["off"], time.perf_counter()
+    translation, retrieval = on.cross_lingual_step(off_turn.standalone_question, off_turn.retrieval, depth, fuse=True)
+    found = retrieval.evidence
+    turns["on, fused"] = dataclasses.replace(
+        off_turn,
+        route=Route.GROUNDED if found.sources else Route.FALLBACK,
+        route_reason=found.reason,
+        retrieval=retrieval,
+        translation=translation,
+        sources=found.sources,
+        timings={**off_turn.timings, "translation": time.perf_counter() - started},
+    )
     return turns
 
 

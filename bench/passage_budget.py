@@ -29,7 +29,8 @@ os.environ.setdefault("RAGBOT_HOME", tempfile.mkdtemp(prefix="ragbot-bench-"))
 from _common import KDCONV_QUESTIONS, log, percentile, print_table, write_result  # noqa: E402
 
 from ragbot import KnowledgeBase, Settings  # noqa: E402
-from ragbot.conversation.bot import RagBot, format_passages  # noqa: E402
+from ragbot.conversation.answer_prompt import format_passages  # noqa: E402
+from ragbot.conversation.bot import RagBot  # noqa: E402
 from ragbot.conversation.excerpts import excerpts  # noqa: E402
 from ragbot.evaluation.facts import contains_fact  # noqa: E402
 from ragbot.evaluation.question_sets import read_questions  # noqa: E402
@@ -77,7 +78,7 @@ def main() -> None:
         facts += len(case.gold_facts)
         for b in budgets:
             cut = excerpts(turn.sources, turn.standalone_question, b or None)
-            shown = format_passages(cut, chinese=True)
+            shown = format_passages(cut)
             found[b] += sum(contains_fact(shown, f) for f in case.gold_facts)
             tokens[b].append(count(shown))
         if n % 100 == 0:

@@ -72,7 +72,7 @@ def sample_turns(n: int, seed: int) -> list[dict]:
 def kdconv(args) -> dict:
     from topic_retrieval import open_kb
 
-    from ragbot.conversation.bot import RagBot, answer_messages
+    from ragbot.conversation.bot import RagBot
     from ragbot.conversation.warmup import warm_up_prompts
     from ragbot.evaluation.question_sets import history_messages
 
@@ -81,7 +81,7 @@ def kdconv(args) -> dict:
     llm = load_model(args.model, args.threads, settings)
     bot = RagBot(kb, llm, settings=settings)
     # the static prefixes a chat that has made a rewrite before has in its cache
-    for name, model, variants in warm_up_prompts(bot, [], answer_messages=answer_messages):
+    for name, model, variants in warm_up_prompts(bot, []):
         if name.startswith("rewrite"):
             model.warm(variants)
     static = set(llm.llama.cache.cache_state)
@@ -127,7 +127,8 @@ def _summary(values: list[float]) -> dict:
 
 def chat(args) -> dict:
     from ragbot.config import load_settings
-    from ragbot.conversation.bot import Answer, RagBot
+    from ragbot.conversation.bot import RagBot
+    from ragbot.conversation.turn import Answer
     from ragbot.knowledge.knowledge_base import KnowledgeBase
 
     out: dict = {}

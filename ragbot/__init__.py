@@ -8,7 +8,9 @@ bot = RagBot.load()                       # the chat engine: bot.conversation().
 """
 
 from ragbot.config import Settings, load_settings
-from ragbot.conversation.bot import Answer, Conversation, RagBot, Route, Turn
+from ragbot.conversation.bot import RagBot
+from ragbot.conversation.session import Conversation
+from ragbot.conversation.turn import Answer, Route, Turn
 from ragbot.errors import (
     CalibrationError,
     ConfigError,

@@ -5,8 +5,9 @@ import pytest
 
 from ragbot import KnowledgeBase, registry
 from ragbot.config import Settings
-from ragbot.conversation.bot import Answer, RagBot
+from ragbot.conversation.bot import RagBot
 from ragbot.conversation.citations import strip_citations
+from ragbot.conversation.turn import Answer
 from ragbot.testing.fakes import ScriptedChatModel
 
 from helpers import run_cli

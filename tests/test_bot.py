@@ -11,8 +11,8 @@ import time
 import pytest
 
 from ragbot import KnowledgeBase
-from ragbot.conversation.bot import Answer
 from ragbot.conversation.memory import ConversationStore, trim_history
+from ragbot.conversation.turn import Answer
 from ragbot.errors import ConversationError, ModelError, PromptError
 from ragbot.models.chat import Message
 from ragbot.tokens import count_tokens

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ragbot import Settings
-from ragbot.conversation.bot import LOCAL_PASSAGE_TOKENS, answer_messages
+from ragbot.conversation.answer_prompt import LOCAL_PASSAGE_TOKENS, answer_messages
 from ragbot.conversation.excerpts import excerpts, merged_keys, sentences
 from ragbot.knowledge.knowledge_base import Hit
 from ragbot.tokens import count_tokens

@@ -1,6 +1,7 @@
 """``ragbot finetune prepare``: each output format, the seeded split, the sources, and the shipped question set."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -71,6 +72,20 @@ def test_question_set_with_passages_gives_the_bots_own_prompts(settings, nile_se
     assert second[2] == {"role": "assistant", "content": "尼罗河是非洲的一条大河。", "weight": 0}
     assert "问题：尼罗河流经哪些国家？" in second[3]["content"] and "流经国家" in second[3]["content"]
     assert "weight" not in second[4]
+
+
+def test_retrieved_passages_are_the_ones_the_bot_would_show(settings, tmp_path):
+    # at a low threshold 卧虎藏龙 is confident for a question about 霸王别姬; the bot shows only the passages
+    # about the film the question names (and those it cannot check), so the training prompt must too
+    low = settings.replace(threshold=0.05)
+    question = "霸王别姬是谁执导的电影？"
+    source = write_jsonl(tmp_path / "qa.jsonl", [{"question": question, "answer": "陈凯歌。"}])
+    prepare([source], tmp_path / "out", settings=low, with_passages=True, valid_share=0)
+    (record,) = read_jsonl(tmp_path / "out" / "sft.train.jsonl")
+    shown = RagBot(KnowledgeBase.open(low), EchoChatModel(), settings=low).prepare(question).sources
+    prompt = record["messages"][1]["content"]
+    assert re.findall(r"^\[\d+\] ([^>\n]*?)(?: > .*)?$", prompt, re.M) == [h.title for h in shown] and len(shown) >= 2
+    assert shown[0].title == "霸王别姬" and "卧虎藏龙" not in prompt
 
 
 def test_without_passages_the_general_prompt_is_used_and_citations_dropped(settings, tmp_path):

@@ -12,7 +12,10 @@ from helpers import MODULES, find_cycle, imports_of
 
 # Lowest first. A module may import from its own layer and the layers before it.
 LAYERS = [
-    ("core", ["ragbot.errors", "ragbot.config", "ragbot.registry", "ragbot.tokens", "ragbot.migrations"]),
+    (
+        "core",
+        ["ragbot.errors", "ragbot.config", "ragbot.registry", "ragbot.tokens", "ragbot.migrations", "ragbot.text"],
+    ),
     ("models", ["ragbot.models"]),
     ("knowledge", ["ragbot.knowledge"]),
     ("conversation", ["ragbot.conversation"]),

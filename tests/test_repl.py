@@ -51,7 +51,7 @@ def test_errors_keep_the_session_going(chat_env):
 
 def test_ctrl_c_stops_the_answer_not_the_session():
     from ragbot.cli.repl import run_chat
-    from ragbot.conversation.bot import Answer
+    from ragbot.conversation.turn import Answer
 
     class SlowConversation:
         """Streams forever until interrupted, like a long answer."""

@@ -3,6 +3,7 @@
 import pytest
 
 from ragbot import KnowledgeBase, Route, Turn
+from ragbot.conversation.topic import Topic
 from ragbot.errors import ConversationError
 
 from helpers import NILE_REWRITE, make_bot
@@ -40,12 +41,13 @@ def test_generate_streams_the_prepared_turn_and_ends_with_its_answer(kb):
 
 def test_each_step_runs_alone(kb):
     bot, _ = make_bot(kb, [])
-    result = bot.retrieve("尼罗河流经哪些国家？")
-    assert result.hits[0].source.endswith("nile.md")
-    route, sources = bot.route(result)
-    assert route is Route.GROUNDED and sources[0].source.endswith("nile.md")
-    route, sources = bot.route(bot.retrieve("怎么烤面包？"))
-    assert route is Route.FALLBACK and sources == []
+    nile = bot.retriever.step("尼罗河流经哪些国家？", "尼罗河流经哪些国家？", Topic())
+    assert nile.search.hits[0].source.endswith("nile.md")
+    assert nile.evidence.sources[0].source.endswith("nile.md") and nile.evidence.reason == "passages about 尼罗河"
+    bread = bot.retriever.step("怎么烤面包？", "怎么烤面包？", Topic())
+    assert bread.evidence.sources == [] and bread.evidence.reason == "no passage reaches the threshold"
+    translation, same = bot.cross_lingual_step("尼罗河流经哪些国家？", nile)
+    assert same is nile and translation.reason == "not needed: grounded without it"
     off = make_bot(kb, [], rewrite=False)[0]
     assert off.rewrite_step("它流经哪些国家？", []).question == "它流经哪些国家？"
 

@@ -8,6 +8,7 @@ import time
 import pytest
 
 from ragbot import KnowledgeBase
+from ragbot.conversation.memory import as_messages
 from ragbot.models.chat import OpenAIChatModel
 from ragbot.models.local import LlamaCppChatModel
 
@@ -45,7 +46,7 @@ def test_the_warmed_rewrite_prompt_is_the_one_the_rewrite_step_sends(kb):
     from ragbot.conversation.warmup import rewrite_messages
 
     bot, model = make_bot(kb, [NILE_REWRITE], translate=False)
-    history = bot._history(HISTORY)
+    history = as_messages(HISTORY)
     assert rewrite_messages(bot, FOLLOW_UP, history) is not None
     bot.prepare(FOLLOW_UP, HISTORY)
     assert rewrite_messages(bot, FOLLOW_UP, history) == model.calls[0].messages
@@ -68,7 +69,7 @@ def test_after_warm_up_a_follow_ups_rewrite_evaluates_only_its_question(kb, loca
 
     model.reset_cache()
     conv = bot.conversation()
-    conv.history = bot._history(HISTORY)
+    conv.history = as_messages(HISTORY)
     warming = conv.warm_up()
     deadline = time.monotonic() + 120
     while len(warming.computed) < 3 and not warming.done and time.monotonic() < deadline:

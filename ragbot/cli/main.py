@@ -141,7 +141,7 @@ def _load_bot(ctx, **flags):
 def ask(ctx, question, session, as_json, **flags) -> None:
     """Answer one QUESTION (streamed), then list the sources."""
     from ragbot.cli.repl import format_sources
-    from ragbot.conversation.bot import Answer
+    from ragbot.conversation.turn import Answer
 
     conversation = _load_bot(ctx, **flags).conversation(session)
     if as_json:

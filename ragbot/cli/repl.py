@@ -14,7 +14,8 @@ import sys
 from collections.abc import Callable
 
 from ragbot.config import data_home
-from ragbot.conversation.bot import Answer, Conversation
+from ragbot.conversation.session import Conversation
+from ragbot.conversation.turn import Answer
 from ragbot.errors import ConversationStoreError, RagbotError, StoreUnavailableError
 from ragbot.knowledge.knowledge_base import Hit, display_source
 

@@ -22,9 +22,9 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from ragbot.conversation.memory import clip_tokens
-from ragbot.conversation.rewrite import is_chinese
 from ragbot.knowledge.knowledge_base import Hit
 from ragbot.knowledge.lexical import tokenize
+from ragbot.text import is_chinese
 from ragbot.tokens import count_tokens
 
 GAP = "…"

@@ -29,6 +29,28 @@ def validate_history(history: Sequence[Message]) -> None:
         raise ConversationError("history ends with a user message that has no answer; drop it or answer it")
 
 
+def as_messages(history: Sequence[Message] | Sequence[dict] | Sequence[tuple[str, str]]) -> list[Message]:
+    """A caller's history as validated ``Message``s: ``Message``s, ``{"role", "content"}`` dicts or
+    ``(role, content)`` pairs, user and assistant alternating."""
+    if isinstance(history, (str, bytes)) or not isinstance(history, Sequence):
+        raise ConversationError(
+            f"the history must be a list of messages, got {type(history).__name__}; "
+            'pass [{"role": "user", "content": ...}, {"role": "assistant", "content": ...}, ...]'
+        )
+    for i, m in enumerate(history, 1):
+        shapeless = isinstance(m, dict) and not {"role", "content"} <= m.keys()
+        if shapeless or not isinstance(m, (Message, dict, tuple, list)):
+            raise ConversationError(
+                f"history item {i} is {type(m).__name__} {str(m)[:40]!r}; each item must be a "
+                '{"role": ..., "content": ...} dict, a (role, content) pair or a Message'
+            )
+        if isinstance(m, (tuple, list)) and len(m) != 2:
+            raise ConversationError(f"history item {i} has {len(m)} parts; a (role, content) pair has 2")
+    messages = [m if isinstance(m, Message) else messages_from_pairs([m])[0] for m in history]
+    validate_history(messages)
+    return messages
+
+
 def messages_from_pairs(pairs: Sequence[tuple[str, str]] | Sequence[dict[str, str]]) -> list[Message]:
     """Accept ``[{"role", "content"}]`` dicts or ``(role, content)`` pairs from callers."""
     out = []
@@ -89,6 +111,7 @@ __all__ = [
     "clip_tokens",
     "Feedback",
     "StoredTurn",
+    "as_messages",
     "make_feedback",
     "messages_from_pairs",
     "recent_messages",

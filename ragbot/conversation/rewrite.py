@@ -36,10 +36,10 @@ from ragbot.conversation.prompts import load_prompt
 from ragbot.conversation.rewrite_examples import RewriteExample, format_examples, load_bank, select_examples
 from ragbot.errors import ModelError, PromptError
 from ragbot.models.chat import ChatModel, GenerationSettings, Message, Usage
+from ragbot.text import CJK, is_chinese
 
 log = logging.getLogger("ragbot.conversation.rewrite")
 
-_CJK = re.compile(r"[\u4e00-\u9fff]")
 _ZH_PRONOUN = re.compile(
     r"它|他|她|这个|那个|这些|那些|这里|那里|这儿|那儿|这位|那位|这部|那部|这首|那首|这本|那本|这家|那家"
     r"|这款|那款|这种|那种|这件|那件|这条|那条|这座|那座|这只|那只|该|其|此|前者|后者|上面|上述|刚才|同样|对方"
@@ -86,10 +86,6 @@ _SUBSTITUTABLE = {
 }
 
 
-def is_chinese(text: str) -> bool:
-    return bool(_CJK.search(text))
-
-
 @dataclass(frozen=True)
 class RewriteDecision:
     needed: bool
@@ -108,7 +104,7 @@ def needs_rewrite(question: str, history: Sequence[str]) -> RewriteDecision:
             return RewriteDecision(True, f"pronoun {m.group(0)!r}")
         if _ZH_COMPARISON.search(q):
             return RewriteDecision(True, "comparison follow-up")
-        if len(_CJK.findall(q)) <= 6:
+        if len(CJK.findall(q)) <= 6:
             return RewriteDecision(True, "short question, subject probably omitted")
         if owner := _ownerless_attribute(q):
             return RewriteDecision(True, f"asks about {owner!r} without naming whose")
@@ -399,7 +395,7 @@ def _content(text: str) -> set[str]:
     """The words that carry a question's subject: Chinese characters other than function words
     and pronouns, English words other than stopwords."""
     lowered = text.lower()
-    chars = {c for c in _CJK.findall(lowered) if c not in _ZH_FUNCTION_CHARS and c not in "它他她"}
+    chars = {c for c in CJK.findall(lowered) if c not in _ZH_FUNCTION_CHARS and c not in "它他她"}
     words = {w for w in re.findall(r"[a-z0-9]+", lowered) if w not in _EN_STOPWORDS}
     return chars | words
 

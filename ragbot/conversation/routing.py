@@ -16,9 +16,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ragbot.conversation.rewrite import _EN_PRONOUN, _ZH_PRONOUN, is_chinese
+from ragbot.conversation.rewrite import _EN_PRONOUN, _ZH_PRONOUN
 from ragbot.conversation.topic import has_name, title_names
 from ragbot.knowledge.knowledge_base import Hit
+from ragbot.text import is_chinese
 
 
 def refers_back(question: str) -> bool:

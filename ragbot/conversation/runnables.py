@@ -9,8 +9,8 @@ retriever = as_retriever(bot.kb)     # a BaseRetriever returning langchain Docum
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from langchain_core.callbacks import CallbackManagerForRetrieverRun
 from langchain_core.documents import Document as LCDocument
@@ -18,9 +18,6 @@ from langchain_core.retrievers import BaseRetriever
 from langchain_core.runnables import RunnableGenerator, RunnableLambda
 
 from ragbot.knowledge.knowledge_base import KnowledgeBase
-
-if TYPE_CHECKING:
-    from ragbot.conversation.bot import RagBot
 
 
 def _parse_input(value: Any) -> tuple[str, list]:
@@ -31,18 +28,19 @@ def _parse_input(value: Any) -> tuple[str, list]:
     raise TypeError('ragbot runnable input must be a question string or {"question": ..., "history": [...]}')
 
 
-def bot_runnable(bot: RagBot):
-    """A Runnable: ``invoke`` returns the answer record (``Answer.to_dict()``); ``stream``
-    yields text pieces as they are generated."""
+def bot_runnable(answer: Callable[..., Any], stream_answer: Callable[..., Iterator[Any]]):
+    """A Runnable over a bot's ``answer`` and ``stream_answer`` (``RagBot.as_runnable``): ``invoke``
+    returns the answer record (``Answer.to_dict()``); ``stream`` yields text pieces as they are
+    generated."""
 
     def invoke(value: Any) -> dict[str, Any]:
         question, history = _parse_input(value)
-        return bot.answer(question, history).to_dict()
+        return answer(question, history).to_dict()
 
     def stream(inputs: Iterator[Any]) -> Iterator[str]:
         for value in inputs:
             question, history = _parse_input(value)
-            for item in bot.stream_answer(question, history):
+            for item in stream_answer(question, history):
                 if isinstance(item, str):  # the text pieces; the final Answer is not text
                     yield item
 

@@ -20,9 +20,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from ragbot.models.chat import Message
+from ragbot.text import is_chinese
 
 MAX_ENTITIES = 8
 MAX_DOCUMENTS = 5
+TOPIC_DOCUMENTS = 2  # the topic's most recent documents whose chunks a follow-up also ranks
 MIN_TITLE_CHARS = 2  # shorter titles ("AI", "书") match inside too many unrelated words
 
 _BOOK_TITLE = re.compile(r"《([^《》\n]{1,40})》")
@@ -35,7 +37,6 @@ _NOT_NAMES = set(
     "Hi Hello Hey Well Now Just Let Maybe Not Only Any Some Many Much More Most Other Another Both Each Every "
     "Answer Question Sources Source Not Found".split()
 )
-_CJK = re.compile(r"[\u4e00-\u9fff]")
 _TITLE_SPLIT = re.compile(r"\s*[：:—–|（(]\s*")
 
 
@@ -142,7 +143,7 @@ def entity_names(text: str, titles: Mapping[str, TopicDocument] | None = None) -
             words.pop(0)
         name, at = " ".join(words), m.end() - len(" ".join(words))
         # an English sentence's first word is capitalised anyway: "About 6,300 km." names nothing
-        opens_sentence = not _CJK.search(text) and (not text[:at].strip() or text[:at].rstrip()[-1] in ".!?:\n")
+        opens_sentence = not is_chinese(text) and (not text[:at].strip() or text[:at].rstrip()[-1] in ".!?:\n")
         if name and not (opens_sentence and len(words) == 1 and name[1:].islower()):
             found.append((at, name))
     names: list[str] = []
@@ -206,3 +207,10 @@ def topic_from_turns(
     for question, answer, meta in turns:
         topic = update_topic(topic, question, answer, sources_from_meta(meta or {}), titles)
     return topic
+
+
+def topic_names(topic: Topic) -> list[str]:
+    """What a follow-up searched with the topic is about: the current entity, or one of the topic's
+    most recent documents (the one grounded last is often the film when the entity is its actor)."""
+    names = [topic.current or "", *(short_name(d.title) for d in topic.documents[:TOPIC_DOCUMENTS] if d.title)]
+    return [n for n in dict.fromkeys(names) if n]

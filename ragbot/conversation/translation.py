@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from ragbot.conversation.prompts import load_prompt
-from ragbot.conversation.rewrite import is_chinese
 from ragbot.errors import ModelError
 from ragbot.models.chat import ChatModel, GenerationSettings, Usage
+from ragbot.text import is_chinese
 
 log = logging.getLogger("ragbot.conversation.translation")
 

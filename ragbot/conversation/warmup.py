@@ -20,16 +20,18 @@ from __future__ import annotations
 import copy
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
+from ragbot.conversation.answer_prompt import answer_messages
 from ragbot.conversation.memory import trim_history
-from ragbot.conversation.rewrite import is_chinese
 from ragbot.knowledge.knowledge_base import Hit
 from ragbot.models.chat import ChatModel, GenerationSettings, Message
+from ragbot.text import is_chinese
 
-AnswerPrompt = Callable[..., list[Message]]  # ``ragbot.conversation.bot.answer_messages``
+if TYPE_CHECKING:
+    from ragbot.conversation.bot import RagBot
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +87,7 @@ class _Recorder(ChatModel):
         raise _Recorded(messages)
 
 
-def rewrite_messages(bot: Any, question: str, history: Sequence[Message]) -> list[Message] | None:
+def rewrite_messages(bot: RagBot, question: str, history: Sequence[Message]) -> list[Message] | None:
     """What ``bot.rewrite_step(question, history)`` would send the rewrite model (None: no model call)."""
     recording = copy.copy(bot)  # the same bot with a recorder as its rewrite model; ``bot`` is untouched
     recording.rewrite_model = _Recorder()
@@ -105,7 +107,7 @@ def _hit(title: str, text: str) -> Hit:
 
 
 def warm_up_prompts(
-    bot: Any, history: Sequence[Message], sources: Sequence[Hit] = (), *, answer_messages: AnswerPrompt
+    bot: RagBot, history: Sequence[Message], sources: Sequence[Hit] = ()
 ) -> list[tuple[str, ChatModel, list[list[Message]]]]:
     """The prompts to warm, most useful first: (name, model, two renderings of the prompt).
 
@@ -114,9 +116,7 @@ def warm_up_prompts(
     The grounded prompt is warmed with the last answer's passages ``sources`` when passages are
     shown whole: a follow-up about the same thing often retrieves them again, in the same order
     (``routing.in_prompt_order``), and then evaluates only its question. Without a history, the
-    static prefixes of both languages, the answer prompts first (a first turn needs no rewrite).
-    ``bot`` is a ``RagBot``; ``answer_messages`` renders its answer prompts (passed in: this module
-    sits below ``bot``)."""
+    static prefixes of both languages, the answer prompts first (a first turn needs no rewrite)."""
     settings = bot.settings
     history = trim_history(list(history), settings.history_tokens)
     last = next((m.content for m in reversed(history) if m.role == "user"), None)
@@ -166,9 +166,7 @@ def warm_up_prompts(
     return prompts
 
 
-def start_warm_up(
-    bot: Any, history: Sequence[Message], sources: Sequence[Hit], *, answer_messages: AnswerPrompt
-) -> WarmUp:
+def start_warm_up(bot: RagBot, history: Sequence[Message], sources: Sequence[Hit]) -> WarmUp:
     """Warm the next turn's prompt prefixes in a background thread (none if no model can warm)."""
     handle = WarmUp()
     if not (bot.rewrite_model.warms_prefixes or bot.answer_model.warms_prefixes):
@@ -176,7 +174,7 @@ def start_warm_up(
 
     def run() -> None:
         try:
-            for name, model, variants in warm_up_prompts(bot, history, sources, answer_messages=answer_messages):
+            for name, model, variants in warm_up_prompts(bot, history, sources):
                 if handle.cancelled:
                     return
                 handle.computed.append((name, model.warm(variants, stop=lambda: handle.cancelled)))

@@ -18,14 +18,17 @@ import re
 import unicodedata
 from collections.abc import Iterable, Sequence
 
+from ragbot.text import CJK_IDEOGRAPHS
+
 _NUM = "\ue000"  # marks both ends of a number (private-use characters: kept, never in real text)
 _POINT = "\ue001"  # a decimal point, kept when punctuation is dropped
 _NUMBER = re.compile(r"\d+(?:,\d{3})*(?:\.\d+)?")
 _DATE_UNIT = re.compile(r"(\d)\s*[年月日号]")
-_CJK = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
 # list separators in triple values: 、 / ; | and commas that are not thousands separators,
 # spaces next to Chinese, and the boundary between two 《》 titles
-_ITEM_SEPARATOR = re.compile(rf"[、/／;；|，]|(?<!\d),|,(?!\d)|(?<=[{_CJK}》])\s+|\s+(?=[{_CJK}《])|(?<=》)(?=《)")
+_ITEM_SEPARATOR = re.compile(
+    rf"[、/／;；|，]|(?<!\d),|,(?!\d)|(?<=[{CJK_IDEOGRAPHS}》])\s+|\s+(?=[{CJK_IDEOGRAPHS}《])|(?<=》)(?=《)"
+)
 _DATE = re.compile(r"(\d{4})\s*年\s*(?:(\d{1,2})\s*月\s*(?:\d{1,2}\s*[日号])?)?")
 _BRACKETED = re.compile(r"[（(][^（）()]*[)）]")
 LONG_VALUE = 60  # characters: a value this long is a description, never split into items

@@ -18,10 +18,9 @@ from typing import Any
 import numpy as np
 
 from ragbot.errors import RagbotError
+from ragbot.text import CJK_IDEOGRAPHS, is_chinese
 
-_CJK_CHARS = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
-_TOKEN = re.compile(rf"[{_CJK_CHARS}]|[^\W_{_CJK_CHARS}]+")
-_CJK = re.compile(rf"[{_CJK_CHARS}]")
+_TOKEN = re.compile(rf"[{CJK_IDEOGRAPHS}]|[^\W_{CJK_IDEOGRAPHS}]+")
 
 GROUNDED, FALLBACK = "grounded", "fallback"
 
@@ -43,7 +42,7 @@ def tokens(text: str) -> list[str]:
 
 
 def has_chinese(texts: Iterable[str]) -> bool:
-    return any(_CJK.search(t) for t in texts)
+    return any(is_chinese(t) for t in texts)
 
 
 def _lcs_length(a: Sequence[str], b: Sequence[str]) -> int:

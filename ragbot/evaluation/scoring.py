@@ -8,10 +8,11 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from ragbot.conversation.bot import LABELS, RagBot
+from ragbot.conversation.answer_prompt import LABELS
+from ragbot.conversation.bot import RagBot
 from ragbot.conversation.citations import strip_citations
 from ragbot.conversation.prompts import load_prompt
-from ragbot.conversation.rewrite import RewriteResult, is_chinese, needs_rewrite
+from ragbot.conversation.rewrite import RewriteResult, needs_rewrite
 from ragbot.errors import EvaluationError, ModelError
 from ragbot.evaluation import metrics
 from ragbot.evaluation.facts import fact_recall
@@ -19,6 +20,7 @@ from ragbot.evaluation.question_sets import BadRow, EvalCase
 from ragbot.evaluation.retrieval import doc_key, doc_ranking, first_gold_rank
 from ragbot.knowledge.knowledge_base import Hit, SearchResult
 from ragbot.models.chat import ChatModel, GenerationSettings, Message
+from ragbot.text import is_chinese
 
 QUERY_KINDS = ("typed", "rewritten", "gold")
 

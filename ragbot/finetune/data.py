@@ -1,7 +1,7 @@
 """Training files from what a ragbot deployment accumulates: question sets with good answers,
 saved conversations with their feedback, and plain prompt/answer files.
 
-Every example shows the model what the bot itself would show it (``ragbot.conversation.bot.answer_messages``):
+Every example shows the model what the bot itself would show it (``ragbot.conversation.answer_prompt``):
 the bot's system prompt in the question's language, the earlier turns as history, and, with
 passages, the numbered passages inside the grounded prompt's delimiters. One example per
 answered turn; earlier assistant turns are context only (``"weight": 0``), so a conversation
@@ -24,14 +24,17 @@ from pathlib import Path
 from typing import Any
 
 from ragbot.config import Settings, load_settings
-from ragbot.conversation.bot import CONTEXT_PASSAGES, LABELS, answer_messages, passages_from_meta
+from ragbot.conversation.answer_prompt import LABELS, answer_messages
 from ragbot.conversation.memory import trim_history
-from ragbot.conversation.rewrite import is_chinese
+from ragbot.conversation.retrieval import Retriever
 from ragbot.conversation.store import ConversationStore, StoredTurn, open_store
+from ragbot.conversation.topic import topic_from_history
+from ragbot.conversation.turn import passages_from_meta
 from ragbot.errors import FinetuneError, TrainingFileError
 from ragbot.evaluation.question_sets import QuestionFileError, jsonl_objects, read_questions
 from ragbot.knowledge.knowledge_base import Hit, KnowledgeBase, display_source
 from ragbot.models.chat import Message
+from ragbot.text import is_chinese
 
 # The legacy prompt/completion format: the model learns to answer after the separator and to
 # end with the stop sequence; both must be used again when calling a model trained on it.
@@ -340,9 +343,9 @@ def prepare(
         reasons = ", ".join(f"{r}: {n}" for r, n in Counter(s.reason for s in skipped).items())
         raise TrainingFileError(f"no examples to write from {', '.join(map(str, sources))}; skipped {reasons or '0'}")
     examples = []
-    retriever = _Retriever(settings) if with_passages else None
+    finder = _Passages(settings) if with_passages else None
     for turn in turns:
-        passages = retriever.passages(turn) if retriever else ()
+        passages = finder.passages(turn) if finder else ()
         if passages and turn.gold_ids:
             cited = cite_gold(turn.answer, passages, turn.gold_ids)
             if cited is None:
@@ -377,34 +380,36 @@ def prepare(
             "prompt_format": LEGACY_PROMPT_FORMAT,
         },
         "history_tokens": settings.history_tokens,
-        "knowledge_base": retriever.kb.location if retriever and retriever.used else None,
+        "knowledge_base": finder.retriever.kb.location if finder and finder.used else None,
         "skipped": [{"origin": s.origin, "reason": s.reason} for s in skipped],
     }
     (out / MANIFEST).write_text(json.dumps(manifest, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
     return PrepareReport(out, files, skipped, manifest)
 
 
-class _Retriever:
-    """Passages for turns that did not store theirs (question-set rows), from the configured
-    knowledge base, searched as the bot would (opened only when first needed)."""
+class _Passages:
+    """Passages for turns that did not keep theirs (question-set rows): the bot's own retrieval step
+    (``ragbot.conversation.retrieval``: the topic rebuilt from the turn's history, the passages about
+    what the question names) over the configured knowledge base, opened only when first needed. The
+    cross-lingual step is left out: it needs a model."""
 
     def __init__(self, settings: Settings):
         self.settings = settings
         self.used = False
-        self._kb: KnowledgeBase | None = None
+        self._retriever: Retriever | None = None
 
     @property
-    def kb(self) -> KnowledgeBase:
-        if self._kb is None:
-            self._kb = KnowledgeBase.open(self.settings)
-        return self._kb
+    def retriever(self) -> Retriever:
+        if self._retriever is None:
+            self._retriever = Retriever(KnowledgeBase.open(self.settings), self.settings)
+        return self._retriever
 
     def passages(self, turn: TrainingTurn) -> tuple[Hit, ...]:
         if turn.passages is not None:
             return turn.passages
         self.used = True
-        result = self.kb.search(turn.standalone or turn.question, self.settings.top_k, self.settings.threshold)
-        return tuple(result.confident[:CONTEXT_PASSAGES])
+        topic = topic_from_history(turn.history, self.retriever.titles())
+        return tuple(self.retriever.step(turn.question, turn.standalone or turn.question, topic).evidence.sources)
 
 
 def _write_files(out: Path, examples: Sequence[Example], valid: set[str]) -> dict[str, int]:

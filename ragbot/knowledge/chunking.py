@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ragbot.knowledge.documents import Document
+from ragbot.text import CJK_IDEOGRAPHS
 from ragbot.tokens import count_tokens, encoding
 
 _CLOSERS = "”’」』）)】》〉\"'"
@@ -24,7 +25,7 @@ _CLAUSE_END = re.compile(rf"[，、：,:]+[{_CLOSERS}]*")
 _LEADING_PUNCT = re.compile(rf"^[。！？；，、：.!?;,:…{_CLOSERS}]+")
 _HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$")
 _FENCE = re.compile(r"^\s*(```|~~~)")
-_CJK = "\u3000-\u303f\u4e00-\u9fff\uff00-\uffef"
+_CJK = f"\u3000-\u303f{CJK_IDEOGRAPHS}\uff00-\uffef"  # with CJK punctuation and full-width forms
 _CJK_END = re.compile(rf"[{_CJK}][{_CLOSERS}“‘]*$")
 _CJK_START = re.compile(rf"^[“‘{_CLOSERS}]*[{_CJK}]")
 

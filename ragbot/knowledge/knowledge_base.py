@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import sys
 import time
 from collections.abc import Sequence
@@ -36,6 +35,7 @@ from ragbot.knowledge.documents import find_files, iter_documents
 from ragbot.knowledge.fusion import fuse_rrf
 from ragbot.knowledge.store import FaissStore, IndexUpdate, VectorStore, open_store
 from ragbot.models.embedders import Embedder, make_embedder
+from ragbot.text import CONTROL_CHARS, not_utf8
 
 HYBRID_POOL = 20  # candidates taken from each of the dense and the BM25 rankings before fusion
 # A lexical hit takes part in the fusion only if it scores at least this share of the best BM25
@@ -43,8 +43,6 @@ HYBRID_POOL = 20  # candidates taken from each of the dense and the BM25 ranking
 # in gives the dense favourites a second vote that outweighs the chunk naming the exact entity.
 LEXICAL_FLOOR = 0.5
 MAX_QUERY_CHARS = 8000  # embedders only read the first few hundred tokens anyway
-CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
@@ -172,18 +170,6 @@ def bundled_copies(stored: index_files.StoredIndex, folder: Path, digests: dict[
         if source in marked or any(same_file.get(path.parts[-n:]) == record.sha256 for n in lengths):
             copies.append(source)
     return copies
-
-
-def not_utf8(text: str) -> str | None:
-    """Where ``text`` stops being valid UTF-8, or None if it is. The shell hands Python bytes that
-    are not UTF-8 as lone surrogates (``"caf\\xe9"`` arrives as ``"caf\\udce9"``), which no embedder,
-    model or file can take."""
-    match = LONE_SURROGATE.search(text)
-    if match is None:
-        return None
-    code = ord(match.group())
-    what = f"byte 0x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"lone surrogate U+{code:04X}"
-    return f"{what} at character {match.start() + 1}"
 
 
 def clean_query(query: str) -> str:

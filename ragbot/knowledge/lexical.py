@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ragbot.text import CJK_IDEOGRAPHS
+
 if TYPE_CHECKING:
     import bm25s
 
@@ -40,7 +42,7 @@ STOPWORDS = frozenset(
     these they this to was will with what which who whom whose how when where why do does did can
     could would should i me my you your we our he she his her its about tell know""".split()
 )
-_CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+")
+_CJK_RUN = re.compile(f"[{CJK_IDEOGRAPHS}]+")
 _WORD = re.compile(r"[0-9a-z\u00c0-\u024f]+(?:[-.+][0-9a-z\u00c0-\u024f]+)*\+*")
 _TITLE = re.compile(r"《([^《》]{1,50})》")
 _TITLE_NOTE = re.compile(r"[（(].*$")  # 《我是山姆（I am Sam）》 is also 《我是山姆》
@@ -57,7 +59,7 @@ def tokenize(text: str) -> list[str]:
         if short and short != title:
             tokens.append("《" + short + "》")
     pos = 0
-    for match in _CJK.finditer(text):
+    for match in _CJK_RUN.finditer(text):
         tokens.extend(_words(text[pos : match.start()]))
         tokens.extend(_segment(match.group()))
         pos = match.end()

@@ -20,8 +20,9 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from ragbot.config import Settings
-from ragbot.conversation.bot import Answer, RagBot
+from ragbot.conversation.bot import RagBot
 from ragbot.conversation.store import Reply
+from ragbot.conversation.turn import Answer
 from ragbot.errors import RagbotError
 from ragbot.server import completions, idempotency
 from ragbot.server.completions import ChunkWriter

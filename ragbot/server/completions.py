@@ -15,7 +15,7 @@ import secrets
 import time
 from typing import Any
 
-from ragbot.conversation.bot import Answer
+from ragbot.conversation.turn import Answer
 from ragbot.server.errors import APIError
 from ragbot.server.schemas import ChatMessage
 

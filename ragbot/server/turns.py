@@ -14,7 +14,7 @@ import threading
 from collections import deque
 from collections.abc import Iterator
 
-from ragbot.conversation.bot import Answer
+from ragbot.conversation.turn import Answer
 
 LOOKAHEAD = 16  # pieces the turn may run ahead of what was sent
 
