@@ -14,6 +14,7 @@ from helpers import MODULES, find_cycle, imports_of
 LAYERS = [
     ("core", ["ragbot.errors", "ragbot.config", "ragbot.registry", "ragbot.tokens", "ragbot.migrations"]),
     ("models", ["ragbot.models"]),
+    ("storage", ["ragbot.storage"]),
     ("knowledge", ["ragbot.knowledge"]),
     ("conversation", ["ragbot.conversation"]),
     ("evaluation", ["ragbot.evaluation"]),

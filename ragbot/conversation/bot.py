@@ -32,15 +32,6 @@ from ragbot.conversation.memory import messages_from_pairs, trim_history, valida
 from ragbot.conversation.prompts import load_prompt
 from ragbot.conversation.rewrite import RewriteResult, is_chinese, rewrite_question
 from ragbot.conversation.routing import Evidence, evidence, in_prompt_order, topic_gate
-from ragbot.conversation.store import (
-    ConversationStore,
-    Feedback,
-    Reply,
-    TurnKey,
-    make_feedback,
-    new_turn_id,
-    open_store,
-)
 from ragbot.conversation.topic import (
     Topic,
     TopicDocument,
@@ -57,6 +48,15 @@ from ragbot.errors import ConversationChangedError, ConversationError, Conversat
 from ragbot.knowledge.fusion import fuse_rrf
 from ragbot.knowledge.knowledge_base import CONTROL_CHARS, Hit, KnowledgeBase, SearchResult, display_source, not_utf8
 from ragbot.models.chat import ChatModel, GenerationSettings, Message, Usage, make_chat_model
+from ragbot.storage.conversations import (
+    ConversationStore,
+    Feedback,
+    Reply,
+    TurnKey,
+    make_feedback,
+    new_turn_id,
+)
+from ragbot.storage.conversations import open_conversation_store as open_store  # the call sites' name, for now
 
 MAX_QUESTION_CHARS = 4000
 CONTEXT_PASSAGES = 3  # passages put in the prompt: prompt processing dominates local latency

@@ -1,16 +1,12 @@
 """Conversation memory: validated user/assistant history and token-budget trimming.
 
-Saved conversations live in a store (``ragbot.conversation.store``: a SQLite file or PostgreSQL);
-the names this module exported before there were two stores keep working below.
+Saved conversations live in a store (``ragbot.storage``: a SQLite file or PostgreSQL).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ragbot.conversation.store import RATINGS, Feedback, StoredTurn, make_feedback
-from ragbot.conversation.store_sqlite import MIGRATIONS, store_error
-from ragbot.conversation.store_sqlite import SQLiteStore as ConversationStore  # its name before PostgreSQL
 from ragbot.errors import ConversationError
 from ragbot.models.chat import Message
 from ragbot.tokens import count_tokens, encoding
@@ -83,16 +79,9 @@ def clip_tokens(text: str, limit: int) -> str:
 
 
 __all__ = [
-    "MIGRATIONS",
-    "RATINGS",
-    "ConversationStore",
     "clip_tokens",
-    "Feedback",
-    "StoredTurn",
-    "make_feedback",
     "messages_from_pairs",
     "recent_messages",
-    "store_error",
     "trim_history",
     "validate_history",
 ]

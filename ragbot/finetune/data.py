@@ -27,11 +27,11 @@ from ragbot.config import Settings, load_settings
 from ragbot.conversation.bot import CONTEXT_PASSAGES, LABELS, answer_messages, passages_from_meta
 from ragbot.conversation.memory import trim_history
 from ragbot.conversation.rewrite import is_chinese
-from ragbot.conversation.store import ConversationStore, StoredTurn, open_store
 from ragbot.errors import FinetuneError, TrainingFileError
 from ragbot.evaluation.question_sets import QuestionFileError, jsonl_objects, read_questions
 from ragbot.knowledge.knowledge_base import Hit, KnowledgeBase, display_source
 from ragbot.models.chat import Message
+from ragbot.storage.conversations import ConversationStore, StoredTurn, open_conversation_store
 
 # The legacy prompt/completion format: the model learns to answer after the separator and to
 # end with the stop sequence; both must be used again when calling a model trained on it.
@@ -107,7 +107,8 @@ def collect(
     for source in sources:
         spec = str(source)
         if spec == "sessions" or spec.startswith("sessions:"):
-            with contextlib.closing(open_store(settings.sessions_location, settings.postgres_pool_size)) as store:
+            location = settings.sessions_location
+            with contextlib.closing(open_conversation_store(location, settings.postgres_pool_size)) as store:
                 found = list(session_turns(store, spec.partition(":")[2], only_good))
         else:
             found = file_turns(Path(spec).expanduser())
