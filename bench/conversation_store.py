@@ -32,10 +32,10 @@ from _common import log, print_table, summary_ms, write_result
 
 def worker(location: str, name: str, turns: int, conversations: int, pace: float, duration: float, go, out) -> None:
     """Append turns; a failed one is retried (as a client would) and counted."""
-    from ragbot.conversation.store import open_store
     from ragbot.errors import StoreUnavailableError
+    from ragbot.storage.conversations import open_conversation_store
 
-    store = open_store(location)
+    store = open_conversation_store(location)
     go.wait()
     until = time.time() + duration if duration else 0.0
     latencies, saved, failures, other_errors, first_saved_after = [], [], [], [], None
@@ -91,9 +91,9 @@ def run_workers(location: str, args, pace: float = 0.0, duration: float = 0.0, d
 
 def check(location: str, reports: list[dict]) -> dict[str, Any]:
     """What the store holds after the run, against what the workers were told was saved."""
-    from ragbot.conversation.store import open_store
+    from ragbot.storage.conversations import open_conversation_store
 
-    store = open_store(location)
+    store = open_conversation_store(location)
     try:
         names = store.names()
         turns = {name: store.turns(name) for name in names}

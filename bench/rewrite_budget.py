@@ -19,7 +19,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from ragbot.conversation.memory import recent_messages, trim_history  # noqa: E402
+from ragbot.conversation.history import recent_messages, trim_history  # noqa: E402
 from ragbot.models.chat import Message  # noqa: E402
 from ragbot.tokens import count_tokens  # noqa: E402
 

@@ -1,4 +1,4 @@
-"""Backends by name: chat models, embedders, conversation stores, and (coming) vector stores.
+"""Backends by name: chat models, embedders, vector stores and conversation stores.
 
 Each backend registers a factory under a name in its own module; code that needs one asks the
 registry by name (``settings.llm``, ``settings.embedder``) and never imports the module that
@@ -83,7 +83,7 @@ class Registry(Generic[T]):
 
     def create(self, name: str, settings: Any, **context: Any) -> T:
         """A new backend ``name`` built from ``settings``."""
-        return self._factory(name)(settings, **context)
+        return self.factory(name)(settings, **context)
 
     def claimant(self, model: str | None) -> str | None:
         """The backend that must run ``model``, if one claims it."""
@@ -97,7 +97,8 @@ class Registry(Generic[T]):
         for module in dict.fromkeys(self._builtins.values()):
             importlib.import_module(module)
 
-    def _factory(self, name: str) -> Factory[T]:
+    def factory(self, name: str) -> Factory[T]:
+        """The factory registered under ``name``, importing the module of a built-in one first."""
         if name not in self._factories and name in self._builtins:
             importlib.import_module(self._builtins[name])
         factory = self._factories.get(name)
@@ -116,7 +117,7 @@ BUILTIN_EMBEDDERS = {
     "hash": "ragbot.testing.fakes",
 }
 
-BUILTIN_VECTOR_STORES = {"faiss": "ragbot.knowledge.index", "milvus": "ragbot.knowledge.milvus"}
+BUILTIN_VECTOR_STORES = {"faiss": "ragbot.knowledge.vector_store", "milvus": "ragbot.knowledge.milvus"}
 
 chat_models: Registry = Registry("chat model", "llm", BUILTIN_CHAT_MODELS)
 """``factory(settings, role="answer")`` -> a ``ChatModel`` for the answer or the rewrite role."""
@@ -128,12 +129,12 @@ vector_stores: Registry = Registry("vector store", "vector_store", BUILTIN_VECTO
 """``factory(settings, embedder)`` -> a ``VectorStore``: the FAISS files or a Milvus collection."""
 
 BUILTIN_CONVERSATION_STORES = {
-    "sqlite": "ragbot.conversation.store_sqlite",
-    "postgresql": "ragbot.conversation.store_postgres",
+    "sqlite": "ragbot.storage.sqlite",
+    "postgresql": "ragbot.storage.postgres",
 }
 conversation_stores: Registry = Registry("conversation store", "sessions", BUILTIN_CONVERSATION_STORES)
 """``factory(location)`` -> a ``ConversationStore``: a SQLite file path, or a database URL whose scheme
-names the store (``ragbot.conversation.store.open_store`` chooses)."""
+names the store (``ragbot.storage.conversations.open_conversation_store`` chooses)."""
 
 
 __all__ = ["Registry", "chat_models", "conversation_stores", "embedders", "vector_stores"]

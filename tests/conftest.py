@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from ragbot.config import Settings
-from ragbot.conversation.store import open_store
+from ragbot.storage.conversations import open_conversation_store
 
 from helpers import run_cli, write_sample_corpus
 from postgres_server import postgres_server, postgres_stores_closed  # noqa: F401 -- a throwaway PostgreSQL; leaks fail
@@ -85,7 +85,7 @@ def stores(location):
     opened = []
 
     def make():
-        opened.append(open_store(location))
+        opened.append(open_conversation_store(location))
         return opened[-1]
 
     yield make

@@ -46,7 +46,7 @@ def postgres_stores_closed(monkeypatch):
     """Fail the test that leaves a PostgreSQL conversation store open: its pool, collected by the garbage
     collector later, would print an unraisable exception in the middle of an unrelated test."""
     try:
-        from ragbot.conversation.store_postgres import PostgresStore
+        from ragbot.storage.postgres import PostgresStore
     except ImportError:  # pragma: no cover - without psycopg no store is opened
         yield
         return

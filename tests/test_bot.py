@@ -11,10 +11,11 @@ import time
 import pytest
 
 from ragbot import KnowledgeBase
-from ragbot.conversation.memory import ConversationStore, trim_history
+from ragbot.conversation.history import trim_history
 from ragbot.conversation.turn import Answer
 from ragbot.errors import ConversationError, ModelError, PromptError
 from ragbot.models.chat import Message
+from ragbot.storage.sqlite import SQLiteStore
 from ragbot.tokens import count_tokens
 
 from helpers import NILE_REWRITE, make_bot, run_cli
@@ -109,7 +110,7 @@ def test_named_conversation_persists_and_resumes(kb, tmp_path):
     assert [m.content for m in resumed.history] == ["尼罗河是什么？", "尼罗河是河。"]
     assert resumed.ask("它流经哪些国家？").standalone_question == "尼罗河流经哪些国家？"
     resumed.reset()
-    assert ConversationStore(tmp_path / "s.sqlite").history("trip") == []
+    assert SQLiteStore(tmp_path / "s.sqlite").history("trip") == []
 
 
 def test_failed_turn_is_not_saved(kb, tmp_path):
@@ -119,7 +120,7 @@ def test_failed_turn_is_not_saved(kb, tmp_path):
     model.enqueue(ModelError("cannot reach http://127.0.0.1:9/v1 (model 'm'); check base_url"))
     with pytest.raises(ModelError, match="cannot reach"):
         conv.ask("尼罗河流经哪些国家？")
-    assert len(ConversationStore(tmp_path / "s.sqlite").history("c")) == 2 and len(conv.history) == 2
+    assert len(SQLiteStore(tmp_path / "s.sqlite").history("c")) == 2 and len(conv.history) == 2
 
 
 @pytest.mark.parametrize(
@@ -138,7 +139,7 @@ def test_control_characters_are_removed_not_fatal(kb):
 
 
 def test_bad_history_is_refused():
-    from ragbot.conversation.memory import validate_history
+    from ragbot.conversation.history import validate_history
 
     with pytest.raises(ConversationError, match="alternate"):
         validate_history([Message("assistant", "hi"), Message("user", "x")])
@@ -205,7 +206,7 @@ def test_session_survives_a_killed_process(tmp_path, corpus):
     chat.stdin.write("尼罗河是什么？\n")
     chat.stdin.flush()
     deadline = time.time() + 60
-    store = ConversationStore(tmp_path / "s.sqlite")
+    store = SQLiteStore(tmp_path / "s.sqlite")
     while time.time() < deadline and len(store.history("k")) < 2:
         time.sleep(0.2)
     chat.send_signal(signal.SIGKILL)

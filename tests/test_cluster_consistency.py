@@ -19,10 +19,10 @@ import pytest
 
 from ragbot import KnowledgeBase
 from ragbot.conversation.bot import RagBot
-from ragbot.conversation.store import open_store
 from ragbot.errors import ConversationChangedError
 from ragbot.server.app import create_app
 from ragbot.server.keys import ApiKeys
+from ragbot.storage.conversations import open_conversation_store
 from ragbot.testing.fakes import PacedChatModel
 from ragbot.testing.live_server import LiveServer
 
@@ -59,7 +59,7 @@ def test_a_save_tried_again_under_its_turn_id_is_saved_once(stores):
 def test_a_postgres_commit_whose_answer_is_lost_saves_the_turn_once(postgres_server):
     import psycopg
 
-    from ragbot.conversation.store_postgres import PostgresStore
+    from ragbot.storage.postgres import PostgresStore
 
     class AnswerLost(PostgresStore):
         """The COMMIT reaches the real database, then the connection breaks before its answer arrives."""
@@ -91,11 +91,11 @@ def test_a_postgres_commit_whose_answer_is_lost_saves_the_turn_once(postgres_ser
 RACER = textwrap.dedent(
     """
     import os, sys, time
-    from ragbot.conversation.store import open_store
+    from ragbot.storage.conversations import open_conversation_store
     from ragbot.errors import ConversationChangedError
 
     location, worker, count, folder = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
-    store = open_store(location)
+    store = open_conversation_store(location)
     seen = {f"c{i}": len(store.history(f"c{i}")) // 2 for i in range(count)}  # every one empty: 0 turns
     open(os.path.join(folder, "ready-" + worker), "w").close()
     while not os.path.exists(os.path.join(folder, "go")):
@@ -116,7 +116,7 @@ RACER = textwrap.dedent(
 def test_two_processes_answering_the_same_conversations_save_exactly_one_turn_each(location, tmp_path):
     count = 40
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    open_store(location).close()  # migrated before the race
+    open_conversation_store(location).close()  # migrated before the race
     workers = {
         name: subprocess.Popen(
             [sys.executable, "-c", RACER, str(location), name, str(count), str(tmp_path)],
@@ -142,7 +142,7 @@ def test_two_processes_answering_the_same_conversations_save_exactly_one_turn_ea
         for worker in workers.values():
             worker.kill()
     assert not won["A"] & won["B"] and won["A"] | won["B"] == {f"c{i}" for i in range(count)}
-    store = open_store(location)
+    store = open_conversation_store(location)
     try:
         for i in range(count):
             (turn,) = store.turns(f"c{i}")  # exactly one turn, whole, from the worker that was told it won

@@ -4,12 +4,14 @@ appending to one conversation, and PostgreSQL unreachable at start or going away
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import textwrap
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -17,10 +19,6 @@ import pytest
 from ragbot import KnowledgeBase
 from ragbot.cli.main import main
 from ragbot.config import Settings, load_settings
-from ragbot.conversation.store import Feedback, mask_url, open_store
-from ragbot.conversation.store_postgres import MIGRATIONS as PG_MIGRATIONS
-from ragbot.conversation.store_postgres import PostgresStore
-from ragbot.conversation.store_sqlite import MIGRATIONS as SQLITE_MIGRATIONS
 from ragbot.errors import (
     ConfigError,
     ConversationError,
@@ -28,6 +26,11 @@ from ragbot.errors import (
     StoreUnavailableError,
     StoreUnreachableError,
 )
+from ragbot.migrations import run_script
+from ragbot.storage.conversations import Feedback, Reply, open_conversation_store
+from ragbot.storage.postgres import MIGRATIONS as PG_MIGRATIONS
+from ragbot.storage.postgres import PostgresStore, mask_url
+from ragbot.storage.sqlite import MIGRATIONS as SQLITE_MIGRATIONS
 
 from helpers import make_bot
 
@@ -113,15 +116,138 @@ def test_the_migrations_are_recorded_and_a_newer_schema_is_refused(stores, locat
         stores()
 
 
+# --- the same reads from both stores ---------------------------------------------------------------
+
+# Rows written by SQL, not by a store: a conversation copied in from elsewhere, turn 1 before turn 0 (so
+# its row ids do not follow its turn numbers), and two conversations with the same creation time.
+COPIED = """
+INSERT INTO conversations(name, created_at) VALUES ('copied', 1.0), ('b-twin', 2.0), ('a-twin', 2.0);
+INSERT INTO messages(conversation, turn, role, content, created_at) VALUES
+    ('copied', 1, 'user', 'How long is it?', 1.0),
+    ('copied', 1, 'assistant', 'About 6,650 km.', 1.0),
+    ('copied', 0, 'user', 'What is the Nile?', 1.0),
+    ('copied', 0, 'assistant', 'A river.', 1.0);
+"""
+
+
+def _run_sql(location, script: str) -> None:
+    """``script`` run on the store's database with its own driver, as another program would."""
+    if isinstance(location, Path):
+        import sqlite3
+
+        with contextlib.closing(sqlite3.connect(location)) as db, db:
+            run_script(db, script)
+    else:
+        import psycopg
+
+        with psycopg.connect(location) as db:
+            run_script(db, script)
+
+
+def test_turns_are_read_in_turn_order_whatever_the_row_ids(stores, location):
+    store = stores()
+    _run_sql(location, COPIED)
+    assert [m.content for m in store.history("copied")] == [
+        "What is the Nile?",
+        "A river.",
+        "How long is it?",
+        "About 6,650 km.",
+    ]
+    assert [(t.turn, t.question, t.answer) for t in store.turns("copied")] == [
+        (0, "What is the Nile?", "A river."),
+        (1, "How long is it?", "About 6,650 km."),
+    ]
+    assert store.names() == ["copied", "a-twin", "b-twin"]  # by creation, then by name
+    assert store.append_turn("copied", "Where does it end?", "In the Mediterranean.") == 2
+
+
+def _reads(store) -> dict:
+    names = store.names()
+    return {
+        "names": names,
+        "history": {n: store.history(n) for n in names},
+        "turns": {n: store.turns(n) for n in names},
+        "feedback": {n: store.feedback(n) for n in names},
+        "state": {n: store.state(n) for n in names},
+        "reply": store.reply("trip", "key-1"),
+    }
+
+
+def test_both_stores_read_back_the_same_for_the_same_writes(tmp_path, postgres_server):
+    """One contract: the same writes, every reader's answer compared between SQLite and PostgreSQL."""
+    read = {}
+    for location in (tmp_path / "conversations.sqlite", postgres_server.new_database()):
+        store = open_conversation_store(location)
+        try:
+            store.append_turn("trip", "尼罗河是什么？", "一条大河。", {"route": "grounded"}, state={"entity": "尼罗河"})
+            store.append_turn("trip", "它有多长？", "约6650公里。", reply=Reply("digest", {"text": "约6650公里。"}))
+            store.append_turn("trip", "它有多长？", "约6650公里。", turn_id="key-1", reply=Reply("d1", {"n": 1}))
+            store.set_feedback("trip", 1, Feedback("bad", "约6650公里 [1]。"))
+            store.append_turn("gone", "q", "a")
+            store.clear("gone")
+            _run_sql(location, COPIED)
+            read[type(store).__name__] = _reads(store)
+        finally:
+            store.close()
+    sqlite_reads, postgres_reads = read["SQLiteStore"], read["PostgresStore"]
+    sqlite_reads["reply"] = replace(sqlite_reads["reply"], created=0.0)  # the one value that is a clock's
+    postgres_reads["reply"] = replace(postgres_reads["reply"], created=0.0)
+    assert sqlite_reads == postgres_reads
+    assert sqlite_reads["names"] == ["copied", "a-twin", "b-twin", "trip", "gone"]
+
+
+def _before_feedback_is_read(store, action, monkeypatch) -> None:
+    """Run ``action`` once, just before ``store`` runs a query reading the feedback table."""
+
+    def reads_feedback(sql: str) -> bool:
+        return sql.lstrip().upper().startswith("SELECT") and "feedback" in sql
+
+    if isinstance(store, PostgresStore):
+        import psycopg
+
+        execute = psycopg.Connection.execute
+
+        def hooked(db, query, params=None, **kwargs):
+            if reads_feedback(str(query)):
+                action()
+            return execute(db, query, params, **kwargs)
+
+        monkeypatch.setattr(psycopg.Connection, "execute", hooked)
+    else:
+        store._db.set_trace_callback(lambda sql: action() if reads_feedback(sql) else None)
+
+
+def test_turns_and_their_feedback_are_read_in_one_snapshot(stores, monkeypatch):
+    """A conversation cleared and started again while its turns are read comes back as it was or as it is,
+    never with the old answer and the new answer's feedback."""
+    reader, writer = stores(), stores()
+    reader.append_turn("trip", "What is the Nile?", "A river.")
+    done = []
+
+    def meanwhile():
+        if not done:
+            done.append(True)
+            writer.clear("trip")
+            writer.append_turn("trip", "How long is the Amazon?", "About 6,400 km.")
+            writer.set_feedback("trip", 0, Feedback("bad", "About 6,992 km."))
+
+    before = [("What is the Nile?", "A river.", None)]
+    after = [("How long is the Amazon?", "About 6,400 km.", Feedback("bad", "About 6,992 km."))]
+    _before_feedback_is_read(reader, meanwhile, monkeypatch)
+    read = [(t.question, t.answer, t.feedback) for t in reader.turns("trip")]
+    assert done and [(t.question, t.answer, t.feedback) for t in writer.turns("trip")] == after
+    assert read in (before, after)
+
+
 # --- many processes, one conversation -----------------------------------------------------------
 
 WORKER = textwrap.dedent(
     """
     import os, sys, time
-    from ragbot.conversation.store import open_store
+    from ragbot.storage.conversations import open_conversation_store
 
     location, worker, turns, folder = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
-    store = open_store(location)
+    store = open_conversation_store(location)
     open(os.path.join(folder, "ready-" + worker), "w").close()
     while not os.path.exists(os.path.join(folder, "go")):
         time.sleep(0.001)
@@ -163,7 +289,7 @@ def test_two_processes_appending_to_one_conversation_lose_and_repeat_no_turn(loc
         for worker in workers:
             worker.kill()
     assert spans["A"][0] < spans["B"][1] and spans["B"][0] < spans["A"][1]  # they appended at the same time
-    store = open_store(location)
+    store = open_conversation_store(location)
     try:
         saved = store.turns("shared")
         history = store.history("shared")
@@ -184,7 +310,7 @@ def test_two_processes_appending_to_one_conversation_lose_and_repeat_no_turn(loc
 
 def test_an_unreachable_database_is_one_line_naming_the_url_without_its_password():
     with pytest.raises(StoreUnreachableError) as info:
-        open_store(UNREACHABLE)
+        open_conversation_store(UNREACHABLE)
     message = str(info.value)
     assert message == (
         f"cannot reach the conversation database {MASKED} (Connection refused): start PostgreSQL or fix the URL "
@@ -216,17 +342,17 @@ def test_a_password_in_the_url_or_its_parameters_is_never_shown():
     )
     assert mask_url("postgresql://db/chat?user=u&password=secret") == "postgresql://db/chat?user=u&password=***"
     with pytest.raises(StoreUnreachableError) as info:
-        open_store("postgresql://127.0.0.1:1/chat?user=u&password=secret")
+        open_conversation_store("postgresql://127.0.0.1:1/chat?user=u&password=secret")
     assert "secret" not in str(info.value) and "password=***" in str(info.value)
 
 
 def test_a_url_the_driver_cannot_parse_is_a_config_error_without_the_password():
     with pytest.raises(ConfigError) as info:
-        open_store("postgresql://ragbot:pw%zz@db.example/ragbot")
+        open_conversation_store("postgresql://ragbot:pw%zz@db.example/ragbot")
     assert str(info.value).startswith("bad value for sessions: postgresql://ragbot:***@db.example/ragbot is not a")
     assert "pw%zz" not in str(info.value)
     with pytest.raises(ConfigError, match="a mysql:// URL; give a SQLite file path or a postgresql:// URL"):
-        open_store("mysql://db/ragbot")
+        open_conversation_store("mysql://db/ragbot")
 
 
 def test_sessions_takes_a_url_as_text_and_a_path_as_a_path(monkeypatch, tmp_path):
@@ -283,7 +409,7 @@ def test_a_named_conversation_in_postgres_is_refused_before_the_model_is_called_
     finally:
         postgres_server.start()
     assert conversation.ask("怎么烤面包？").text.endswith("第二个回答。")
-    saved = open_store(url)
+    saved = open_conversation_store(url)
     try:
         assert [t.question for t in saved.turns("trip")] == ["尼罗河是什么？", "怎么烤面包？"]
         assert saved.state("trip") == (2, conversation.topic.to_dict())
@@ -326,7 +452,7 @@ def test_the_terminal_chat_keeps_its_session_while_postgres_is_away(
     assert f"error: the conversation database {bot.store.location} is unavailable (" in shown
     assert "[not asked: the session is kept; ask again once the database is back]" in shown
     assert "烤面包要面粉。" in shown and UNSAVED_MARK not in shown
-    saved = open_store(url)
+    saved = open_conversation_store(url)
     try:
         assert [t.question for t in saved.turns("trip")] == ["尼罗河是什么？", "怎么烤面包？"]
     finally:
@@ -341,7 +467,7 @@ def test_feedback_saved_in_postgres_becomes_fine_tuning_data(postgres_server, tm
     from ragbot.finetune.data import prepare
 
     url = postgres_server.new_database()
-    worker = open_store(url)  # what a server worker saved
+    worker = open_conversation_store(url)  # what a server worker saved
     try:
         worker.append_turn("trip", "尼罗河有多长？", "大约一百公里。")
         worker.set_feedback("trip", 0, Feedback("bad", "尼罗河长约6650公里。"))

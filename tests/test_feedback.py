@@ -10,8 +10,9 @@ import pytest
 from ragbot import KnowledgeBase
 from ragbot.cli.repl import HELP, run_chat
 from ragbot.conversation.bot import RagBot
-from ragbot.conversation.memory import ConversationStore, Feedback
 from ragbot.errors import ConversationError
+from ragbot.storage.conversations import Feedback
+from ragbot.storage.sqlite import SQLiteStore
 from ragbot.testing.fakes import EchoChatModel
 
 from helpers import spawn_chat
@@ -31,7 +32,7 @@ def test_feedback_via_the_api_persists_across_reopen_with_the_evidence(bot, tmp_
     assert conv.feedback("good", turn=0) == Feedback("good")
     assert conv.feedback("BAD", "  面粉、水和酵母，烤四十分钟。 ") == Feedback("bad", "面粉、水和酵母，烤四十分钟。")
 
-    reopened = ConversationStore(tmp_path / "s.sqlite")
+    reopened = SQLiteStore(tmp_path / "s.sqlite")
     turns = reopened.turns("trip")
     assert [(t.question, t.feedback) for t in turns] == [
         ("尼罗河是什么？", Feedback("good")),
@@ -47,9 +48,9 @@ def test_feedback_via_the_api_persists_across_reopen_with_the_evidence(bot, tmp_
     resumed = bot.conversation("trip")
     assert resumed.ratings == {0: Feedback("good"), 1: Feedback("bad", "面粉、水和酵母，烤四十分钟。")}
     resumed.feedback("good", turn=1)
-    assert ConversationStore(tmp_path / "s.sqlite").feedback("trip") == {0: Feedback("good"), 1: Feedback("good")}
+    assert SQLiteStore(tmp_path / "s.sqlite").feedback("trip") == {0: Feedback("good"), 1: Feedback("good")}
     resumed.reset()
-    assert ConversationStore(tmp_path / "s.sqlite").feedback("trip") == {}
+    assert SQLiteStore(tmp_path / "s.sqlite").feedback("trip") == {}
 
 
 @pytest.mark.parametrize(
@@ -92,9 +93,9 @@ def test_an_old_database_gains_feedback_and_keeps_its_conversations(bot, tmp_pat
     db.commit()
     db.close()
     for _ in range(2):  # opening twice must not fail: the migration is idempotent
-        store = ConversationStore(path)
+        store = SQLiteStore(path)
     store.set_feedback("old", 0, Feedback("bad", "The Nile is a river in north-east Africa."))
-    (turn,) = ConversationStore(path).turns("old")
+    (turn,) = SQLiteStore(path).turns("old")
     assert (turn.question, turn.answer, turn.meta) == ("What is the Nile?", "A river.", {"route": "grounded"})
     assert turn.feedback == Feedback("bad", "The Nile is a river in north-east Africa.")
     resumed = RagBot(bot.kb, bot.answer_model, store=store).conversation("old")
@@ -137,7 +138,7 @@ def test_chat_good_and_bad_are_saved_with_the_session(chat_env, tmp_path):
     child.expect(r"Marked answer 2 as bad with your correction \(saved in session 'demo'\)\.")
     child.sendline("/quit")
     child.expect(pexpect.EOF)
-    assert ConversationStore(tmp_path / "s.sqlite").feedback("demo") == {
+    assert SQLiteStore(tmp_path / "s.sqlite").feedback("demo") == {
         0: Feedback("good"),
         1: Feedback("bad", "Uganda, South Sudan, Sudan and Egypt."),
     }

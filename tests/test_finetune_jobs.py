@@ -21,7 +21,7 @@ from openai import OpenAI
 
 from ragbot.errors import FinetuneError, TrainingFileError
 from ragbot.finetune.jobs import FineTuningJobs, Hyperparameters, format_metrics_table, parse_step_metrics
-from ragbot.finetune.records import JobRecords
+from ragbot.storage.jobs import JobRecords
 from ragbot.testing.fake_finetune_server import FakeFineTuningServer
 
 from helpers import CliResult, run_cli

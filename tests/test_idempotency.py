@@ -14,10 +14,10 @@ import pytest
 
 from ragbot import KnowledgeBase
 from ragbot.conversation.bot import RagBot
-from ragbot.conversation.store import Reply
 from ragbot.errors import TurnAnsweredError
 from ragbot.server.app import create_app
 from ragbot.server.keys import ApiKeys
+from ragbot.storage.conversations import Reply
 from ragbot.testing.fakes import PacedChatModel, ScriptedChatModel
 from ragbot.testing.live_server import LiveServer
 
@@ -262,9 +262,9 @@ def test_a_reply_is_saved_with_its_turn_and_another_reply_under_that_id_is_refus
 
 
 def test_a_store_from_before_replies_opens_keeps_its_turns_and_saves_replies(stores, monkeypatch):
-    from ragbot.conversation import store_postgres, store_sqlite
+    from ragbot.storage import postgres, sqlite
 
-    for migrations in (store_sqlite.MIGRATIONS, store_postgres.MIGRATIONS):
+    for migrations in (sqlite.MIGRATIONS, postgres.MIGRATIONS):
         monkeypatch.setattr(migrations, "steps", [s for s in migrations.steps if s.__name__ != "m004_replies"])
     old = stores()  # written by the ragbot before idempotency keys
     old.append_turn("trip", "尼罗河是什么？", "一条大河。", turn_id="t-1")

@@ -17,6 +17,7 @@ LAYERS = [
         ["ragbot.errors", "ragbot.config", "ragbot.registry", "ragbot.tokens", "ragbot.migrations", "ragbot.text"],
     ),
     ("models", ["ragbot.models"]),
+    ("storage", ["ragbot.storage"]),
     ("knowledge", ["ragbot.knowledge"]),
     ("conversation", ["ragbot.conversation"]),
     ("evaluation", ["ragbot.evaluation"]),

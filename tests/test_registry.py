@@ -6,6 +6,10 @@ from __future__ import annotations
 import http.server
 import json
 import logging
+import os
+import subprocess
+import sys
+import textwrap
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -23,6 +27,7 @@ from ragbot.models.embedders import Embedder, make_embedder
 
 from helpers import imports_of
 
+REPO = Path(__file__).resolve().parents[1]
 SECRET = "sk-test-secret-123"
 
 
@@ -129,6 +134,48 @@ def test_base_modules_do_not_import_their_backends():
     assert imports_of("ragbot.models.chat") >= {"ragbot.registry"}  # the graph does see imports
     for base in ("ragbot.models.chat", "ragbot.models.embedders", "ragbot.registry"):
         assert not imports_of(base) & backends, base
+
+
+LOOK_UP_EACH_BUILT_IN = textwrap.dedent(
+    """
+    import importlib.util, sys, types
+
+    # the package without its __init__, which imports the whole API and, with it, most backends
+    package = types.ModuleType("ragbot")
+    package.__path__ = list(importlib.util.find_spec("ragbot").submodule_search_locations)
+    sys.modules["ragbot"] = package
+    from ragbot import registry
+
+    kept = {"ragbot", "ragbot.registry", "ragbot.errors"}
+    kinds = [registry.chat_models, registry.embedders, registry.vector_stores, registry.conversation_stores]
+    for kind in kinds:
+        for name in kind.names():
+            for module in [m for m in sys.modules if m.startswith("ragbot.") and m not in kept]:
+                del sys.modules[module]  # as in a fresh process: what an earlier lookup imported is gone
+            for each in kinds:
+                for registered in each.names():
+                    each.unregister(registered)
+            try:
+                kind.factory(name)
+            except Exception as exc:
+                print(f"{kind.kind} {name!r}: {exc}")
+            if kind is registry.conversation_stores:
+                turn_logic = sorted(m for m in sys.modules if m.startswith(("ragbot.conversation", "ragbot.knowledge")))
+                if turn_logic:
+                    print(f"{kind.kind} {name!r} imported {', '.join(turn_logic)}")
+    """
+)
+
+
+def test_each_built_in_name_is_registered_by_the_module_the_registry_names():
+    """A fresh process that imports only the registry finds every built-in backend by its name alone,
+    so none works only because ``import ragbot`` happened to load its module first."""
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    done = subprocess.run(
+        [sys.executable, "-c", LOOK_UP_EACH_BUILT_IN], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == ""
 
 
 # --- the API key never shown -------------------------------------------------------------------

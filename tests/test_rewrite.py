@@ -5,7 +5,7 @@ import json
 import pytest
 
 from ragbot import KnowledgeBase
-from ragbot.conversation.memory import recent_messages
+from ragbot.conversation.history import recent_messages
 from ragbot.conversation.rewrite import introduced_name, needs_rewrite, parse_rewrite, rewrite_question
 from ragbot.conversation.rewrite_examples import load_bank, select_examples
 from ragbot.errors import ModelError, PromptError

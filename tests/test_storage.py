@@ -15,14 +15,15 @@ from ragbot import KnowledgeBase
 from ragbot.cli.main import main
 from ragbot.cli.repl import run_chat
 from ragbot.conversation.bot import RagBot
-from ragbot.conversation.memory import MIGRATIONS, ConversationStore, Feedback
 from ragbot.errors import ConversationStoreError, FinetuneError
-from ragbot.finetune import records
-from ragbot.finetune.records import JobRecords
+from ragbot.storage.conversations import Feedback
+from ragbot.storage.jobs import MIGRATIONS as JOB_MIGRATIONS
+from ragbot.storage.jobs import JobRecords
+from ragbot.storage.sqlite import MIGRATIONS, SQLiteStore
 from ragbot.testing.fakes import EchoChatModel
 
-# The exact DDL the conversations file had before migrations existed (ragbot/conversation/memory.py, _SCHEMA),
-# and the job records table (ragbot/finetune/records.py): a "v0 file" is what that code wrote.
+# The exact DDL the conversations file had before migrations existed (then in ragbot/conversation/history.py,
+# _SCHEMA), and the job records table (then ragbot/finetune/records.py): a "v0 file" is what that code wrote.
 V0_CONVERSATIONS = """
 CREATE TABLE IF NOT EXISTS conversations (
     name TEXT PRIMARY KEY,
@@ -82,7 +83,7 @@ def m099_tags(db):
 def test_a_file_from_before_migrations_keeps_its_turns_and_feedback_and_gets_later_migrations(tmp_path, monkeypatch):
     path = tmp_path / "conversations.sqlite"
     write_v0_conversations(path)
-    store = ConversationStore(path)
+    store = SQLiteStore(path)
     (turn,) = store.turns("trip")
     assert (turn.question, turn.answer, turn.meta) == ("What is the Nile?", "A river [1].", {"route": "grounded"})
     assert turn.feedback == Feedback("bad", "The longest river in Africa.")
@@ -90,7 +91,7 @@ def test_a_file_from_before_migrations_keeps_its_turns_and_feedback_and_gets_lat
 
     monkeypatch.setattr(MIGRATIONS, "steps", [*MIGRATIONS.steps, m099_tags])
     for _ in range(2):  # the second open applies nothing (ALTER TABLE ADD COLUMN would fail if run twice)
-        store = ConversationStore(path)
+        store = SQLiteStore(path)
     assert applied(path) == ["m001_initial", "m002_conversation_state", "m003_turn_ids", "m004_replies", "m099_tags"]
     assert store.history("trip")[1].content == "A river [1]."
     with sqlite3.connect(path) as db:
@@ -99,11 +100,11 @@ def test_a_file_from_before_migrations_keeps_its_turns_and_feedback_and_gets_lat
 
 def test_opening_twice_applies_nothing_twice(tmp_path):
     path = tmp_path / "conversations.sqlite"
-    ConversationStore(path).append_turn("c", "q", "a")
-    ConversationStore(path).append_turn("c", "q2", "a2")
+    SQLiteStore(path).append_turn("c", "q", "a")
+    SQLiteStore(path).append_turn("c", "q2", "a2")
     assert applied(path) == MIGRATIONS.names
     assert MIGRATIONS.apply(sqlite3.connect(path), path, ConversationStoreError) == []
-    assert len(ConversationStore(path).history("c")) == 4
+    assert len(SQLiteStore(path).history("c")) == 4
 
 
 def test_a_failing_migration_leaves_the_file_as_it_was(tmp_path, monkeypatch):
@@ -116,21 +117,21 @@ def test_a_failing_migration_leaves_the_file_as_it_was(tmp_path, monkeypatch):
 
     monkeypatch.setattr(MIGRATIONS, "steps", [*MIGRATIONS.steps, m099_broken])
     with pytest.raises(ConversationStoreError, match=r"^cannot use the conversations file .* \(disk I/O error\)"):
-        ConversationStore(path)
+        SQLiteStore(path)
     with sqlite3.connect(path) as db:
         tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert "half_done" not in tables and "_migrations" not in tables  # m001 too was rolled back
     monkeypatch.undo()
-    assert ConversationStore(path).history("trip")[0].content == "What is the Nile?"
+    assert SQLiteStore(path).history("trip")[0].content == "What is the Nile?"
 
 
 def test_a_file_from_a_newer_ragbot_is_refused_with_a_clear_error(tmp_path, monkeypatch, capsys, corpus):
     path = tmp_path / "conversations.sqlite"
-    ConversationStore(path).append_turn("trip", "q", "a")
+    SQLiteStore(path).append_turn("trip", "q", "a")
     with sqlite3.connect(path) as db:
         db.execute("INSERT INTO _migrations VALUES ('m099_from_the_future', 1.0)")
     with pytest.raises(ConversationStoreError) as caught:
-        ConversationStore(path)
+        SQLiteStore(path)
     assert str(caught.value) == (
         f"the conversations file {path} was written by a newer ragbot (schema changes m099_from_the_future "
         "are unknown here): upgrade ragbot to use it"
@@ -162,7 +163,7 @@ def test_job_records_written_before_migrations_are_kept(tmp_path, monkeypatch):
     def m002_index(db):
         db.execute("CREATE INDEX jobs_by_created ON jobs(created_at)")  # fails if run twice
 
-    monkeypatch.setattr(records.MIGRATIONS, "steps", [*records.MIGRATIONS.steps, m002_index])
+    monkeypatch.setattr(JOB_MIGRATIONS, "steps", [*JOB_MIGRATIONS.steps, m002_index])
     for _ in range(2):
         assert [r.id for r in JobRecords(path).all()] == ["ftjob-old"]
     assert applied(path) == ["m001_initial", "m002_index"]
@@ -218,7 +219,7 @@ def damage(path, how):
     if how == "not a database":
         path.write_bytes(b"these are not the bytes of a SQLite file\n" * 200)
         return
-    store = ConversationStore(path)  # a real file with several pages, then one page overwritten
+    store = SQLiteStore(path)  # a real file with several pages, then one page overwritten
     for n in range(40):
         store.append_turn("trip", f"question {n}", "answer " * 50)
     store.close()  # the WAL is folded into the file
@@ -270,7 +271,7 @@ def read_only(request):
 
 
 def saved_session(path, *turns):
-    store = ConversationStore(path)
+    store = SQLiteStore(path)
     for question, answer in turns:
         store.append_turn("trip", question, answer)
     store.close()  # as a file left by an earlier ragbot run
@@ -319,7 +320,7 @@ def test_a_read_only_file_in_chat_says_so_and_the_chat_goes_on_unsaved(read_only
     assert "You asked: 尼罗河是什么？" in out and "You asked: 怎么烤面包？" in out
     assert "Marked answer 3 as good (kept in memory only" in out
     assert len(conversation.history) == 6
-    assert len(ConversationStore(sessions).history("trip")) == 2  # the file is untouched
+    assert len(SQLiteStore(sessions).history("trip")) == 2  # the file is untouched
 
 
 @pytest.mark.parametrize("suffixes", [("",), ("", "-wal", "-shm")], ids=["rm file", "rm file -wal -shm"])
@@ -337,7 +338,7 @@ def test_a_file_deleted_during_a_chat_is_created_again_with_the_whole_chat(suffi
     out = chat(monkeypatch, conversation, "尼罗河是什么？", "/bad 一条河", delete_then("怎么烤面包？"), "/history")
     assert f"The conversations file {sessions} was deleted or replaced while this chat ran" in out
     assert "holds this chat's 1 earlier turn(s)" in out
-    reopened = ConversationStore(sessions)
+    reopened = SQLiteStore(sessions)
     assert [t.question for t in reopened.turns("trip")] == ["尼罗河是什么？", "怎么烤面包？"]
     assert reopened.feedback("trip") == {0: Feedback("bad", "一条河")}
     assert out.count("was deleted or replaced") == 1
@@ -354,13 +355,13 @@ def test_a_file_replaced_by_another_session_file_is_not_mixed_in(bot, sessions, 
         match="was replaced while this chat ran, and its session 'trip' differs",
     ):
         conversation.ask("怎么烤面包？")
-    assert [m.content for m in ConversationStore(sessions).history("trip")] == ["Something else?", "Yes."]
+    assert [m.content for m in SQLiteStore(sessions).history("trip")] == ["Something else?", "Yes."]
 
 
 def test_threads_sharing_one_store_lose_no_turn(tmp_path):
     import threading
 
-    store = ConversationStore(tmp_path / "conversations.sqlite")
+    store = SQLiteStore(tmp_path / "conversations.sqlite")
 
     def talk(worker):
         for n in range(10):
@@ -372,5 +373,5 @@ def test_threads_sharing_one_store_lose_no_turn(tmp_path):
         t.start()
     for t in threads:
         t.join()
-    reopened = ConversationStore(tmp_path / "conversations.sqlite")
+    reopened = SQLiteStore(tmp_path / "conversations.sqlite")
     assert [len(reopened.turns(f"c{w}")) for w in range(4)] == [10, 10, 10, 10]

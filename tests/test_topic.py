@@ -7,8 +7,8 @@ import sqlite3
 import pytest
 
 from ragbot import KnowledgeBase, RagBot
-from ragbot.conversation.memory import ConversationStore
 from ragbot.conversation.topic import Topic, TopicDocument, entity_names, title_index, update_topic
+from ragbot.storage.sqlite import SQLiteStore
 from ragbot.testing.fakes import EchoChatModel
 
 from helpers import run_cli
@@ -136,7 +136,7 @@ def test_an_older_conversations_file_without_state_gets_it_rebuilt_from_the_save
     conv = scripted_bot(KnowledgeBase.open(kb.settings), "2004年 [1]。").conversation("old")
     assert conv.topic.documents[0] == TopicDocument("song::七里香", "七里香")  # from the turn's saved passages
     assert conv.ask(FOLLOW_UP).sources[0].doc_id == "song::七里香"
-    saved = ConversationStore(path).state("old")
+    saved = SQLiteStore(path).state("old")
     assert saved is not None and saved[0] == 2 and saved[1]["entities"][0] == "七里香"
 
 

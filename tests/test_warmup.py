@@ -8,7 +8,7 @@ import time
 import pytest
 
 from ragbot import KnowledgeBase
-from ragbot.conversation.memory import as_messages
+from ragbot.conversation.history import as_messages
 from ragbot.models.chat import OpenAIChatModel
 from ragbot.models.local import LlamaCppChatModel
 

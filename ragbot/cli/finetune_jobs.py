@@ -10,7 +10,7 @@ import sys
 import click
 
 from ragbot.cli.finetune_group import finetune
-from ragbot.finetune.records import JobRecord
+from ragbot.storage.jobs import JobRecord
 
 _BASE_URL = click.option(
     "--base-url", default=None, help="OpenAI-compatible fine-tuning API (default: base_url from the config)."

@@ -1,3 +1,3 @@
 """The conversation engine: a turn as named steps (memory, rewrite, retrieval, route, generate) over the
-knowledge base and the models; history, its store (SQLite or PostgreSQL), prompts, and the LangChain Runnable.
+knowledge base and the models; history (saved in ``ragbot.storage``), prompts, and the LangChain Runnable.
 """

@@ -25,19 +25,19 @@ from typing import Any
 from ragbot.config import Settings, load_settings
 from ragbot.conversation.answer_prompt import LABELS, LOCAL_PASSAGE_TOKENS, answer_messages
 from ragbot.conversation.citations import CitationFilter
+from ragbot.conversation.history import as_messages, trim_history
 from ragbot.conversation.history_questions import history_reply
-from ragbot.conversation.memory import as_messages, trim_history
 from ragbot.conversation.retrieval import Retriever
 from ragbot.conversation.rewrite import RewriteResult, rewrite_question
 from ragbot.conversation.routing import Evidence, in_prompt_order
 from ragbot.conversation.session import Conversation
-from ragbot.conversation.store import ConversationStore, open_store
 from ragbot.conversation.topic import Topic, TopicDocument, topic_from_history, update_topic
 from ragbot.conversation.translation import LANGUAGE_NAMES, Translation, translate_question
 from ragbot.conversation.turn import Answer, Retrieval, Route, Turn
 from ragbot.conversation.warmup import WarmUp, start_warm_up
 from ragbot.knowledge.knowledge_base import Hit, KnowledgeBase
 from ragbot.models.chat import ChatModel, GenerationSettings, Message, Usage, make_chat_model
+from ragbot.storage.conversations import ConversationStore, open_conversation_store
 from ragbot.text import clean_question, is_chinese
 
 __all__ = ["Answer", "Conversation", "RagBot", "Route", "Turn"]
@@ -69,7 +69,7 @@ class RagBot:
         settings = settings.replace(**overrides) if settings else load_settings(overrides=overrides)
         # a database is opened now, so one that cannot be reached fails at start (a SQLite file when first used)
         url = isinstance(settings.sessions, str)
-        store = open_store(settings.sessions, settings.postgres_pool_size) if url else None
+        store = open_conversation_store(settings.sessions, settings.postgres_pool_size) if url else None
         kb = KnowledgeBase.open(settings)
         answer = make_chat_model(settings, "answer")
         same = (settings.rewrite_model or settings.model) == (settings.answer_model or settings.model)
@@ -79,7 +79,7 @@ class RagBot:
     @property
     def store(self) -> ConversationStore:
         if self._store is None:
-            self._store = open_store(self.settings.sessions_location, self.settings.postgres_pool_size)
+            self._store = open_conversation_store(self.settings.sessions_location, self.settings.postgres_pool_size)
         return self._store
 
     def conversation(self, name: str | None = None) -> Conversation:

@@ -21,7 +21,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import replace
 
-from ragbot.conversation.memory import clip_tokens
+from ragbot.conversation.history import clip_tokens
 from ragbot.knowledge.knowledge_base import Hit
 from ragbot.knowledge.lexical import tokenize
 from ragbot.text import is_chinese

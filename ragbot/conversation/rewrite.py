@@ -31,7 +31,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
-from ragbot.conversation.memory import recent_messages
+from ragbot.conversation.history import recent_messages
 from ragbot.conversation.prompts import load_prompt
 from ragbot.conversation.rewrite_examples import RewriteExample, format_examples, load_bank, select_examples
 from ragbot.errors import ModelError, PromptError

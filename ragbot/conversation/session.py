@@ -11,12 +11,12 @@ import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from ragbot.conversation.store import Feedback, Reply, TurnKey, make_feedback, new_turn_id
 from ragbot.conversation.topic import Topic, topic_from_turns
 from ragbot.conversation.turn import Answer, turn_meta
 from ragbot.conversation.warmup import WarmUp
 from ragbot.errors import ConversationChangedError, ConversationError, ConversationStoreError
 from ragbot.models.chat import Message
+from ragbot.storage.conversations import Feedback, Reply, TurnKey, make_feedback, new_turn_id
 
 if TYPE_CHECKING:
     from ragbot.conversation.bot import RagBot

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ragbot.conversation.answer_prompt import answer_messages
-from ragbot.conversation.memory import trim_history
+from ragbot.conversation.history import trim_history
 from ragbot.knowledge.knowledge_base import Hit
 from ragbot.models.chat import ChatModel, GenerationSettings, Message
 from ragbot.text import is_chinese

@@ -25,15 +25,15 @@ from typing import Any
 
 from ragbot.config import Settings, load_settings
 from ragbot.conversation.answer_prompt import LABELS, answer_messages
-from ragbot.conversation.memory import trim_history
+from ragbot.conversation.history import trim_history
 from ragbot.conversation.retrieval import Retriever
-from ragbot.conversation.store import ConversationStore, StoredTurn, open_store
 from ragbot.conversation.topic import topic_from_history
 from ragbot.conversation.turn import passages_from_meta
 from ragbot.errors import FinetuneError, TrainingFileError
 from ragbot.evaluation.question_sets import QuestionFileError, jsonl_objects, read_questions
 from ragbot.knowledge.knowledge_base import Hit, KnowledgeBase, display_source
 from ragbot.models.chat import Message
+from ragbot.storage.conversations import ConversationStore, StoredTurn, open_conversation_store
 from ragbot.text import is_chinese
 
 # The legacy prompt/completion format: the model learns to answer after the separator and to
@@ -110,7 +110,8 @@ def collect(
     for source in sources:
         spec = str(source)
         if spec == "sessions" or spec.startswith("sessions:"):
-            with contextlib.closing(open_store(settings.sessions_location, settings.postgres_pool_size)) as store:
+            location = settings.sessions_location
+            with contextlib.closing(open_conversation_store(location, settings.postgres_pool_size)) as store:
                 found = list(session_turns(store, spec.partition(":")[2], only_good))
         else:
             found = file_turns(Path(spec).expanduser())

@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from ragbot.errors import FinetuneError, TrainingFileError
-from ragbot.finetune.records import JobRecord, JobRecords
 from ragbot.models import openai_api
+from ragbot.storage.jobs import JobRecord, JobRecords
 
 OPENAI_ENDPOINT = openai_api.OPENAI_ENDPOINT
 METHODS = {"sft": "supervised", "supervised": "supervised", "dpo": "dpo"}

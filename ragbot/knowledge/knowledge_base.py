@@ -33,7 +33,7 @@ from ragbot.knowledge import index as index_files
 from ragbot.knowledge.chunking import Chunk, chunk_document
 from ragbot.knowledge.documents import find_files, iter_documents
 from ragbot.knowledge.fusion import fuse_rrf
-from ragbot.knowledge.store import FaissStore, IndexUpdate, VectorStore, open_store
+from ragbot.knowledge.vector_store import FaissStore, IndexUpdate, VectorStore, open_vector_store
 from ragbot.models.embedders import Embedder, make_embedder
 from ragbot.text import CONTROL_CHARS, not_utf8
 
@@ -188,7 +188,7 @@ def clean_query(query: str) -> str:
 
 
 class KnowledgeBase:
-    """An index (FAISS files or a Milvus collection, see ``store.py``) plus the embedder it was built with."""
+    """An index (FAISS files or a Milvus collection, see ``vector_store.py``) plus the embedder it was built with."""
 
     def __init__(
         self, settings: Settings, embedder: Embedder, directory: Path | None = None, store: VectorStore | None = None
@@ -219,7 +219,7 @@ class KnowledgeBase:
         if overrides and settings is not None:
             settings = settings.replace(**overrides)
         embedder = embedder or make_embedder(settings)
-        kb = cls(settings, embedder, store=open_store(settings, embedder))  # a Milvus URI is reached here
+        kb = cls(settings, embedder, store=open_vector_store(settings, embedder))  # a Milvus URI is reached here
         if settings.uses_default_index:
             knowledge = (settings.knowledge_dir or bundled_knowledge_dir()).expanduser().resolve()
             if not kb.store.exists():

@@ -49,7 +49,7 @@ from ragbot.knowledge.index import (
     _chunk_from_json,
     _chunk_to_json,
 )
-from ragbot.knowledge.store import IndexUpdate, VectorStore
+from ragbot.knowledge.vector_store import IndexUpdate, VectorStore
 
 CONNECT_TIMEOUT = 10.0  # seconds to reach a server at start
 BATCH = 256  # rows per insert, get or query page

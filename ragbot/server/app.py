@@ -21,7 +21,6 @@ from starlette.types import Receive, Scope, Send
 
 from ragbot.config import Settings
 from ragbot.conversation.bot import RagBot
-from ragbot.conversation.store import Reply
 from ragbot.conversation.turn import Answer
 from ragbot.errors import RagbotError
 from ragbot.server import completions, idempotency
@@ -31,6 +30,7 @@ from ragbot.server.keys import ApiKeys
 from ragbot.server.limits import BodyLimit, TurnSlots
 from ragbot.server.schemas import ChatCompletionRequest, SearchRequest
 from ragbot.server.turns import TurnRunner
+from ragbot.storage.conversations import Reply
 
 log = logging.getLogger("ragbot.server")
 SETTINGS_ENV = "RAGBOT_SERVE_SETTINGS"  # the resolved settings, for worker processes (--workers > 1)

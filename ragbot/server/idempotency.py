@@ -16,9 +16,9 @@ import hashlib
 import json
 import re
 
-from ragbot.conversation.store import Reply, TurnKey
 from ragbot.server.errors import APIError
 from ragbot.server.schemas import ChatCompletionRequest
+from ragbot.storage.conversations import Reply, TurnKey
 
 HEADER = "Idempotency-Key"
 REPLAYED = "Idempotent-Replayed"  # the response header of a replayed answer (Stripe's name)

@@ -19,35 +19,18 @@ store works again without a restart.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
 from ragbot import registry
-from ragbot.conversation.store import (
-    ConversationStore,
-    Feedback,
-    Reply,
-    StoredTurn,
-    answered,
-    changed,
-    mask_url,
-    new_turn_id,
-    turns_from_rows,
-    url_secrets,
-)
-from ragbot.errors import (
-    ConfigError,
-    ConversationError,
-    ConversationStoreError,
-    StoreUnavailableError,
-    StoreUnreachableError,
-)
+from ragbot.errors import ConfigError, ConversationStoreError, StoreUnavailableError, StoreUnreachableError
 from ragbot.migrations import Migrations, run_script
-from ragbot.models.chat import Message
+from ragbot.storage.conversation_sql import ConversationSQL, SQLConversationStore
+from ragbot.storage.sql import POSTGRES
 
 try:
     import psycopg
@@ -86,7 +69,7 @@ class PostgresMigrations(Migrations):
         db.execute("INSERT INTO _migrations (name, applied_at) VALUES (%s, %s)", (name, time.time()))
 
 
-# The same numbered migrations as ``store_sqlite.MIGRATIONS`` (tests check the names match), in
+# The same numbered migrations as ``sqlite.MIGRATIONS`` (tests check the names match), in
 # PostgreSQL's dialect; append a new one to both lists.
 MIGRATIONS = PostgresMigrations("conversation database")
 
@@ -170,16 +153,44 @@ CREATE TABLE replies (
 )
 """
 
+
+def mask_url(url: str) -> str:
+    """``url`` with its password (in the user part or a ``password=`` parameter) shown as ``***``."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        user, _, host = netloc.rpartition("@")
+        if ":" in user:
+            user = user.split(":", 1)[0] + ":***"
+        netloc = f"{user}@{host}"
+    query = parts.query
+    if query:
+        pairs = [(k, "***" if k.lower() == "password" else v) for k, v in parse_qsl(query, keep_blank_values=True)]
+        query = urlencode(pairs, safe="/*:", quote_via=quote)
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def url_secrets(url: str) -> list[str]:
+    """The password in ``url`` as written and decoded, to take out of any message a driver returns."""
+    parts = urlsplit(url)
+    found = [v for k, v in parse_qsl(parts.query, keep_blank_values=True) if k.lower() == "password"]
+    if parts.password:
+        found += [parts.password, unquote(parts.password)]
+    return [s for s in found if s]
+
+
 _WHAT_TO_DO = "start PostgreSQL or fix the URL in `sessions` (RAGBOT_SESSIONS, --sessions)"
 
 
 @registry.conversation_stores.register("postgresql")
-class PostgresStore(ConversationStore):
+class PostgresStore(SQLConversationStore):
     """Conversations in a PostgreSQL database, through a pool of up to ``max_size`` connections.
 
     The URL's ``connect_timeout`` (default 5 s) is also how long a call waits for a connection (so
     for the database to come back) before it raises ``StoreUnavailableError``.
     """
+
+    sql = ConversationSQL(POSTGRES)
 
     def __init__(self, url: str, *, min_size: int = 1, max_size: int = 8):
         if psycopg is None:
@@ -292,37 +303,15 @@ class PostgresStore(ConversationStore):
             db.execute("SELECT 1")
         return False
 
-    def history(self, name: str) -> list[Message]:
-        with self._transaction() as db:
-            rows = db.execute(
-                "SELECT role, content FROM messages WHERE conversation = %s ORDER BY turn, id", (name,)
-            ).fetchall()
-        return [Message(role, content) for role, content in rows]
-
-    def append_turn(
-        self,
-        name: str,
-        question: str,
-        answer: str,
-        meta: dict[str, Any] | None = None,
-        state: dict[str, Any] | None = None,
-        *,
-        expected_turns: int | None = None,
-        turn_id: str | None = None,
-        reply: Reply | None = None,
-    ) -> int:
-        """Save one finished turn (``ConversationStore.append_turn``). A try that loses a race, or whose
-        connection breaks (even during COMMIT, when the turn may be saved already), is run again under
-        the same turn id, so the turn is saved once (and a reply saved by such a try is this one's)."""
-        row = (question, answer, json.dumps(meta or {}, ensure_ascii=False))
-        state_text = None if state is None else json.dumps(state, ensure_ascii=False)
-        turn_id = turn_id or new_turn_id()
-        saved_reply = None if reply is None else (reply.request, json.dumps(reply.record, ensure_ascii=False))
+    def _save(self, name: str, save: Callable[[Any], int]) -> int:
+        """A try that loses a race, or whose connection breaks (even during COMMIT, when the turn may be
+        saved already), is run again under the same turn id, so the turn is saved once (and a reply saved
+        by such a try is this one's)."""
         for attempt in range(RETRIES):
             last = attempt == RETRIES - 1
             try:
                 with self._transaction(broken=(psycopg.OperationalError,)) as db:
-                    return self._append(db, name, row, state_text, expected_turns, turn_id, saved_reply)
+                    return save(db)
             except psycopg.OperationalError as exc:  # the COMMIT may have reached the database: try once more
                 if attempt >= 1:  # a database that went away is not back for a third try
                     raise StoreUnavailableError(self._unavailable(self._reason(exc))) from None
@@ -334,116 +323,5 @@ class PostgresStore(ConversationStore):
                     ) from None
         raise AssertionError("unreachable")
 
-    @staticmethod
-    def _append(
-        db: Any,
-        name: str,
-        row: tuple[str, str, str],
-        state: str | None,
-        expected: int | None,
-        turn_id: str,
-        reply: tuple[str, str] | None,
-    ) -> int:
-        question, answer, meta = row
-        now = time.time()
-        db.execute(
-            "INSERT INTO conversations(name, created_at) VALUES (%s, %s) ON CONFLICT (name) DO NOTHING", (name, now)
-        )
-        db.execute("SELECT 1 FROM conversations WHERE name = %s FOR UPDATE", (name,))  # one writer per conversation
-        saved = db.execute(
-            "SELECT turn FROM messages WHERE conversation = %s AND turn_id = %s AND role = 'assistant'",
-            (name, turn_id),
-        ).fetchone()
-        if saved is not None:
-            if reply is not None:
-                found = db.execute(
-                    "SELECT record FROM replies WHERE conversation = %s AND turn_id = %s", (name, turn_id)
-                ).fetchone()
-                if found is None or found[0] != reply[1]:
-                    raise answered(name)  # another request with the same key saved its answer first
-            return int(saved[0])  # saved by an earlier try whose COMMIT's answer was lost
-        (turn,) = db.execute("SELECT COUNT(*) / 2 FROM messages WHERE conversation = %s", (name,)).fetchone()
-        if expected is not None and turn != expected:
-            raise changed(name, expected, int(turn))
-        db.execute(
-            "INSERT INTO messages(conversation, turn, role, content, created_at, turn_id) "
-            "VALUES (%s, %s, 'user', %s, %s, %s)",
-            (name, turn, question, now, turn_id),
-        )
-        db.execute(
-            "INSERT INTO messages(conversation, turn, role, content, meta, created_at, turn_id) "
-            "VALUES (%s, %s, 'assistant', %s, %s, %s, %s)",
-            (name, turn, answer, meta, now, turn_id),
-        )
-        if state is not None:
-            db.execute(
-                "INSERT INTO conversation_state(conversation, turns, state) VALUES (%s, %s, %s) "
-                "ON CONFLICT (conversation) DO UPDATE SET turns = EXCLUDED.turns, state = EXCLUDED.state",
-                (name, turn + 1, state),
-            )
-        if reply is not None:
-            db.execute(
-                "INSERT INTO replies(conversation, turn_id, request, record, created_at) VALUES (%s, %s, %s, %s, %s)",
-                (name, turn_id, *reply, now),
-            )
-        return int(turn)
 
-    def reply(self, name: str, turn_id: str) -> Reply | None:
-        with self._transaction() as db:
-            row = db.execute(
-                "SELECT request, record, created_at FROM replies WHERE conversation = %s AND turn_id = %s",
-                (name, turn_id),
-            ).fetchone()
-        return None if row is None else Reply(row[0], json.loads(row[1]), row[2])
-
-    def state(self, name: str) -> tuple[int, dict[str, Any]] | None:
-        with self._transaction() as db:
-            row = db.execute("SELECT turns, state FROM conversation_state WHERE conversation = %s", (name,)).fetchone()
-        if row is None:
-            return None
-        try:
-            state = json.loads(row[1])
-        except ValueError:
-            return None  # rebuilt from the turns
-        return (row[0], state) if isinstance(state, dict) else None
-
-    def clear(self, name: str) -> None:
-        with self._transaction() as db:
-            db.execute("SELECT 1 FROM conversations WHERE name = %s FOR UPDATE", (name,))
-            for table in ("messages", "feedback", "conversation_state", "replies"):
-                db.execute(f"DELETE FROM {table} WHERE conversation = %s", (name,))
-
-    def set_feedback(self, name: str, turn: int, feedback: Feedback) -> None:
-        with self._transaction() as db:
-            exists = db.execute(
-                "SELECT 1 FROM messages WHERE conversation = %s AND turn = %s AND role = 'assistant'", (name, turn)
-            ).fetchone()
-            if not exists:
-                raise ConversationError(f"conversation {name!r} has no saved turn {turn + 1}; nothing to mark")
-            db.execute(
-                "INSERT INTO feedback(conversation, turn, rating, correction, created_at) VALUES (%s, %s, %s, %s, %s) "
-                "ON CONFLICT (conversation, turn) DO UPDATE SET rating = EXCLUDED.rating, "
-                "correction = EXCLUDED.correction, created_at = EXCLUDED.created_at",
-                (name, turn, feedback.rating, feedback.correction, time.time()),
-            )
-
-    def feedback(self, name: str) -> dict[int, Feedback]:
-        with self._transaction() as db:
-            rows = db.execute("SELECT turn, rating, correction FROM feedback WHERE conversation = %s", (name,))
-            return {turn: Feedback(rating, correction) for turn, rating, correction in rows.fetchall()}
-
-    def turns(self, name: str) -> list[StoredTurn]:
-        with self._transaction() as db:
-            rows = db.execute(
-                "SELECT turn, role, content, meta FROM messages WHERE conversation = %s ORDER BY turn, id", (name,)
-            ).fetchall()
-            ratings = db.execute("SELECT turn, rating, correction FROM feedback WHERE conversation = %s", (name,))
-            feedback = {turn: Feedback(rating, correction) for turn, rating, correction in ratings.fetchall()}
-        return turns_from_rows(name, [(t, r, c, json.loads(m or "{}")) for t, r, c, m in rows], feedback)
-
-    def names(self) -> list[str]:
-        with self._transaction() as db:
-            return [r[0] for r in db.execute("SELECT name FROM conversations ORDER BY created_at, name").fetchall()]
-
-
-__all__ = ["MIGRATIONS", "PostgresStore"]
+__all__ = ["MIGRATIONS", "PostgresStore", "mask_url", "url_secrets"]

@@ -65,7 +65,7 @@ class VectorStore(ABC):
         """Store a new default threshold in the manifest (calibration)."""
 
 
-def open_store(settings: Any, embedder: Any) -> VectorStore:
+def open_vector_store(settings: Any, embedder: Any) -> VectorStore:
     """The store the settings choose (``vector_store``), for an index built with ``embedder``."""
     return registry.vector_stores.create(settings.vector_store, settings, embedder=embedder)
 

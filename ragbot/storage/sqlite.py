@@ -10,29 +10,17 @@ one after another.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import sqlite3
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 from ragbot import registry
-from ragbot.conversation.store import (
-    ConversationStore,
-    Feedback,
-    Reply,
-    StoredTurn,
-    answered,
-    changed,
-    new_turn_id,
-    turns_from_rows,
-)
-from ragbot.errors import ConversationError, ConversationStoreError
+from ragbot.errors import ConversationStoreError
 from ragbot.migrations import Migrations, run_script
-from ragbot.models.chat import Message
+from ragbot.storage.conversation_sql import ConversationSQL, SQLConversationStore
+from ragbot.storage.sql import SQLITE
 
 MIGRATIONS = Migrations("conversations file")
 
@@ -148,12 +136,14 @@ def _identity(path: Path) -> tuple[int, int] | None:
 
 
 @registry.conversation_stores.register("sqlite")
-class SQLiteStore(ConversationStore):
+class SQLiteStore(SQLConversationStore):
     """Conversations in one SQLite file (WAL mode; safe for several threads and processes).
 
     Opening applies the file's pending migrations. ``check`` runs before each turn, so a file
     that became read-only, or was deleted or replaced, is noticed before the model is called.
     """
+
+    sql = ConversationSQL(SQLITE)
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -227,126 +217,10 @@ class SQLiteStore(ConversationStore):
                     db.rollback()
         return reopened
 
-    def history(self, name: str) -> list[Message]:
-        with self._use() as db:
-            rows = db.execute("SELECT role, content FROM messages WHERE conversation = ? ORDER BY id", (name,))
-            return [Message(role, content) for role, content in rows]
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._use() as db, db:  # one transaction: a turn's rows all saved or none
+            yield db
 
-    def append_turn(
-        self,
-        name: str,
-        question: str,
-        answer: str,
-        meta: dict[str, Any] | None = None,
-        state: dict[str, Any] | None = None,
-        *,
-        expected_turns: int | None = None,
-        turn_id: str | None = None,
-        reply: Reply | None = None,
-    ) -> int:
-        """Save one finished turn atomically, with the conversation's ``state`` after it when given;
-        refused if the conversation no longer has ``expected_turns`` turns (``ConversationStore``)."""
-        now = time.time()
-        turn_id = turn_id or new_turn_id()
-        record = None if reply is None else json.dumps(reply.record, ensure_ascii=False)
-        with self._use() as db, db:  # one transaction: both messages or neither
-            # the first write takes SQLite's write lock: no other process saves a turn until this commits
-            db.execute("INSERT OR IGNORE INTO conversations(name, created_at) VALUES (?, ?)", (name, now))
-            saved = db.execute(
-                "SELECT turn FROM messages WHERE conversation = ? AND turn_id = ? AND role = 'assistant'",
-                (name, turn_id),
-            ).fetchone()
-            if saved is not None:
-                if record is not None and self._record(db, name, turn_id) != record:
-                    raise answered(name)  # another request with the same key saved its answer first
-                return int(saved[0])  # saved by an earlier try
-            (turn,) = db.execute("SELECT COUNT(*) / 2 FROM messages WHERE conversation = ?", (name,)).fetchone()
-            if expected_turns is not None and turn != expected_turns:
-                raise changed(name, expected_turns, turn)
-            db.execute(
-                "INSERT INTO messages(conversation, turn, role, content, created_at, turn_id) "
-                "VALUES (?, ?, 'user', ?, ?, ?)",
-                (name, turn, question, now, turn_id),
-            )
-            db.execute(
-                "INSERT INTO messages(conversation, turn, role, content, meta, created_at, turn_id) "
-                "VALUES (?, ?, 'assistant', ?, ?, ?, ?)",
-                (name, turn, answer, json.dumps(meta or {}, ensure_ascii=False), now, turn_id),
-            )
-            if state is not None:
-                db.execute(
-                    "INSERT OR REPLACE INTO conversation_state(conversation, turns, state) VALUES (?, ?, ?)",
-                    (name, turn + 1, json.dumps(state, ensure_ascii=False)),
-                )
-            if reply is not None:
-                db.execute(
-                    "INSERT INTO replies(conversation, turn_id, request, record, created_at) VALUES (?, ?, ?, ?, ?)",
-                    (name, turn_id, reply.request, record, now),
-                )
-        return turn
 
-    @staticmethod
-    def _record(db: sqlite3.Connection, name: str, turn_id: str) -> str | None:
-        row = db.execute("SELECT record FROM replies WHERE conversation = ? AND turn_id = ?", (name, turn_id))
-        found = row.fetchone()
-        return None if found is None else found[0]
-
-    def reply(self, name: str, turn_id: str) -> Reply | None:
-        with self._use() as db:
-            row = db.execute(
-                "SELECT request, record, created_at FROM replies WHERE conversation = ? AND turn_id = ?",
-                (name, turn_id),
-            ).fetchone()
-        return None if row is None else Reply(row[0], json.loads(row[1]), row[2])
-
-    def state(self, name: str) -> tuple[int, dict[str, Any]] | None:
-        """The saved state of a conversation and the number of turns it covers, or None."""
-        with self._use() as db:
-            row = db.execute("SELECT turns, state FROM conversation_state WHERE conversation = ?", (name,)).fetchone()
-        if row is None:
-            return None
-        try:
-            state = json.loads(row[1])
-        except ValueError:
-            return None  # rebuilt from the turns
-        return (row[0], state) if isinstance(state, dict) else None
-
-    def clear(self, name: str) -> None:
-        with self._use() as db, db:
-            db.execute("DELETE FROM messages WHERE conversation = ?", (name,))
-            db.execute("DELETE FROM feedback WHERE conversation = ?", (name,))
-            db.execute("DELETE FROM conversation_state WHERE conversation = ?", (name,))
-            db.execute("DELETE FROM replies WHERE conversation = ?", (name,))
-
-    def set_feedback(self, name: str, turn: int, feedback: Feedback) -> None:
-        """Record (or replace) the feedback on turn ``turn`` (0-based) of conversation ``name``."""
-        with self._use() as db, db:
-            exists = db.execute(
-                "SELECT 1 FROM messages WHERE conversation = ? AND turn = ? AND role = 'assistant'", (name, turn)
-            ).fetchone()
-            if not exists:
-                raise ConversationError(f"conversation {name!r} has no saved turn {turn + 1}; nothing to mark")
-            db.execute(
-                "INSERT OR REPLACE INTO feedback(conversation, turn, rating, correction, created_at) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (name, turn, feedback.rating, feedback.correction, time.time()),
-            )
-
-    def feedback(self, name: str) -> dict[int, Feedback]:
-        """The feedback of a conversation by turn (0-based)."""
-        with self._use() as db:
-            rows = db.execute("SELECT turn, rating, correction FROM feedback WHERE conversation = ?", (name,))
-            return {turn: Feedback(rating, correction) for turn, rating, correction in rows}
-
-    def turns(self, name: str) -> list[StoredTurn]:
-        """The saved turns of a conversation, in order, with their meta and feedback."""
-        with self._use() as db:
-            rows = db.execute(
-                "SELECT turn, role, content, meta FROM messages WHERE conversation = ? ORDER BY id", (name,)
-            )
-            rows = rows.fetchall()
-        return turns_from_rows(name, [(t, r, c, json.loads(m or "{}")) for t, r, c, m in rows], self.feedback(name))
-
-    def names(self) -> list[str]:
-        with self._use() as db:
-            return [r[0] for r in db.execute("SELECT name FROM conversations ORDER BY created_at")]
+__all__ = ["MIGRATIONS", "SQLiteStore", "store_error"]

@@ -1,16 +1,12 @@
-"""Conversation memory: validated user/assistant history and token-budget trimming.
+"""A conversation's history as the steps see it: validated user/assistant messages, trimmed to a token budget.
 
-Saved conversations live in a store (``ragbot.conversation.store``: a SQLite file or PostgreSQL);
-the names this module exported before there were two stores keep working below.
+Saved conversations live in a store (``ragbot.storage``: a SQLite file or PostgreSQL).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ragbot.conversation.store import RATINGS, Feedback, StoredTurn, make_feedback
-from ragbot.conversation.store_sqlite import MIGRATIONS, store_error
-from ragbot.conversation.store_sqlite import SQLiteStore as ConversationStore  # its name before PostgreSQL
 from ragbot.errors import ConversationError
 from ragbot.models.chat import Message
 from ragbot.tokens import count_tokens, encoding
@@ -105,17 +101,10 @@ def clip_tokens(text: str, limit: int) -> str:
 
 
 __all__ = [
-    "MIGRATIONS",
-    "RATINGS",
-    "ConversationStore",
     "clip_tokens",
-    "Feedback",
-    "StoredTurn",
     "as_messages",
-    "make_feedback",
     "messages_from_pairs",
     "recent_messages",
-    "store_error",
     "trim_history",
     "validate_history",
 ]

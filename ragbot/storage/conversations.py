@@ -1,10 +1,10 @@
-"""Where named conversations are saved: the interface both stores follow, and ``open_store``.
+"""Where named conversations are saved: the interface every store follows, and ``open_conversation_store``.
 
-``sessions`` names the store: a path is a SQLite file (the default, ``store_sqlite``), a
-``postgresql://`` URL a PostgreSQL database shared by any number of processes (``store_postgres``).
+``sessions`` names the store: a path is a SQLite file (the default, ``sqlite``), a
+``postgresql://`` URL a PostgreSQL database shared by any number of processes (``postgres``).
 Both apply the same numbered migrations when opened and save each finished turn in one
 transaction, numbering it in the database, so processes appending to one conversation never
-lose or repeat a turn.
+lose or repeat a turn; both run the same SQL (``conversation_sql``).
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
 from ragbot import registry
 from ragbot.config import is_url
@@ -158,20 +157,6 @@ class ConversationStore(ABC):
         """Let go of the file or the connections (a later call opens them again where it can)."""
 
 
-def turns_from_rows(
-    name: str, rows: list[tuple[int, str, str, dict[str, Any]]], ratings: dict[int, Feedback]
-) -> list[StoredTurn]:
-    """Saved turns from ``(turn, role, content, meta)`` message rows in order (both stores read them so)."""
-    questions: dict[int, str] = {}
-    out = []
-    for turn, role, content, meta in rows:
-        if role == "user":
-            questions[turn] = content
-        elif turn in questions:
-            out.append(StoredTurn(name, turn, questions[turn], content, meta, ratings.get(turn)))
-    return out
-
-
 def new_turn_id() -> str:
     """A fresh id for a turn about to be saved (random, so workers need not coordinate)."""
     return uuid.uuid4().hex
@@ -198,32 +183,7 @@ def answered(name: str) -> TurnAnsweredError:
 SCHEMES = {"postgresql": "postgresql", "postgres": "postgresql"}  # URL scheme -> conversation store
 
 
-def mask_url(url: str) -> str:
-    """``url`` with its password (in the user part or a ``password=`` parameter) shown as ``***``."""
-    parts = urlsplit(url)
-    netloc = parts.netloc
-    if "@" in netloc:
-        user, _, host = netloc.rpartition("@")
-        if ":" in user:
-            user = user.split(":", 1)[0] + ":***"
-        netloc = f"{user}@{host}"
-    query = parts.query
-    if query:
-        pairs = [(k, "***" if k.lower() == "password" else v) for k, v in parse_qsl(query, keep_blank_values=True)]
-        query = urlencode(pairs, safe="/*:", quote_via=quote)
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-
-
-def url_secrets(url: str) -> list[str]:
-    """The password in ``url`` as written and decoded, to take out of any message a driver returns."""
-    parts = urlsplit(url)
-    found = [v for k, v in parse_qsl(parts.query, keep_blank_values=True) if k.lower() == "password"]
-    if parts.password:
-        found += [parts.password, unquote(parts.password)]
-    return [s for s in found if s]
-
-
-def open_store(location: str | Path, pool_size: int | None = None) -> ConversationStore:
+def open_conversation_store(location: str | Path, pool_size: int | None = None) -> ConversationStore:
     """The conversation store at ``location``: a SQLite file path, or a ``postgresql://`` URL (with at
     most ``pool_size`` connections, the ``postgres_pool_size`` setting). Close it when done."""
     if not is_url(location):
@@ -244,6 +204,5 @@ __all__ = [
     "TurnKey",
     "StoredTurn",
     "make_feedback",
-    "mask_url",
-    "open_store",
+    "open_conversation_store",
 ]
