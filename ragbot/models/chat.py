@@ -46,7 +46,8 @@ class GenerationSettings:
     ``until``: called with the text generated so far after each piece; once it is true the
     reply ends there. A backend should stop generating then (the local and OpenAI-compatible
     ones do, and still report the tokens spent); ``stream`` cuts the text there whatever the
-    backend does. The rewrite uses it to stop once the reasoning has settled the question."""
+    backend does. The rewrite uses it to stop once the reasoning has settled the question.
+    ``seed``: sample reproducibly (as far as the backend can); None: the backend's own choice."""
 
     temperature: float = _DEFAULTS["temperature"]
     top_p: float = _DEFAULTS["top_p"]
@@ -54,6 +55,7 @@ class GenerationSettings:
     frequency_penalty: float = _DEFAULTS["frequency_penalty"]
     presence_penalty: float = _DEFAULTS["presence_penalty"]
     stop: tuple[str, ...] = _DEFAULTS["stop"]
+    seed: int | None = None
     until: Callable[[str], bool] | None = field(default=None, compare=False, repr=False)
 
     @classmethod
@@ -194,6 +196,8 @@ class OpenAIChatModel(ChatModel):
         )
         if generation.stop:
             kwargs["stop"] = list(generation.stop)
+        if generation.seed is not None:
+            kwargs["seed"] = generation.seed
         where = f"{self.base_url} (model {self.name!r})"
         try:
             chunks = self._client.chat.completions.create(**kwargs)
