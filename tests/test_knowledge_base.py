@@ -172,6 +172,15 @@ def test_threshold_marks_hits_and_user_setting_wins(hash_settings, corpus):
     assert strict.threshold == 0.99 and strict.confident == []
 
 
+def test_open_without_settings_loads_the_layers_once_and_an_unset_override_masks_none(tmp_path, monkeypatch):
+    (tmp_path / "ragbot.toml").write_text('embedder = "hash"\ntop_k = 7\n')
+    monkeypatch.setenv("RAGBOT_THRESHOLD", "0.5")
+    # overrides left unset (None, as from an argument parser) keep the file's and the environment's values
+    kb = KnowledgeBase.open(index=tmp_path / "index", create=True, top_k=None, threshold=None, chunk_tokens=300)
+    assert (kb.settings.embedder, kb.settings.top_k, kb.settings.threshold) == ("hash", 7, 0.5)
+    assert (kb.settings.index, kb.settings.chunk_tokens) == (tmp_path / "index", 300)
+
+
 def test_hnsw_index_is_chosen_by_size_and_finds_the_same_top_hit(hash_settings, corpus):
     flat = open_kb(hash_settings)
     flat.ingest([corpus["md"].parent])

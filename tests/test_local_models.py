@@ -217,6 +217,14 @@ def test_max_tokens_and_stop_are_honoured(smollm2):
     assert stop not in cut and full.startswith(cut.rstrip()) and len(cut) < len(full)
 
 
+def test_a_seed_makes_a_sampled_answer_repeatable(smollm2):
+    warm(smollm2, STORY)  # both answers then take the same path (see the note at the top)
+    sampled = GenerationSettings(temperature=1.0, max_tokens=16, seed=1234)
+    first, again = (smollm2.complete(STORY, sampled).text for _ in range(2))
+    unseeded = [smollm2.complete(STORY, dataclasses.replace(sampled, seed=None)).text for _ in range(2)]
+    assert first == again and unseeded[0] != unseeded[1]
+
+
 def test_until_ends_the_generation_there_and_still_reports_its_tokens(smollm2):
     warm(smollm2, STORY)
     full = smollm2.complete(STORY, GenerationSettings(temperature=0.0, max_tokens=40))

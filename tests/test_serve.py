@@ -393,3 +393,97 @@ def test_a_stream_cut_by_the_model_ends_with_an_error_event_and_saves_nothing(kb
         with pytest.raises(openai.APIError, match="closed the stream"):
             list(client(server).chat.completions.create(model="ragbot-test", messages=[HISTORY[0]], stream=True))
     assert saved_conversations(kb) == []
+
+
+# --- a request's generation parameters -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fields", "param", "code", "says"),
+    [
+        ({"temperature": "hot"}, "temperature", "invalid_type", "bad value for 'temperature': \"hot\" is not a number"),
+        ({"temperature": 2.5}, "temperature", "decimal_above_max_value", "2.5 is above 2; send a number from 0 to 2"),
+        ({"temperature": True}, "temperature", "invalid_type", "true is not a number"),
+        ({"top_p": -0.1}, "top_p", "decimal_below_min_value", "-0.1 is below 0; send a number from 0 to 1"),
+        ({"max_tokens": -5}, "max_tokens", "integer_below_min_value", "-5 is below 1; send an integer of at least 1"),
+        ({"max_tokens": 10.5}, "max_tokens", "invalid_type", "10.5 is not an integer"),
+        ({"max_completion_tokens": 0}, "max_completion_tokens", "integer_below_min_value", "0 is below 1"),
+        ({"frequency_penalty": -3}, "frequency_penalty", "decimal_below_min_value", "-3 is below -2"),
+        ({"presence_penalty": "high"}, "presence_penalty", "invalid_type", '"high" is not a number'),
+        ({"stop": ["a", "b", "c", "d", "e"]}, "stop", "array_above_max_length", "holds 5 sequences"),
+        ({"stop": 7}, "stop", "invalid_type", "7 is not a string or a list of strings"),
+        ({"stop": [""]}, "stop", "invalid_value", "holds an empty sequence"),
+        ({"n": 2}, "n", "invalid_value", "2 is not 1; send n = 1 or leave it out"),
+        ({"seed": "lucky"}, "seed", "invalid_type", '"lucky" is not an integer'),
+        ({"temperature": 0.5, "max_tokens": -5, "stream": True}, "max_tokens", "integer_below_min_value", "-5"),
+    ],
+)
+def test_bad_generation_parameters_get_400_naming_the_parameter_and_the_value(served, kb, fields, param, code, says):
+    body = {"model": "ragbot-test", "messages": [HISTORY[0]], "store": True, **fields}
+    response = post(served, body)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert (error["type"], error["param"], error["code"]) == ("invalid_request_error", param, code)
+    assert says in error["message"] and "\n" not in error["message"]
+    assert saved_conversations(kb) == []
+
+
+def test_the_openai_client_sees_a_bad_temperature_refused_and_good_parameters_accepted(served):
+    api = client(served)
+    with pytest.raises(openai.BadRequestError) as refused:
+        api.chat.completions.create(model="ragbot-test", messages=[*HISTORY, FOLLOW_UP], temperature="hot")
+    assert refused.value.status_code == 400 and refused.value.param == "temperature"
+    assert "'temperature': \"hot\" is not a number; send a number from 0 to 2" in refused.value.message
+    good = dict(temperature=0, top_p=0.5, max_tokens=100_000, stop=["。"], seed=7, n=1, presence_penalty=None)
+    whole = api.chat.completions.create(model="ragbot-test", messages=[*HISTORY, FOLLOW_UP], **good)
+    assert whole.choices[0].message.content == ANSWER
+
+
+def test_a_request_s_parameters_become_its_answer_s_generation_settings_within_the_server_s():
+    from ragbot.config import Settings
+    from ragbot.models.chat import GenerationSettings
+    from ragbot.server.generation import request_generation
+    from ragbot.server.schemas import ChatCompletionRequest
+
+    def generation(settings=None, **fields):
+        body = ChatCompletionRequest(model="m", messages=[FOLLOW_UP], **fields)
+        return request_generation(body, settings or Settings())
+
+    assert generation() is None and generation(temperature=None, n=1) is None  # the server's own
+    server = Settings(temperature=0.3, max_tokens=200, stop=["END"])
+    assert generation(server, temperature=0, top_p=0.5, seed=7, frequency_penalty=1, stop="。") == GenerationSettings(
+        temperature=0.0, top_p=0.5, max_tokens=200, frequency_penalty=1.0, stop=("END", "。"), seed=7
+    )
+    assert generation(server, max_tokens=50).max_tokens == 50
+    assert generation(server, max_tokens=50, max_completion_tokens=20).max_tokens == 20  # the smallest
+    assert generation(server, max_tokens=100_000).max_tokens == 200  # never above the server's
+    assert generation(server, top_p=0.9).temperature == 0.3  # what the request leaves out is the server's
+
+
+def test_the_scripted_fake_stops_at_max_tokens_when_asked_to_as_a_real_model_does():
+    from ragbot.models.chat import GenerationSettings, Message
+    from ragbot.tokens import count_tokens
+
+    question = [Message("user", "尼罗河流经哪些国家？")]
+    limited = ScriptedChatModel(default=ANSWER, limit_tokens=True).complete(question, GenerationSettings(max_tokens=3))
+    assert ANSWER.startswith(limited.text) and 0 < count_tokens(limited.text) <= 3 < count_tokens(ANSWER)
+    whole = ScriptedChatModel(default=ANSWER).complete(question, GenerationSettings(max_tokens=3))
+    assert whole.text == ANSWER  # by default a script is read whole, whatever the limit
+
+
+def test_a_request_s_max_tokens_and_temperature_apply_to_its_answer_only(kb):
+    model = ScriptedChatModel(default=reply, name="ragbot-test", limit_tokens=True)
+    with LiveServer(create_app(make_bot(kb, model), ApiKeys([]))) as server:
+        api = client(server)
+        short = api.chat.completions.create(
+            model="ragbot-test", messages=[*HISTORY, FOLLOW_UP], max_tokens=3, temperature=1.5, seed=7
+        )
+        text = short.choices[0].message.content
+        assert ANSWER.startswith(text) and 0 < len(text) < len(ANSWER)  # cut after 3 tokens
+        rewrite, answer = model.calls[-2].generation, model.calls[-1].generation
+        assert (answer.max_tokens, answer.temperature, answer.seed) == (3, 1.5, 7)
+        assert (rewrite.max_tokens, rewrite.temperature) == (160, 0.0)  # the rewrite keeps its own
+        stored = api.chat.completions.create(model="ragbot-test", messages=[HISTORY[0]], store=True, max_tokens=2)
+        assert len(stored.choices[0].message.content) < len(ANSWER)
+        whole = api.chat.completions.create(model="ragbot-test", messages=[*HISTORY, FOLLOW_UP])
+        assert whole.choices[0].message.content == ANSWER  # the next request: the server's settings again

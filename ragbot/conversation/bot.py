@@ -132,10 +132,12 @@ class RagBot:
         *,
         state: Topic | None = None,
         last_sources: Sequence[Hit] = (),
+        generation: GenerationSettings | None = None,
     ) -> Iterator[str | Answer]:
         """Text deltas of the answer as they are generated, then the ``Answer`` (``last_sources``:
-        see ``prepare``)."""
-        yield from self.generate(self.prepare(question, history, state=state, last_sources=last_sources))
+        see ``prepare``; ``generation``: see ``generate``)."""
+        turn = self.prepare(question, history, state=state, last_sources=last_sources)
+        yield from self.generate(turn, generation)
 
     def titles(self) -> dict[str, TopicDocument]:
         """The knowledge base's document titles -> the document (``Retriever.titles``)."""
@@ -249,8 +251,9 @@ class RagBot:
             return LABELS["refuse"][language], ""
         return self.settings.fallback_reply, ""
 
-    def generate(self, turn: Turn) -> Iterator[str | Answer]:
-        """Text deltas of the answer to a prepared ``turn``, then its ``Answer``."""
+    def generate(self, turn: Turn, generation: GenerationSettings | None = None) -> Iterator[str | Answer]:
+        """Text deltas of the answer to a prepared ``turn``, then its ``Answer``. ``generation``: this
+        answer's settings (a server request's ``temperature``, ``max_tokens``...), else the bot's."""
         if turn.reply is not None:  # decided without the answer model
             yield turn.reply
             yield self._finish(turn, turn.reply)
@@ -269,7 +272,7 @@ class RagBot:
         cited = CitationFilter(len(turn.sources))  # drops [n] markers that name no passage shown
         first_token = None
         usage = Usage()
-        for delta in self.answer_model.stream(messages, self._generation()):
+        for delta in self.answer_model.stream(messages, generation or GenerationSettings.from_settings(self.settings)):
             if delta.text:
                 first_token = first_token if first_token is not None else time.perf_counter()
                 if shown := cited.feed(delta.text):
@@ -316,7 +319,3 @@ class RagBot:
         if budget is None:
             return LOCAL_PASSAGE_TOKENS if self.answer_model.warms_prefixes else None
         return budget or None
-
-    def _generation(self) -> GenerationSettings:
-        s = self.settings
-        return GenerationSettings(s.temperature, s.top_p, s.max_tokens, s.frequency_penalty, s.presence_penalty, s.stop)

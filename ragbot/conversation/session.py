@@ -15,7 +15,7 @@ from ragbot.conversation.topic import Topic, topic_from_turns
 from ragbot.conversation.turn import Answer, turn_meta
 from ragbot.conversation.warmup import WarmUp
 from ragbot.errors import ConversationChangedError, ConversationError, ConversationStoreError
-from ragbot.models.chat import Message
+from ragbot.models.chat import GenerationSettings, Message
 from ragbot.storage.conversations import Feedback, Reply, TurnKey, make_feedback, new_turn_id
 
 if TYPE_CHECKING:
@@ -56,14 +56,20 @@ class Conversation:
         *_, answer = self.stream(question)
         return answer
 
-    def stream(self, question: str, key: TurnKey | None = None) -> Iterator[str | Answer]:
+    def stream(
+        self, question: str, key: TurnKey | None = None, generation: GenerationSettings | None = None
+    ) -> Iterator[str | Answer]:
         """Text deltas, then the ``Answer``; the turn is saved only once it is complete. A named
         conversation checks its file first, so a turn that could not be saved is never asked.
-        ``key``: a client's idempotency key; the turn is saved under its id, with the answer's record."""
+        ``key``: a client's idempotency key; the turn is saved under its id, with the answer's record.
+        ``generation``: this answer's settings (``RagBot.generate``)."""
         with self._lock:
             self.check_storage()
             shown = self.last.sources if self.last else ()
-            for item in self.bot.stream_answer(question, self.history, state=self.topic, last_sources=shown):
+            steps = self.bot.stream_answer(
+                question, self.history, state=self.topic, last_sources=shown, generation=generation
+            )
+            for item in steps:
                 if isinstance(item, Answer):
                     self._remember(item, key)
                     self.warm_up()  # while the answer is read and the next question typed

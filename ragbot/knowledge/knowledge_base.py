@@ -215,9 +215,7 @@ class KnowledgeBase:
         """Open the index the settings name; build the default one from the bundled knowledge
         base if it does not exist yet. ``create=True`` defers loading to the first use, so a
         missing index can be created (and a mismatched one rebuilt) by ``ingest``."""
-        settings = settings or load_settings(overrides=overrides)
-        if overrides and settings is not None:
-            settings = settings.replace(**overrides)
+        settings = settings.replace(**overrides) if settings is not None else load_settings(overrides=overrides)
         embedder = embedder or make_embedder(settings)
         kb = cls(settings, embedder, store=open_vector_store(settings, embedder))  # a Milvus URI is reached here
         if settings.uses_default_index:

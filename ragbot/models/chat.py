@@ -13,8 +13,8 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal
 
 from ragbot.config import Settings
 from ragbot.errors import ModelError
@@ -34,22 +34,34 @@ class Message:
         return {"role": self.role, "content": self.content}
 
 
+# The settings that are also generation settings: ``Settings`` holds their defaults, here taken from it.
+GENERATION_SETTINGS = ("temperature", "top_p", "max_tokens", "frequency_penalty", "presence_penalty", "stop")
+_DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(Settings) if f.name in GENERATION_SETTINGS}
+
+
 @dataclass(frozen=True)
 class GenerationSettings:
-    """Sampling knobs passed to every backend.
+    """Sampling knobs passed to every backend; the defaults are the settings' (``ragbot.config``).
 
     ``until``: called with the text generated so far after each piece; once it is true the
     reply ends there. A backend should stop generating then (the local and OpenAI-compatible
     ones do, and still report the tokens spent); ``stream`` cuts the text there whatever the
-    backend does. The rewrite uses it to stop once the reasoning has settled the question."""
+    backend does. The rewrite uses it to stop once the reasoning has settled the question.
+    ``seed``: sample reproducibly (as far as the backend can); None: the backend's own choice."""
 
-    temperature: float = 0.2
-    top_p: float = 1.0
-    max_tokens: int = 512
-    frequency_penalty: float = 0.0
-    presence_penalty: float = 0.0
-    stop: tuple[str, ...] = ()
+    temperature: float = _DEFAULTS["temperature"]
+    top_p: float = _DEFAULTS["top_p"]
+    max_tokens: int = _DEFAULTS["max_tokens"]
+    frequency_penalty: float = _DEFAULTS["frequency_penalty"]
+    presence_penalty: float = _DEFAULTS["presence_penalty"]
+    stop: tuple[str, ...] = _DEFAULTS["stop"]
+    seed: int | None = None
     until: Callable[[str], bool] | None = field(default=None, compare=False, repr=False)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **changes: Any) -> GenerationSettings:
+        """The generation settings ``settings`` configure (``GENERATION_SETTINGS``), with ``changes``."""
+        return cls(**{**{name: getattr(settings, name) for name in GENERATION_SETTINGS}, **changes})
 
     def reached(self, text: str) -> bool:
         """Whether ``until`` says the reply ``text`` is complete."""
@@ -184,6 +196,8 @@ class OpenAIChatModel(ChatModel):
         )
         if generation.stop:
             kwargs["stop"] = list(generation.stop)
+        if generation.seed is not None:
+            kwargs["seed"] = generation.seed
         where = f"{self.base_url} (model {self.name!r})"
         try:
             chunks = self._client.chat.completions.create(**kwargs)

@@ -475,8 +475,9 @@ class LlamaCppChatModel(ChatModel):
             presence_penalty=generation.presence_penalty,
             stop=list(generation.stop),
         )
-        if self.seed is not None:
-            kwargs["seed"] = self.seed
+        seed = generation.seed if generation.seed is not None else self.seed
+        if seed is not None:
+            kwargs["seed"] = seed
         llama.last_prompt_tokens = llama.last_completion_tokens = 0
         chunks = None
         try:

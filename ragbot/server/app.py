@@ -11,7 +11,7 @@ import dataclasses
 import json
 import logging
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import anyio
@@ -21,16 +21,19 @@ from starlette.types import Receive, Scope, Send
 
 from ragbot.config import Settings
 from ragbot.conversation.bot import RagBot
+from ragbot.conversation.session import Conversation
 from ragbot.conversation.turn import Answer
 from ragbot.errors import RagbotError
+from ragbot.models.chat import GenerationSettings
 from ragbot.server import completions, idempotency
 from ragbot.server.completions import ChunkWriter
 from ragbot.server.errors import HANDLERS, APIError, from_ragbot_error
+from ragbot.server.generation import request_generation
 from ragbot.server.keys import ApiKeys
 from ragbot.server.limits import BodyLimit, TurnSlots
 from ragbot.server.schemas import ChatCompletionRequest, SearchRequest
 from ragbot.server.turns import TurnRunner
-from ragbot.storage.conversations import Reply
+from ragbot.storage.conversations import Reply, TurnKey
 
 log = logging.getLogger("ragbot.server")
 SETTINGS_ENV = "RAGBOT_SERVE_SETTINGS"  # the resolved settings, for worker processes (--workers > 1)
@@ -138,6 +141,7 @@ def create_app(bot: RagBot, keys: ApiKeys | None = None) -> FastAPI:
                 code="model_not_found",
                 param="model",
             )
+        generation = request_generation(body, settings)  # a bad temperature etc. is 400; None: the server's
         question, history = completions.split_messages(body.messages)
         conversation_id = body.conversation_id
         if conversation_id is not None:
@@ -177,10 +181,7 @@ def create_app(bot: RagBot, keys: ApiKeys | None = None) -> FastAPI:
             )
         if name:
             busy[name] = turn_key.turn_id if turn_key else None
-        if conversation is not None:
-            steps = conversation.stream(question, turn_key)
-        else:
-            steps = bot.stream_answer(question, history)
+        steps = _turn_steps(bot, conversation, question, history, turn_key, generation)
         turn = TurnRunner(steps, whole=not body.stream)  # starts the turn, on a thread of its own
 
         async def close() -> None:
@@ -208,6 +209,21 @@ def create_app(bot: RagBot, keys: ApiKeys | None = None) -> FastAPI:
         return TurnStream(_events(turn, first, writer, conversation_id), close)
 
     return app
+
+
+def _turn_steps(
+    bot: RagBot,
+    conversation: Conversation | None,
+    question: str,
+    history: list[dict[str, str]],
+    turn_key: TurnKey | None,
+    generation: GenerationSettings | None,
+) -> Iterator[str | Answer]:
+    """The turn's text pieces, then its ``Answer``: in the stored ``conversation``, or stateless;
+    ``generation``: the request's answer settings (None: the server's)."""
+    if conversation is not None:
+        return conversation.stream(question, turn_key, generation)
+    return bot.stream_answer(question, history, generation=generation)
 
 
 def _replay(saved: Reply, body: ChatCompletionRequest, model: str, completion_id: str, conversation_id: str | None):

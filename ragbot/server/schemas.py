@@ -1,9 +1,10 @@
-"""The request bodies, as pydantic models. Fields OpenAI clients send that ragbot does not use
-(``temperature``, ``user``, ...) are accepted and ignored: the server's settings decide generation."""
+"""The request bodies, as pydantic models. A chat request's generation parameters (``temperature``,
+``max_tokens``, ``stop``, ``n``, ...) are checked and applied by ``ragbot.server.generation``; other
+fields OpenAI clients send that ragbot does not use (``user``, ``logit_bias``, ...) are accepted and ignored."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -38,7 +39,7 @@ class ChatCompletionRequest(BaseModel):
     messages: list[ChatMessage] = Field(min_length=1)
     stream: bool = False
     stream_options: StreamOptions | None = None
-    n: Literal[1] = 1
+    n: Any = 1  # checked with the other generation parameters: 1 or null
     store: bool | None = None
     conversation_id: str | None = None
 

@@ -16,6 +16,7 @@ import numpy as np
 from ragbot.models.chat import ChatModel, Delta, GenerationSettings, Message
 from ragbot.models.embedders import Embedder, Kind
 from ragbot.registry import chat_models, embedders
+from ragbot.tokens import count_tokens
 
 
 class HashEmbedder(Embedder):
@@ -48,14 +49,18 @@ class ScriptedChatModel(ChatModel):
     """A fake model that answers from a script, for tests and examples.
 
     ``replies`` are returned in order (then ``default``); a callable reply gets the
-    messages and returns the text. Every call's messages are recorded in ``calls`` so a
-    test can check what the model was shown.
+    messages and returns the text. Every call's messages (and generation settings) are
+    recorded in ``calls`` so a test can check what the model was shown. ``limit_tokens``:
+    a reply stops after ``max_tokens`` tokens (tiktoken's count), as a real model's does.
     """
 
-    def __init__(self, replies: Sequence[str] = (), default: str = "OK", name: str = "scripted"):
+    def __init__(
+        self, replies: Sequence[str] = (), default: str = "OK", name: str = "scripted", *, limit_tokens: bool = False
+    ):
         self.replies = list(replies)
         self.default = default
         self.name = name
+        self.limit_tokens = limit_tokens
         self.calls: list[_Recorded] = []
 
     def enqueue(self, *replies: str) -> None:
@@ -68,12 +73,23 @@ class ScriptedChatModel(ChatModel):
             reply = reply(messages)
         if isinstance(reply, BaseException):
             raise reply
+        if self.limit_tokens:
+            reply = _first_tokens(reply, generation.max_tokens)
         so_far = ""
         for piece in _pieces(reply):
             so_far += piece
             yield Delta(text=piece)
             if generation.reached(so_far):
                 return
+
+
+def _first_tokens(text: str, limit: int) -> str:
+    """The longest start of ``text`` of at most ``limit`` tokens (whole characters)."""
+    low, high = 0, len(text)
+    while low < high:  # the token count grows with the length
+        middle = (low + high + 1) // 2
+        low, high = (middle, high) if count_tokens(text[:middle]) <= limit else (low, middle - 1)
+    return text[:low]
 
 
 def _pieces(text: str, size: int = 4) -> Iterator[str]:
