@@ -14,6 +14,24 @@ from ragbot.storage.conversations import open_conversation_store
 from helpers import run_cli, write_sample_corpus
 from postgres_server import postgres_server, postgres_stores_closed  # noqa: F401 -- a throwaway PostgreSQL; leaks fail
 
+# Real servers and models: a test that uses one runs in the whole suite (CI), not in the fast part
+# (`pytest -m "not slow"`, about a minute); a store test's PostgreSQL variant counts, its SQLite one not.
+REAL_SERVER_FIXTURES = {
+    "postgres_server",
+    "llama_server",
+    "llama_server_with_key",
+    "local_models_dir",
+    "milvus_settings",
+}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        on_postgres = callspec is not None and callspec.params.get("location") == "postgresql"
+        if on_postgres or REAL_SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture(autouse=True)
 def isolated(tmp_path, monkeypatch):

@@ -185,6 +185,7 @@ def test_one_bot_serves_conversations_on_several_threads(kb):
         assert [m.content for m in history[::2]] == [f"线程{n}的问题{i}：尼罗河" for i in range(3)]
 
 
+@pytest.mark.slow
 def test_session_survives_a_killed_process(tmp_path, corpus):
     """A chat process killed between turns loses nothing; the resumed session continues."""
     env = {

@@ -6,6 +6,8 @@ in a fraction of the time); the smoke tests at the end start the real ``python -
 
 import json
 
+import pytest
+
 from helpers import run_cli, run_cli_process
 
 HASH = {"RAGBOT_EMBEDDER": "hash"}
@@ -87,6 +89,7 @@ def test_info_prints_the_manifest(corpus, tmp_path):
 # --- smoke tests: the real command in a new interpreter -----------------------------------------------
 
 
+@pytest.mark.slow
 def test_real_command_prints_help():
     out = run_cli_process("--help")
     assert out.returncode == 0, out.stderr
@@ -94,6 +97,7 @@ def test_real_command_prints_help():
         assert command in out.stdout
 
 
+@pytest.mark.slow
 def test_real_command_ingests_then_searches(corpus, tmp_path):
     index = str(tmp_path / "idx")
     ingest = run_cli_process("ingest", str(corpus["txt"]), "--index", index, env=HASH)
@@ -103,6 +107,7 @@ def test_real_command_ingests_then_searches(corpus, tmp_path):
     assert json.loads(found.stdout)["hits"][0]["source"].endswith("tea.txt")
 
 
+@pytest.mark.slow
 def test_real_command_error_is_one_line_and_exit_1(tmp_path):
     out = run_cli_process("search", "x", "--index", str(tmp_path / "none"), env=HASH)
     assert out.returncode == 1

@@ -113,6 +113,7 @@ RACER = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_two_processes_answering_the_same_conversations_save_exactly_one_turn_each(location, tmp_path):
     count = 40
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
@@ -155,6 +156,7 @@ def test_two_processes_answering_the_same_conversations_save_exactly_one_turn_ea
 # --- two servers, one conversation ---------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_two_servers_answering_one_conversation_at_once_save_one_turn_and_answer_the_other_409(
     location, hash_settings, corpus, tmp_path
 ):

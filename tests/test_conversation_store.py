@@ -259,6 +259,7 @@ WORKER = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_two_processes_appending_to_one_conversation_lose_and_repeat_no_turn(location, tmp_path):
     turns = 60
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}

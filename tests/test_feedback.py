@@ -124,6 +124,7 @@ def test_unsaved_chat_marks_in_memory_and_says_so(bot, monkeypatch):
     assert "/good" in HELP and "/bad [corrected answer]" in HELP
 
 
+@pytest.mark.slow
 def test_chat_good_and_bad_are_saved_with_the_session(chat_env, tmp_path):
     child = spawn_chat(chat_env, "--session", "demo")
     child.sendline("/help")

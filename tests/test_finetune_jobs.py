@@ -339,6 +339,7 @@ def test_cli_network_drop_while_following_then_follow_resumes(api, train_file):
     assert JobRecords().get(job_id).fine_tuned_model == api.jobs[job_id].fine_tuned_model
 
 
+@pytest.mark.slow
 def test_cli_ctrl_c_stops_following_not_the_job(api, train_file):
     api.steps_per_poll = 0  # the job runs until cancelled: only Ctrl-C ends the following
     created = cli(api, "create", str(train_file), "--model", "gpt-4o-mini", "--epochs", "20")

@@ -301,6 +301,7 @@ def write_lora_adapter(path: Path, scale: float, arch: str = "llama", rank: int 
     return path
 
 
+@pytest.mark.slow
 def test_lora_adapter_set_by_use_is_applied_by_llama_cpp(tmp_path, unload_after):
     from ragbot.models.chat import GenerationSettings, Message
     from ragbot.models.local import unload_models
@@ -339,6 +340,7 @@ def test_an_adapter_for_another_model_or_a_whole_model_is_refused_as_lora(tmp_pa
     assert load_settings().lora_path is None
 
 
+@pytest.mark.slow
 def test_an_adapter_for_another_size_of_the_model_is_an_error_not_a_crash(tmp_path, unload_after):
     # Same architecture, other width: the header looks right; llama.cpp rejects it at load time.
     from ragbot.models.chat import Message

@@ -168,6 +168,7 @@ def _crash_while_writing_bm25(settings, folder, queue):
     queue.put("not reached")
 
 
+@pytest.mark.slow
 def test_interrupted_write_leaves_the_old_generations_bm25_intact(hash_settings, docs, tmp_path):
     kb = open_kb(hash_settings, docs)
     before = [(h.id, h.lexical_score) for h in kb.search(SONG_QUERY, k=6).hits]

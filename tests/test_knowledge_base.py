@@ -96,6 +96,7 @@ def _crash_during_save(settings, folder, queue):
     queue.put("not reached")
 
 
+@pytest.mark.slow
 def test_interrupted_ingest_leaves_previous_index_intact(hash_settings, corpus, tmp_path):
     kb = open_kb(hash_settings)
     kb.ingest([corpus["md"]])
@@ -146,6 +147,7 @@ def _hold_lock(directory, ready, release):
         release.wait(60)
 
 
+@pytest.mark.slow
 def test_second_writer_fails_clearly_when_lock_is_held(hash_settings, corpus):
     ctx = multiprocessing.get_context("spawn")
     ready, release = ctx.Event(), ctx.Event()

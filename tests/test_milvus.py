@@ -114,6 +114,7 @@ def test_incremental_reingest_skips_unchanged_replaces_changed_and_removes_delet
     assert reopened.search("Refunds are paid within 14 days").hits[0].source != str(corpus["csv"])
 
 
+@pytest.mark.slow
 def test_cli_ingest_in_one_process_then_search_in_another_with_the_milvus_setting(tmp_path, corpus):
     (tmp_path / "ragbot.toml").write_text(
         'embedder = "hash"\nvector_store = "milvus"\nmilvus_uri = "./kb.db"\nmilvus_collection = "films"\n',

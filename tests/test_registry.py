@@ -177,6 +177,7 @@ LOOK_UP_EACH_BUILT_IN = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_each_built_in_name_is_registered_by_the_module_the_registry_names():
     """A fresh process that imports only the registry finds every built-in backend by its name alone,
     so none works only because ``import ragbot`` happened to load its module first."""
@@ -216,7 +217,7 @@ class _EchoHeaders(http.server.BaseHTTPRequestHandler):
 def echoing_server(request):
     handler = type("Handler", (_EchoHeaders,), {"status": request.param})
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_address[1]}/v1", request.param
     server.shutdown()

@@ -2,10 +2,12 @@
 lines on stdin (plain ``input()``, the same loop), with the fake model."""
 
 import pexpect
+import pytest
 
 from helpers import run_cli, spawn_chat
 
 
+@pytest.mark.slow
 def test_chat_streams_answers_shows_sources_label_and_commands(chat_env):
     child = spawn_chat(chat_env, "--session", "demo")
     child.sendline("尼罗河是什么？")

@@ -295,6 +295,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_ragbot_serve_command_with_two_workers_shares_conversations_and_refuses_a_bad_keys_file(kb, tmp_path):
     env = {
         **os.environ,
