@@ -186,13 +186,14 @@ def resolve(name: str) -> str | None:
     return name or None
 
 
-def imports_of(module: str) -> set[str]:
-    """The ragbot modules ``module`` imports, anywhere in the file except ``if TYPE_CHECKING:`` blocks."""
+def imports_of(module: str, typing: bool = False) -> set[str]:
+    """The ragbot modules ``module`` imports, anywhere in the file; those in ``if TYPE_CHECKING:``
+    blocks only with ``typing``."""
     path = MODULES[module]
     tree = ast.parse(path.read_text(encoding="utf-8"))
     skip: set[int] = set()
     for node in ast.walk(tree):
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+        if not typing and isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
             skip.update(id(n) for child in node.body for n in ast.walk(child))
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     found: set[str] = set()

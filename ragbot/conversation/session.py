@@ -8,24 +8,43 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Protocol
 
-from ragbot.conversation.topic import Topic, topic_from_turns
+from ragbot.conversation.topic import Topic, TopicDocument, topic_from_turns
 from ragbot.conversation.turn import Answer, turn_meta
 from ragbot.conversation.warmup import WarmUp
 from ragbot.errors import ConversationChangedError, ConversationError, ConversationStoreError
+from ragbot.knowledge.hits import Hit
 from ragbot.models.chat import GenerationSettings, Message
-from ragbot.storage.conversations import Feedback, Reply, TurnKey, make_feedback, new_turn_id
+from ragbot.storage.conversations import ConversationStore, Feedback, Reply, TurnKey, make_feedback, new_turn_id
 
-if TYPE_CHECKING:
-    from ragbot.conversation.bot import RagBot
+
+class Engine(Protocol):
+    """What a conversation needs of its bot (``RagBot``): the store, the turn, the titles, the warm-up."""
+
+    @property
+    def store(self) -> ConversationStore: ...
+
+    def stream_answer(
+        self,
+        question: str,
+        history: Sequence[Message],
+        *,
+        state: Topic | None,
+        last_sources: Sequence[Hit],
+        generation: GenerationSettings | None,
+    ) -> Iterator[str | Answer]: ...
+
+    def titles(self) -> Mapping[str, TopicDocument]: ...
+
+    def warm_up(self, history: Sequence[Message], sources: Sequence[Hit]) -> WarmUp: ...
 
 
 class Conversation:
     """One conversation: its history, and a lock so a conversation is used by one thread at a time."""
 
-    def __init__(self, bot: RagBot, name: str | None = None):
+    def __init__(self, bot: Engine, name: str | None = None):
         self.bot = bot
         self.name = name
         self._load()

@@ -22,16 +22,28 @@ import logging
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
+from ragbot.config import Settings
 from ragbot.conversation.answer_prompt import answer_messages
 from ragbot.conversation.history import trim_history
+from ragbot.conversation.rewrite import RewriteResult
 from ragbot.knowledge.knowledge_base import Hit
 from ragbot.models.chat import ChatModel, GenerationSettings, Message
 from ragbot.text import is_chinese
 
-if TYPE_CHECKING:
-    from ragbot.conversation.bot import RagBot
+
+class Steps(Protocol):
+    """What the warm-up renders the next turn's prompts with (``RagBot``): its settings, models and steps."""
+
+    settings: Settings
+    rewrite_model: ChatModel
+    answer_model: ChatModel
+
+    def rewrite_step(self, question: str, history: Sequence[Message]) -> RewriteResult: ...
+
+    def passage_tokens(self) -> int | None: ...
+
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +99,7 @@ class _Recorder(ChatModel):
         raise _Recorded(messages)
 
 
-def rewrite_messages(bot: RagBot, question: str, history: Sequence[Message]) -> list[Message] | None:
+def rewrite_messages(bot: Steps, question: str, history: Sequence[Message]) -> list[Message] | None:
     """What ``bot.rewrite_step(question, history)`` would send the rewrite model (None: no model call)."""
     recording = copy.copy(bot)  # the same bot with a recorder as its rewrite model; ``bot`` is untouched
     recording.rewrite_model = _Recorder()
@@ -107,7 +119,7 @@ def _hit(title: str, text: str) -> Hit:
 
 
 def warm_up_prompts(
-    bot: RagBot, history: Sequence[Message], sources: Sequence[Hit] = ()
+    bot: Steps, history: Sequence[Message], sources: Sequence[Hit] = ()
 ) -> list[tuple[str, ChatModel, list[list[Message]]]]:
     """The prompts to warm, most useful first: (name, model, two renderings of the prompt).
 
@@ -166,7 +178,7 @@ def warm_up_prompts(
     return prompts
 
 
-def start_warm_up(bot: RagBot, history: Sequence[Message], sources: Sequence[Hit]) -> WarmUp:
+def start_warm_up(bot: Steps, history: Sequence[Message], sources: Sequence[Hit]) -> WarmUp:
     """Warm the next turn's prompt prefixes in a background thread (none if no model can warm)."""
     handle = WarmUp()
     if not (bot.rewrite_model.warms_prefixes or bot.answer_model.warms_prefixes):

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
 
-if TYPE_CHECKING:
-    from ragbot.knowledge.knowledge_base import Hit
+from ragbot.knowledge.hits import Hit
 
 Key = TypeVar("Key", bound=Hashable)
 

@@ -33,6 +33,7 @@ from ragbot.knowledge import index as index_files
 from ragbot.knowledge.chunking import Chunk, chunk_document
 from ragbot.knowledge.documents import find_files, iter_documents
 from ragbot.knowledge.fusion import fuse_rrf
+from ragbot.knowledge.hits import Hit, SearchResult
 from ragbot.knowledge.vector_store import FaissStore, IndexUpdate, VectorStore, open_vector_store
 from ragbot.models.embedders import Embedder, make_embedder
 from ragbot.text import CONTROL_CHARS, not_utf8
@@ -43,54 +44,6 @@ HYBRID_POOL = 20  # candidates taken from each of the dense and the BM25 ranking
 # in gives the dense favourites a second vote that outweighs the chunk naming the exact entity.
 LEXICAL_FLOOR = 0.5
 MAX_QUERY_CHARS = 8000  # embedders only read the first few hundred tokens anyway
-
-
-@dataclass(frozen=True)
-class Hit:
-    """A retrieved chunk with its cosine score and whether it clears the threshold.
-
-    In a hybrid search ``lexical_score`` is the chunk's BM25 score (None: BM25 did not rank
-    it) and ``fused_score`` its reciprocal-rank-fusion score, which decided its place."""
-
-    id: str
-    text: str
-    source: str
-    title: str
-    score: float
-    above_threshold: bool
-    doc_id: str | None = None
-    position: int = 0
-    headings: tuple[str, ...] = ()
-    lexical_score: float | None = None
-    fused_score: float | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "doc_id": self.doc_id,
-            "source": self.source,
-            "title": self.title,
-            "text": self.text,
-            "score": round(self.score, 4),
-            "above_threshold": self.above_threshold,
-        }
-
-
-@dataclass(frozen=True)
-class SearchResult:
-    """The hits for one query, best first, and the threshold they were judged against."""
-
-    query: str
-    threshold: float
-    hits: list[Hit]
-
-    @property
-    def confident(self) -> list[Hit]:
-        """The hits that clear the threshold: the evidence a grounded answer may use."""
-        return [h for h in self.hits if h.above_threshold]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"query": self.query, "threshold": self.threshold, "hits": [h.to_dict() for h in self.hits]}
 
 
 @dataclass
