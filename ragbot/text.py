@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from ragbot.errors import ConversationError
+from ragbot.errors import ConversationError, RagbotError
 
 # CJK Unified Ideographs with Extension A and the compatibility block: what the metrics, the
 # lexical index and the language checks count as a Chinese character
@@ -37,19 +37,26 @@ def not_utf8(text: str) -> str | None:
     return f"{what} at character {match.start() + 1}"
 
 
-def clean_question(question: Any) -> str:
-    """The question without control characters; empty or oversized questions are refused."""
-    if not isinstance(question, str):
-        raise ConversationError(f"the question must be text, got {type(question).__name__}")
-    problem = not_utf8(question)
+def clean_text(text: Any, what: str, error: type[RagbotError]) -> str:
+    """``text`` with control characters blanked and the ends stripped; ``error`` naming ``what`` when it
+    is not text, not valid UTF-8, or empty."""
+    if not isinstance(text, str):
+        raise error(f"the {what} must be text, got {type(text).__name__}")
+    problem = not_utf8(text)
     if problem:
-        raise ConversationError(
-            f"the question is not valid UTF-8 text ({problem}); set your terminal or file encoding to UTF-8 "
+        raise error(
+            f"the {what} is not valid UTF-8 text ({problem}); set your terminal or file encoding to UTF-8 "
             "and retype it"
         )
-    question = CONTROL_CHARS.sub(" ", question).strip()
-    if not question:
-        raise ConversationError("the question is empty; type a question")
+    text = CONTROL_CHARS.sub(" ", text).strip()
+    if not text:
+        raise error(f"the {what} is empty; type a question")
+    return text
+
+
+def clean_question(question: Any) -> str:
+    """The question without control characters; empty or oversized questions are refused."""
+    question = clean_text(question, "question", ConversationError)
     if len(question) > MAX_QUESTION_CHARS:
         raise ConversationError(
             f"the question is {len(question):,} characters long; the limit is {MAX_QUESTION_CHARS:,}. "

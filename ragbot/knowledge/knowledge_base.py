@@ -36,7 +36,7 @@ from ragbot.knowledge.fusion import fuse_rrf
 from ragbot.knowledge.hits import Hit, SearchResult
 from ragbot.knowledge.vector_store import FaissStore, IndexUpdate, VectorStore, open_vector_store
 from ragbot.models.embedders import Embedder, make_embedder
-from ragbot.text import CONTROL_CHARS, not_utf8
+from ragbot.text import clean_text, not_utf8
 
 HYBRID_POOL = 20  # candidates taken from each of the dense and the BM25 rankings before fusion
 # A lexical hit takes part in the fusion only if it scores at least this share of the best BM25
@@ -127,17 +127,7 @@ def bundled_copies(stored: index_files.StoredIndex, folder: Path, digests: dict[
 
 def clean_query(query: str) -> str:
     """The query without control characters and surplus length; empty raises ``QueryError``."""
-    if not isinstance(query, str):
-        raise QueryError(f"the query must be text, got {type(query).__name__}")
-    problem = not_utf8(query)
-    if problem:
-        raise QueryError(
-            f"the query is not valid UTF-8 text ({problem}); set your terminal or file encoding to UTF-8 and retype it"
-        )
-    query = CONTROL_CHARS.sub(" ", query).strip()[:MAX_QUERY_CHARS]
-    if not query:
-        raise QueryError("the query is empty; type a question")
-    return query
+    return clean_text(query, "query", QueryError)[:MAX_QUERY_CHARS]
 
 
 class KnowledgeBase:
