@@ -45,8 +45,7 @@ def clean_text(text: Any, what: str, error: type[RagbotError]) -> str:
     problem = not_utf8(text)
     if problem:
         raise error(
-            f"the {what} is not valid UTF-8 text ({problem}); set your terminal or file encoding to UTF-8 "
-            "and retype it"
+            f"the {what} is not valid UTF-8 text ({problem}); set your terminal or file encoding to UTF-8 and retype it"
         )
     text = CONTROL_CHARS.sub(" ", text).strip()
     if not text:
