@@ -186,6 +186,9 @@ class Settings:
             raise ConfigError(f"bad value for temperature: {self.temperature!r}; it must be between 0 and 2")
         if not 0.0 < self.top_p <= 1.0:
             raise ConfigError(f"bad value for top_p: {self.top_p!r}; it must be in (0, 1]")
+        for penalty in ("frequency_penalty", "presence_penalty"):
+            if not -2.0 <= getattr(self, penalty) <= 2.0:
+                raise ConfigError(f"bad value for {penalty}: {getattr(self, penalty)!r}; it must be between -2 and 2")
         _check_range("embedder_batch_size", self.embedder_batch_size, low=1)
         _check_range("chunk_tokens", self.chunk_tokens, low=16)
         _check_range("chunk_overlap", self.chunk_overlap, low=0)

@@ -40,6 +40,8 @@ def test_unknown_environment_variable_is_named():
         ({"RAGBOT_EMBEDDER": "bert"}, r"embedder: 'bert'; choose one of"),
         ({"RAGBOT_THRESHOLD": "1.5"}, r"threshold=1.5"),
         ({"RAGBOT_CHUNK_OVERLAP": "500"}, r"chunk_overlap=500, chunk_tokens=256"),
+        ({"RAGBOT_PRESENCE_PENALTY": "5"}, r"presence_penalty: 5.0; it must be between -2 and 2"),
+        ({"RAGBOT_FREQUENCY_PENALTY": "-3"}, r"frequency_penalty: -3.0; it must be between -2 and 2"),
     ],
 )
 def test_bad_values_name_key_and_value(source, message):
