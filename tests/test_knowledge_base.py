@@ -183,6 +183,13 @@ def test_open_without_settings_loads_the_layers_once_and_an_unset_override_masks
     assert (kb.settings.index, kb.settings.chunk_tokens) == (tmp_path / "index", 300)
 
 
+def test_an_embedder_named_by_its_setting_is_the_setting(tmp_path, corpus):
+    kb = KnowledgeBase.open(embedder="hash", index=tmp_path / "index", create=True)
+    kb.ingest([corpus["md"].parent])
+    assert kb.settings.embedder == "hash" and kb.manifest.embedder.startswith("hash")
+    assert kb.search("尼罗河流经哪些国家", 1).hits[0].source.endswith("nile.md")
+
+
 def test_hnsw_index_is_chosen_by_size_and_finds_the_same_top_hit(hash_settings, corpus):
     flat = open_kb(hash_settings)
     flat.ingest([corpus["md"].parent])

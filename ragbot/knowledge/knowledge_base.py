@@ -151,13 +151,16 @@ class KnowledgeBase:
     def open(
         cls,
         settings: Settings | None = None,
-        embedder: Embedder | None = None,
+        embedder: Embedder | str | None = None,
         create: bool = False,
         **overrides: Any,
     ) -> KnowledgeBase:
         """Open the index the settings name; build the default one from the bundled knowledge
         base if it does not exist yet. ``create=True`` defers loading to the first use, so a
-        missing index can be created (and a mismatched one rebuilt) by ``ingest``."""
+        missing index can be created (and a mismatched one rebuilt) by ``ingest``. ``embedder``: an
+        ``Embedder``, or the name of one (the ``embedder`` setting, like any other override)."""
+        if isinstance(embedder, str):
+            embedder, overrides = None, {**overrides, "embedder": embedder}
         settings = settings.replace(**overrides) if settings is not None else load_settings(overrides=overrides)
         embedder = embedder or make_embedder(settings)
         kb = cls(settings, embedder, store=open_vector_store(settings, embedder))  # a Milvus URI is reached here
