@@ -112,10 +112,10 @@ def main() -> None:
             seconds.append(time.perf_counter() - t0)
             injected[target] += bool(live.topic_query)
             results = {
-                "typed": bot.retrieve(question, DEPTH * 3),
+                "typed": bot.retriever.search(question, DEPTH * 3),
                 "topic (text)": bot.prepare(question, messages, k=DEPTH * 3).search,
                 "topic (replayed)": live.search,
-                "gold": bot.retrieve(f"{row['gold_entities'][0]} {question}", DEPTH * 3),
+                "gold": bot.retriever.search(f"{row['gold_entities'][0]} {question}", DEPTH * 3),
             }
             for mode, result in results.items():
                 ranks[target, mode].append(first_gold_rank(result.hits, gold))
