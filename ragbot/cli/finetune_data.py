@@ -74,3 +74,37 @@ def validate(file, fix, model, prices, epochs, min_examples, as_json) -> None:
         fixable = sum(p.fixable for p in report.problems)
         hint = f"; --fix can fix {fixable} of them" if fixable and not fix else ""
         raise TrainingFileError(f"{len(report.problems)} problem(s) remain in {report.path}{hint}")
+
+
+@finetune.command("rewrite-data")
+@click.argument("source", type=click.Path(dir_okay=False))
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for the training files.")
+@click.option("--sample", type=click.IntRange(min=1), default=None, help="A seeded sample of this many rows.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the sample and the split.")
+@click.option(
+    "--valid-share",
+    type=click.FloatRange(0, 1, max_open=True),
+    default=0.1,
+    show_default=True,
+    help="Share of dialogs held out for validation.",
+)
+@click.option(
+    "--drop-inconsistent", is_flag=True, help="Leave out rows whose gold rewrite the bot's guards would reject."
+)
+def rewrite_data(source, out, sample, seed, valid_share, drop_inconsistent) -> None:
+    """Build a rewriter's training files from a rewrite set (rows with question, rewrite, history).
+
+    Each example is the short prompt (prompts/rewrite_trained.*) and the two lines the bot
+    parses: a reasoning built from the gold rewrite, then the rewrite. Writes sft.train.jsonl,
+    sft.valid.jsonl and rewrite_data.json (source sha256, counts, skipped rows, self-consistency).
+    """
+    from ragbot.finetune.rewrite_data import write_rewrite_data
+
+    report = write_rewrite_data(
+        source, out, sample=sample, seed=seed, valid_share=valid_share, drop_inconsistent=drop_inconsistent
+    )
+    click.echo(report.summary())
+    for skipped in report.skipped[:20]:
+        click.echo(f"  skipped {skipped.origin}: {skipped.reason}", err=True)
+    if len(report.skipped) > 20:
+        click.echo(f"  ... and {len(report.skipped) - 20} more, listed in {report.out}/rewrite_data.json", err=True)

@@ -342,7 +342,17 @@ def prepare(
     turns, skipped = collect(sources, settings, only_good)
     if not turns:
         reasons = ", ".join(f"{r}: {n}" for r, n in Counter(s.reason for s in skipped).items())
-        raise TrainingFileError(f"no examples to write from {', '.join(map(str, sources))}; skipped {reasons or '0'}")
+        from ragbot.finetune.rewrite_data import is_rewrite_set
+
+        hint = "".join(
+            f"; {s} is a rewrite set: build a rewriter's training files with "
+            f"`ragbot finetune rewrite-data {s} --out DIR`"
+            for s in sources
+            if is_rewrite_set(s)
+        )
+        raise TrainingFileError(
+            f"no examples to write from {', '.join(map(str, sources))}; skipped {reasons or '0'}{hint}"
+        )
     examples = []
     finder = _Passages(settings) if with_passages else None
     for turn in turns:

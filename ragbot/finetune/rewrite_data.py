@@ -177,6 +177,7 @@ _EN_PRONOUNS = frozenset(
     "the same the other the latter the former".split()
 )
 _BLANK = re.compile(r"^[\s\W]*$")
+_EN_POSSESSIVE = re.compile(r"(?P<owner>.+?)'s?(?=\s|$)\s*(?P<rest>.*)")
 
 
 def _ops(question: str, rewrite: str, chinese: bool) -> list[tuple[str, str, str, int, int]]:
@@ -263,7 +264,12 @@ def _en_reasoning(question: str, ops) -> str:
         if not r or not _content_insert(r, False):
             continue
         if kind == "replace" and q.lower() in _EN_PRONOUNS:
-            clauses.append(f'"{q}" refers to {r}')
+            owner = _EN_POSSESSIVE.match(r) if q.lower() in ("his", "her", "its", "their") else None
+            if owner and owner.group("rest").strip(" ,.;:?!"):  # "his" -> "Pinhead's supernatural"
+                clauses.append(f'"{q}" refers to {owner.group("owner")}')
+                clauses.append(f"the question leaves out: {owner.group('rest').strip(' ,.;:?!')}")
+            else:
+                clauses.append(f'"{q}" refers to {r}')
         elif kind == "replace":
             clauses.append(f'"{q}" is rewritten as "{r}"')
         else:
@@ -276,7 +282,9 @@ def _en_reasoning(question: str, ops) -> str:
 def assistant_text(row: RewriteRow) -> str:
     """The answer a trained rewriter learns for ``row``: the reasoning, then the gold rewrite."""
     reasoning = reasoning_for(row.question, row.rewrite, [m.content for m in row.messages], row.chinese)
-    return f"思考：{reasoning}\n改写：{row.rewrite}" if row.chinese else f"Reasoning: {reasoning}\nRewrite: {row.rewrite}"
+    return (
+        f"思考：{reasoning}\n改写：{row.rewrite}" if row.chinese else f"Reasoning: {reasoning}\nRewrite: {row.rewrite}"
+    )
 
 
 def prompt_messages(question: str, history: Sequence[Message], chinese: bool, prompt_dir=None) -> list[Message]:
@@ -349,7 +357,8 @@ class Consistency:
 
     def summary(self) -> str:
         d = self.to_dict()
-        text = f"self-consistency {100 * self.rate:.1f}% exact of {self.rows} rows (normalised EM {100 * d['em_normalised_rate']:.1f}%)"
+        rate, em = 100 * self.rate, 100 * d["em_normalised_rate"]
+        text = f"self-consistency {rate:.1f}% exact of {self.rows} rows (normalised EM {em:.1f}%)"
         if self.positives:
             text += f"; rewrites {100 * d['positives_exact_rate']:.1f}% of {self.positives}"
         if self.negatives:
@@ -359,6 +368,8 @@ class Consistency:
 
 def failure_class(row: RewriteRow, got: str, why: str) -> str:
     """A short name for why the bot's result differs from the gold rewrite."""
+    if why.startswith("skipped:"):
+        return "the cheap check skipped the model (" + why.removeprefix("skipped: ") + ")"
     if why.startswith("rejected: introduces"):
         return "guard: the rewrite has a name in neither the history nor the question"
     if why.startswith("rejected: repeats"):
@@ -452,11 +463,13 @@ def write_rewrite_data(
     sample: int | None = None,
     seed: int = 0,
     valid_share: float = 0.1,
+    drop_inconsistent: bool = False,
     prompt_dir=None,
 ) -> RewriteDataReport:
     """Write ``sft.train.jsonl`` and ``sft.valid.jsonl`` for a trained rewriter from a rewrite set,
     and ``rewrite_data.json``: the source's sha256, the counts, the rows skipped and the
-    self-consistency of the written examples."""
+    self-consistency of the sample (measured before ``drop_inconsistent`` leaves out the rows
+    whose gold rewrite the bot's guards would not give back)."""
     if not 0 <= valid_share < 1:
         raise FinetuneError(f"valid_share must be at least 0 and below 1; got {valid_share}")
     if sample is not None and sample < 1:
@@ -469,6 +482,12 @@ def write_rewrite_data(
     chosen = sample_rows(rows, sample, seed)
     valid = split_groups(chosen, valid_share, seed)
     consistency = self_consistency(chosen)
+    gated = self_consistency(chosen, gate=True)
+    if drop_inconsistent:
+        for row in chosen:
+            if row.id in consistency.inconsistent:
+                skipped.append(Skipped(row.origin, "the bot would not give back its gold rewrite"))
+        chosen = [r for r in chosen if r.id not in consistency.inconsistent]
     out = Path(out).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     files: dict[str, int] = {}
@@ -490,6 +509,7 @@ def write_rewrite_data(
         "sample": sample,
         "seed": seed,
         "valid_share": valid_share,
+        "drop_inconsistent": drop_inconsistent,
         "split": {
             "by": "dialog (conv_id; else the row, with its -neg twin)",
             "train_dialogs": len({r.group for r in chosen} - valid),
@@ -502,6 +522,7 @@ def write_rewrite_data(
         },
         "files": files,
         "self_consistency": consistency.to_dict(),
+        "self_consistency_with_gate": gated.to_dict(),
         "skipped": [{"origin": s.origin, "reason": s.reason} for s in skipped],
     }
     (out / MANIFEST).write_text(json.dumps(manifest, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
