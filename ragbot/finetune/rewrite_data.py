@@ -190,10 +190,11 @@ def _ops(question: str, rewrite: str, chinese: bool) -> list[tuple[str, str, str
         qm, rm = list(_EN_TOKEN.finditer(question)), list(_EN_TOKEN.finditer(rewrite))
         a, b = [m.group().lower() for m in qm], [m.group().lower() for m in rm]
         qs, rs = [m.span() for m in qm], [m.span() for m in rm]
+    changes = [op for op in difflib.SequenceMatcher(None, a, b, autojunk=False).get_opcodes() if op[0] != "equal"]
+    if chinese:
+        changes = _merged(changes, question)
     out = []
-    for kind, i1, i2, j1, j2 in difflib.SequenceMatcher(None, a, b, autojunk=False).get_opcodes():
-        if kind == "equal":
-            continue
+    for kind, i1, i2, j1, j2 in changes:
         q_start = qs[i1][0] if i1 < len(qs) else len(question)
         q_end = qs[i2 - 1][1] if i2 > i1 else q_start
         r_span = rewrite[rs[j1][0] : rs[j2 - 1][1]] if j2 > j1 else ""
@@ -201,7 +202,22 @@ def _ops(question: str, rewrite: str, chinese: bool) -> list[tuple[str, str, str
     return out
 
 
+def _merged(changes, question: str):
+    """Two Chinese changes one kept character apart, joined when together they replace a pronoun:
+    "那里的海" -> "毛里求斯的海" aligns 那->毛, keeps 里, inserts 求斯; it is 那里 -> 毛里求斯."""
+    out = []
+    for op in changes:
+        if out:
+            _, i1, i2, j1, j2 = out[-1]
+            if op[1] - i2 == 1 and op[3] - j2 == 1 and _zh_pronoun(span := question[i1 : op[2]]) and len(span) <= 4:
+                out[-1] = ("replace", i1, op[2], j1, op[4])
+                continue
+        out.append(op)
+    return out
+
+
 # what may stand before an omitted subject or after an omitted object: particles, punctuation, spaces
+_ZH_PARTICLES = _ZH_FUNCTION_CHARS | set("啊呀嘛哦哈嗯额呗哒")
 _ZH_EDGE = re.compile(r"[\s\W吗呢吧啊呀么了嘛哦哈那嗯额]+")
 
 
@@ -232,18 +248,22 @@ def reasoning_for(question: str, rewrite: str, history: Sequence[str], chinese: 
 
 
 def _zh_reasoning(question: str, rewrite: str, history: Sequence[str], ops) -> str:
-    replaced = [(q, r) for kind, q, r, _, _ in ops if kind == "replace" and r and not _BLANK.match(q)]
-    inserted = [(r, start, end) for kind, q, r, start, end in ops if kind == "insert" and _content_insert(r, True)]
+    replaced, inserted = [], []
+    for kind, q, r, start, end in ops:
+        if not r or (kind == "insert" and not _content_insert(r, True)):
+            continue
+        if kind == "insert" or _BLANK.match(q) or (not _zh_pronoun(q) and set(q) <= _ZH_PARTICLES):
+            inserted.append((r, start, end))  # "我不认识啊" -> "我不认识巴乔": 巴乔 was left out
+        elif _zh_pronoun(q) or len(r) > 1:  # else a one-character change of wording ("哪里" -> "哪儿")
+            replaced.append((q, r))
     # the referent sentence, when substituting it gives the rewrite (else the bot would stop there)
-    if len({pair for pair in replaced}) == 1 and _zh_pronoun(replaced[0][0]):
+    if len(set(replaced)) == 1 and not inserted and _zh_pronoun(replaced[0][0]):
         pronoun, referent = replaced[0]
         sentence = f"“{pronoun}”指前面说的{referent}。"
         done = substitute_referent(question, sentence, history)
         if done is not None and done[0] == rewrite:
             return sentence
-    clauses = []
-    for q, r in dict.fromkeys(replaced):
-        clauses.append(f"“{q}”说的是{r}")
+    clauses = [f"“{q}”说的是{_trim(r)}" for q, r in dict.fromkeys(replaced)]
     if len(inserted) == 1 and not replaced:
         span, start, end = inserted[0]
         if not _ZH_EDGE.sub("", question[:start]):
@@ -251,7 +271,7 @@ def _zh_reasoning(question: str, rewrite: str, history: Sequence[str], ops) -> s
         if not _ZH_EDGE.sub("", question[end:]):
             return f"省略了宾语，指的是{_trim(span)}。"
     if inserted:
-        clauses.append("省略了" + "和".join(f"“{_trim(r)}”" for r, _, _ in inserted))
+        clauses.append("省略了" + "和".join(f"“{_trim(r)}”" for r, _, _ in dict.fromkeys(inserted)))
     if not clauses:  # only particles, spaces or deletions changed
         return "问题基本完整，只调整了个别字词。"
     return "，".join(clauses) + "。"
