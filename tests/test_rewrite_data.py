@@ -229,3 +229,20 @@ def test_self_consistency_on_su_training_rows():
     assert report.rows == 300
     assert report.rate >= SU_FLOOR, report.to_dict()
     assert report.negatives_kept == report.negatives
+
+
+def test_the_prompt_shows_the_history_window_the_bot_shows(tmp_path):
+    """A long answer is clipped to the rewrite's per-message budget, as ``rewrite_question`` clips it."""
+    from ragbot.conversation.rewrite import rewrite_question
+    from ragbot.testing.fakes import ScriptedChatModel
+
+    long_answer = "尼罗河是非洲的一条大河。" * 80
+    data = {**ROWS["zh_pronoun"], "history": [NILE[0], long_answer]}
+    (r,), _ = read_rewrite_rows(write_jsonl(tmp_path / "long.jsonl", [data]))
+    user = sft_record(r)["messages"][1]["content"]
+    model = ScriptedChatModel([assistant_text(r)])
+    rewrite_question(r.question, r.messages, model, force=True, history_tokens=600, message_tokens=120)
+    shown = model.calls[0].messages[-1].content  # the CoT prompt's user part: the same history block
+    history = user.removeprefix("对话历史：\n").rsplit("\n最后的问题：", 1)[0]
+    assert history.endswith("…") and len(history) < len(long_answer)
+    assert history in shown

@@ -34,10 +34,12 @@ import re
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from ragbot.config import Settings
+from ragbot.conversation.history import recent_messages
 from ragbot.conversation.prompts import load_prompt
 from ragbot.conversation.rewrite import (
     _SUBSTITUTABLE,
@@ -53,6 +55,10 @@ from ragbot.evaluation.question_sets import history_messages
 from ragbot.models.chat import Message
 from ragbot.text import is_chinese
 
+# the rewrite's history budget in the default settings: the prompt shows what the bot would show
+_BUDGET = {
+    f.name: f.default for f in fields(Settings) if f.name in ("rewrite_history_tokens", "rewrite_message_tokens")
+}
 PROMPTS = {"zh": "rewrite_trained.zh", "en": "rewrite_trained.en"}
 MANIFEST = "rewrite_data.json"
 CONTEXT_ROLES = ("title", "section")  # CANARD: the Wikipedia title and section the dialog is about
@@ -307,11 +313,20 @@ def assistant_text(row: RewriteRow) -> str:
     )
 
 
-def prompt_messages(question: str, history: Sequence[Message], chinese: bool, prompt_dir=None) -> list[Message]:
-    """The short prompt of a trained rewriter: one line of instructions, the history (as the CoT
-    rewrite formats it) and the question."""
+def prompt_messages(
+    question: str,
+    history: Sequence[Message],
+    chinese: bool,
+    prompt_dir=None,
+    history_tokens: int = _BUDGET["rewrite_history_tokens"],
+    message_tokens: int = _BUDGET["rewrite_message_tokens"],
+) -> list[Message]:
+    """The short prompt of a trained rewriter: one line of instructions, the history the rewrite
+    sees (the most recent messages within its budget, as ``rewrite_question`` cuts it with the
+    default settings) formatted as the CoT rewrite formats it, and the question."""
+    window = recent_messages(history, history_tokens, message_tokens) or list(history[-1:])
     prompt = load_prompt(PROMPTS["zh" if chinese else "en"], prompt_dir)
-    return prompt.render(history=format_history(history, chinese), question=question)
+    return prompt.render(history=format_history(window, chinese), question=question)
 
 
 def sft_record(row: RewriteRow, prompt_dir=None) -> dict[str, Any]:
@@ -339,7 +354,14 @@ def bot_standalone(row: RewriteRow, text: str, gate: bool = False) -> tuple[str,
     from ragbot.testing.fakes import ScriptedChatModel
 
     with _quiet():
-        result = rewrite_question(row.question, row.messages, ScriptedChatModel([text]), force=not gate)
+        result = rewrite_question(
+            row.question,
+            row.messages,
+            ScriptedChatModel([text]),
+            force=not gate,
+            history_tokens=_BUDGET["rewrite_history_tokens"],
+            message_tokens=_BUDGET["rewrite_message_tokens"],
+        )
     return result.question, result.reason
 
 
