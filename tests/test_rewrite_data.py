@@ -197,6 +197,18 @@ def test_sample_and_drop_inconsistent(tmp_path):
     assert sampled.manifest["examples"]["total"] == 2
 
 
+def test_duplicate_examples_are_written_once(tmp_path):
+    """A positive whose question is already its rewrite makes the same example as its negative twin."""
+    same = {**ROWS["zh_negative"], "id": "z1"}
+    path = write_jsonl(tmp_path / "rw.jsonl", [same, ROWS["zh_negative"], ROWS["zh_pronoun"]])
+    report = write_rewrite_data(path, tmp_path / "out", valid_share=0)
+    assert report.files == {"sft.train.jsonl": 2}
+    assert [(s.origin, s.reason) for s in report.skipped] == [
+        ("rw.jsonl, line 2", "the same example as rw.jsonl, line 1")
+    ]
+    assert "skipped 1 (the same example: 1)" in report.summary()
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

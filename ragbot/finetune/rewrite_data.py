@@ -377,7 +377,7 @@ class Consistency:
     negatives: int = 0
     negatives_kept: int = 0
     failures: Counter = field(default_factory=Counter)
-    inconsistent: set[str] = field(default_factory=set)  # ids of the rows the bot does not give back
+    inconsistent: set[str] = field(default_factory=set)  # origins of the rows the bot does not give back
     examples: dict[str, list[dict[str, str]]] = field(default_factory=dict)
 
     @property
@@ -448,7 +448,7 @@ def self_consistency(rows: Sequence[RewriteRow], gate: bool = False, keep_exampl
             report.positives += 1
             report.positives_exact += same
         if not same:
-            report.inconsistent.add(row.id)
+            report.inconsistent.add(row.origin)
             kind = failure_class(row, got, why)
             report.failures[kind] += 1
             shown = report.examples.setdefault(kind, [])
@@ -470,7 +470,7 @@ class RewriteDataReport:
         written = ", ".join(f"{name} {n}" for name, n in self.files.items())
         line = f"Wrote {written} to {self.out}; {self.consistency.summary()}"
         if self.skipped:
-            reasons = Counter(s.reason.split(" (")[0] for s in self.skipped)
+            reasons = Counter(s.reason.split(" (")[0].split(" as ")[0] for s in self.skipped)
             line += f"; skipped {len(self.skipped)} ({', '.join(f'{r}: {n}' for r, n in reasons.items())})"
         return line
 
@@ -521,25 +521,35 @@ def write_rewrite_data(
     if not rows:
         reasons = ", ".join(f"{s.origin}: {s.reason}" for s in skipped[:3])
         raise TrainingFileError(f"no usable rewrite rows in {source}; {reasons}")
-    chosen = sample_rows(rows, sample, seed)
-    valid = split_groups(chosen, valid_share, seed)
+    chosen, seen = [], {}
+    records: dict[str, dict[str, Any]] = {}
+    for row in sample_rows(rows, sample, seed):
+        record = sft_record(row, prompt_dir)
+        key = json.dumps(record, ensure_ascii=False, sort_keys=True)
+        if key in seen:  # e.g. a row whose question is its rewrite, and its negative twin
+            skipped.append(Skipped(row.origin, f"the same example as {seen[key]}"))
+            continue
+        seen[key] = row.origin
+        chosen.append(row)
+        records[row.origin] = record
     consistency = self_consistency(chosen)
     gated = self_consistency(chosen, gate=True)
     if drop_inconsistent:
         for row in chosen:
-            if row.id in consistency.inconsistent:
+            if row.origin in consistency.inconsistent:
                 skipped.append(Skipped(row.origin, "the bot would not give back its gold rewrite"))
-        chosen = [r for r in chosen if r.id not in consistency.inconsistent]
+        chosen = [r for r in chosen if r.origin not in consistency.inconsistent]
+    valid = split_groups(chosen, valid_share, seed)
     out = Path(out).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     files: dict[str, int] = {}
     for part in ("train", "valid"):
         path = out / f"sft.{part}.jsonl"
         path.unlink(missing_ok=True)
-        records = [sft_record(r, prompt_dir) for r in chosen if (r.group in valid) == (part == "valid")]
-        if records:
-            path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
-            files[path.name] = len(records)
+        lines = [records[r.origin] for r in chosen if (r.group in valid) == (part == "valid")]
+        if lines:
+            path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in lines), encoding="utf-8")
+            files[path.name] = len(lines)
     manifest = {
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "task": "rewrite",
