@@ -231,7 +231,7 @@ def test_prepare_points_a_rewrite_set_to_rewrite_data(tmp_path, hash_settings):
         prepare([path], tmp_path / "out", settings=hash_settings)
 
 
-SU_FLOOR = 0.95  # measured: 98.8% on all 34,000 rows, 99.0% on this sample; the margin absorbs guard changes
+SU_FLOOR = 0.97  # measured: 98.8% on all 33,928 examples, 98.7% on this sample; the margin absorbs small guard changes
 
 
 def test_self_consistency_on_su_training_rows():
