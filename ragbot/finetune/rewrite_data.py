@@ -52,6 +52,7 @@ from ragbot.conversation.rewrite import (
 from ragbot.errors import FinetuneError, TrainingFileError
 from ragbot.evaluation.metrics import exact_match
 from ragbot.evaluation.question_sets import history_messages
+from ragbot.finetune.data import Skipped, validation_groups
 from ragbot.models.chat import Message
 from ragbot.text import is_chinese
 
@@ -100,12 +101,6 @@ class RewriteRow:
     @property
     def negative(self) -> bool:
         return self.question.strip() == self.rewrite.strip()
-
-
-@dataclass(frozen=True)
-class Skipped:
-    origin: str
-    reason: str
 
 
 # --------------------------------------------------------------------------- reading
@@ -485,8 +480,6 @@ def sample_rows(rows: Sequence[RewriteRow], sample: int | None, seed: int) -> li
 
 def split_groups(rows: Sequence[RewriteRow], valid_share: float, seed: int) -> set[str]:
     """The dialogs that go to validation: a seeded shuffle of the distinct groups."""
-    from ragbot.finetune.data import validation_groups
-
     return validation_groups([r.group for r in rows], valid_share, seed)
 
 
