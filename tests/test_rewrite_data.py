@@ -258,3 +258,11 @@ def test_the_prompt_shows_the_history_window_the_bot_shows(tmp_path):
     history = user.removeprefix("对话历史：\n").rsplit("\n最后的问题：", 1)[0]
     assert history.endswith("…") and len(history) < len(long_answer)
     assert history in shown
+
+
+def test_english_names_are_given_whole(tmp_path):
+    data = {**ROWS["en_pronoun"], "history": ["Tell me about Trey Songz.", "He is a singer."],
+            "question": "Did Trey enjoy singing?", "rewrite": "Did Trey Songz enjoy singing?"}  # fmt: skip
+    (r,), _ = read_rewrite_rows(write_jsonl(tmp_path / "name.jsonl", [data]))
+    assert assistant_text(r).splitlines()[0] == 'Reasoning: "Trey" is Trey Songz.'
+    assert bot_standalone(r, assistant_text(r))[0] == r.rewrite

@@ -181,8 +181,8 @@ _BLANK = re.compile(r"^[\s\W]*$")
 _EN_POSSESSIVE = re.compile(r"(?P<owner>.+?)'s?(?=\s|$)\s*(?P<rest>.*)")
 
 
-def _ops(question: str, rewrite: str, chinese: bool) -> list[tuple[str, str, str, int, int]]:
-    """(kind, question span, rewrite span, start in question, end in question) of each change."""
+def _ops(question: str, rewrite: str, chinese: bool) -> list[tuple[str, str, str, int, int, int, int]]:
+    """(kind, question span, rewrite span, its start and end in the question, in the rewrite) of each change."""
     if chinese:
         a, b = list(question), list(rewrite)
         qs = [(i, i + 1) for i in range(len(question))]
@@ -198,8 +198,8 @@ def _ops(question: str, rewrite: str, chinese: bool) -> list[tuple[str, str, str
     for kind, i1, i2, j1, j2 in changes:
         q_start = qs[i1][0] if i1 < len(qs) else len(question)
         q_end = qs[i2 - 1][1] if i2 > i1 else q_start
-        r_span = rewrite[rs[j1][0] : rs[j2 - 1][1]] if j2 > j1 else ""
-        out.append((kind, question[q_start:q_end], r_span, q_start, q_end))
+        r_start, r_end = (rs[j1][0], rs[j2 - 1][1]) if j2 > j1 else (0, 0)
+        out.append((kind, question[q_start:q_end], rewrite[r_start:r_end], q_start, q_end, r_start, r_end))
     return out
 
 
@@ -245,12 +245,12 @@ def reasoning_for(question: str, rewrite: str, history: Sequence[str], chinese: 
     if question == rewrite:
         return ZH_COMPLETE if chinese else EN_COMPLETE
     ops = _ops(question, rewrite, chinese)
-    return _zh_reasoning(question, rewrite, history, ops) if chinese else _en_reasoning(question, ops)
+    return _zh_reasoning(question, rewrite, history, ops) if chinese else _en_reasoning(rewrite, ops)
 
 
 def _zh_reasoning(question: str, rewrite: str, history: Sequence[str], ops) -> str:
     replaced, inserted = [], []
-    for kind, q, r, start, end in ops:
+    for kind, q, r, start, end, *_ in ops:
         if not r or (kind == "insert" and not _content_insert(r, True)):
             continue
         if kind == "insert" or _BLANK.match(q) or (not _zh_pronoun(q) and set(q) <= _ZH_PARTICLES):
@@ -278,9 +278,29 @@ def _zh_reasoning(question: str, rewrite: str, history: Sequence[str], ops) -> s
     return "，".join(clauses) + "。"
 
 
-def _en_reasoning(question: str, ops) -> str:
+_EN_CAPITALISED = re.compile(r"[A-Z][\w'.-]*")
+
+
+def _whole_name(rewrite: str, start: int, end: int) -> tuple[int, int]:
+    """The span ``start:end`` of ``rewrite`` grown over the capitalised words right beside it
+    (not the sentence's first word): "Songz" in "Did Trey Songz enjoy..." -> "Trey Songz"."""
+    words = [m for m in re.finditer(r"\S+", rewrite)]
+    inside = [i for i, m in enumerate(words) if m.start() >= start and m.end() <= end]
+    if not inside:
+        return start, end
+    first, last = inside[0], inside[-1]
+    if not all(_EN_CAPITALISED.fullmatch(words[i].group()) for i in inside):  # not a piece of a name
+        return start, end
+    while first > 1 and _EN_CAPITALISED.fullmatch(words[first - 1].group()):
+        first -= 1
+    while last + 1 < len(words) and _EN_CAPITALISED.fullmatch(words[last + 1].group()):
+        last += 1
+    return words[first].start(), words[last].end()
+
+
+def _en_reasoning(rewrite: str, ops) -> str:
     clauses = []
-    for kind, q, r, start, _ in ops:
+    for kind, q, r, _, _, r_start, r_end in ops:
         r = r.strip(" ,.;:?!")
         if not r or not _content_insert(r, False):
             continue
@@ -290,11 +310,16 @@ def _en_reasoning(question: str, ops) -> str:
                 clauses.append(f'"{q}" refers to {owner.group("owner")}')
                 clauses.append(f"the question leaves out: {owner.group('rest').strip(' ,.;:?!')}")
             else:
-                clauses.append(f'"{q}" refers to {r}')
+                clauses.append(f'"{q}" refers to {owner.group("owner") if owner else r}')
         elif kind == "replace":
             clauses.append(f'"{q}" is rewritten as "{r}"')
         else:
-            clauses.append(f"{'the subject is left out' if start == 0 else 'the question leaves out'}: {r}")
+            grown_start, grown_end = _whole_name(rewrite, r_start, r_end)
+            if (grown_start, grown_end) != (r_start, r_end):  # "Trey" -> "Trey Songz": the full name
+                named = (rewrite[grown_start:r_start] + rewrite[r_end:grown_end]).strip()
+                clauses.append(f'"{named}" is {rewrite[grown_start:grown_end].strip(" ,.;:?!")}')
+            else:
+                clauses.append(f"the question leaves out: {r}")
     if not clauses:
         return "the question is complete apart from small wording changes."
     return "; ".join(dict.fromkeys(clauses)) + "."
