@@ -593,6 +593,7 @@ def write_rewrite_data(
         "files": files,
         "self_consistency": consistency.to_dict(),
         "self_consistency_with_gate": gated.to_dict(),
+        "not_given_back": consistency.examples,  # a few rows of each failure class: question, gold, bot
         "skipped": [{"origin": s.origin, "reason": s.reason} for s in skipped],
     }
     (out / MANIFEST).write_text(json.dumps(manifest, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
