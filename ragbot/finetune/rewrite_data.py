@@ -174,9 +174,8 @@ def is_rewrite_set(path: str | Path) -> bool:
 # --------------------------------------------------------------------------- the reasoning
 _EN_TOKEN = re.compile(r"\w+(?:'\w+)?|[^\w\s]")
 _EN_PRONOUNS = frozenset(
-    "it its it's he him his she her hers they them their theirs this that these those there one "
-    "the same the other the latter the former".split()
-)
+    "it its it's he him his she her hers they them their theirs this that these those there one".split()
+) | {"the same", "the other", "the latter", "the former"}
 _BLANK = re.compile(r"^[\s\W]*$")
 _EN_POSSESSIVE = re.compile(r"(?P<owner>.+?)'s?(?=\s|$)\s*(?P<rest>.*)")
 
