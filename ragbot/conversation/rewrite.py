@@ -40,7 +40,7 @@ from ragbot.text import CJK, is_chinese
 
 log = logging.getLogger("ragbot.conversation.rewrite")
 
-_ZH_PRONOUN = re.compile(
+ZH_PRONOUN = re.compile(
     r"它|他|她|这个|那个|这些|那些|这里|那里|这儿|那儿|这位|那位|这部|那部|这首|那首|这本|那本|这家|那家"
     r"|这款|那款|这种|那种|这件|那件|这条|那条|这座|那座|这只|那只|该|其|此|前者|后者|上面|上述|刚才|同样|对方"
     r"|这|那(?!么)"  # bare demonstratives: 这是哪年拍的? 这片子... (after the longer forms, for the log)
@@ -55,7 +55,7 @@ _ZH_ATTRIBUTE = re.compile(
 )
 _ZH_NAMED = re.compile(r"[《“「\"]|[A-Z][a-z]+")
 _ZH_COMPARISON = re.compile(r"^(那|那么|还有)|呢[？?！!。]*$")
-_EN_PRONOUN = re.compile(
+EN_PRONOUN = re.compile(
     r"\b(it|its|it's|he|him|his|she|her|hers|they|them|their|theirs|this|that|these|those|there|"
     r"the same|the other|the latter|the former|one|ones|then|other|another|similar|such|more|"
     r"(?-i:the (?!(?:best|most|least|first|last|world)\b)[a-z]+))\b",
@@ -78,7 +78,7 @@ _REFERENT = re.compile(
 )
 # pronouns a referent may replace, each only as a whole word: 他 not inside 他们 or 其他, 那 only as
 # "那是..." (a leading 那 is "so": "那你知道...")
-_SUBSTITUTABLE = {
+SUBSTITUTABLE = {
     **{p: rf"(?<!其){p}(?!们)" for p in "他她它"},
     **{p: p for p in ("他们", "她们", "它们", "这个", "那个", "这部", "那部", "这本", "那本", "这首", "那首")},
     **{p: p for p in ("这里", "那里", "这儿", "那儿")},
@@ -100,7 +100,7 @@ def needs_rewrite(question: str, history: Sequence[str]) -> RewriteDecision:
     if is_chinese(q):
         if _ZH_SMALL_TALK.match(q):
             return RewriteDecision(False, "small talk")
-        if m := _ZH_PRONOUN.search(q):
+        if m := ZH_PRONOUN.search(q):
             return RewriteDecision(True, f"pronoun {m.group(0)!r}")
         if _ZH_COMPARISON.search(q):
             return RewriteDecision(True, "comparison follow-up")
@@ -111,7 +111,7 @@ def needs_rewrite(question: str, history: Sequence[str]) -> RewriteDecision:
         return RewriteDecision(False, "names its subject")
     if _EN_SMALL_TALK.match(q):
         return RewriteDecision(False, "small talk")
-    if m := _EN_PRONOUN.search(q):
+    if m := EN_PRONOUN.search(q):
         return RewriteDecision(True, f"pronoun {m.group(0)!r}")
     if _EN_FOLLOW_UP.match(q):
         return RewriteDecision(True, "follow-up phrase")
@@ -150,7 +150,7 @@ def parse_rewrite(text: str) -> tuple[str, str] | None:
     return reasoning, final
 
 
-_ZH_FUNCTION_CHARS = set(
+ZH_FUNCTION_CHARS = set(
     "是的了吗呢吧啊呀么什哪里谁怎样如何几多少为在有和与及或被把"  # question words, particles
     "对于从到也都还就又很最更些个这那其们能会可以要想请问知道"  # prepositions, adverbs, modal verbs
 )
@@ -165,8 +165,8 @@ def substitute_referent(question: str, reasoning: str, history: Sequence[str]) -
     if m is None:
         return None
     pronoun, referent = m.group("pronoun"), m.group("referent").strip().strip("“”\"'「」 ")
-    pattern = _SUBSTITUTABLE.get(pronoun)
-    if pattern is None or not referent or len(referent) > 20 or referent in _SUBSTITUTABLE:
+    pattern = SUBSTITUTABLE.get(pronoun)
+    if pattern is None or not referent or len(referent) > 20 or referent in SUBSTITUTABLE:
         return None
     if referent not in "\n".join(history):
         return None
@@ -213,7 +213,7 @@ def introduced_name(rewrite: str, question: str, history: Sequence[str]) -> str 
                 covered[i] = covered[i + 1] = True
         for match in re.finditer(r"F{2,}", "".join("T" if c else "F" for c in covered)):
             piece = run[match.start() : match.end()]
-            if not set(piece) <= _ZH_FUNCTION_CHARS:  # 是什么 / 哪些 are words of the question, not names
+            if not set(piece) <= ZH_FUNCTION_CHARS:  # 是什么 / 哪些 are words of the question, not names
                 return piece
     chinese = is_chinese(question)
     for position, word in enumerate(_EN_WORD.findall(rewrite)):
@@ -395,7 +395,7 @@ def _content(text: str) -> set[str]:
     """The words that carry a question's subject: Chinese characters other than function words
     and pronouns, English words other than stopwords."""
     lowered = text.lower()
-    chars = {c for c in CJK.findall(lowered) if c not in _ZH_FUNCTION_CHARS and c not in "它他她"}
+    chars = {c for c in CJK.findall(lowered) if c not in ZH_FUNCTION_CHARS and c not in "它他她"}
     words = {w for w in re.findall(r"[a-z0-9]+", lowered) if w not in _EN_STOPWORDS}
     return chars | words
 

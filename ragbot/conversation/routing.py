@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ragbot.conversation.rewrite import _EN_PRONOUN, _ZH_PRONOUN
+from ragbot.conversation.rewrite import EN_PRONOUN, ZH_PRONOUN
 from ragbot.conversation.topic import has_name, title_names
 from ragbot.knowledge.knowledge_base import Hit
 from ragbot.text import is_chinese
@@ -26,7 +26,7 @@ def refers_back(question: str) -> bool:
     """Whether the question points back with a pronoun or demonstrative ("它", "这部", "her"): a
     follow-up on the topic far more often than a new subject is (71% of the KdConv follow-ups,
     13% of the other-subject questions put after them; docs/evaluation.md)."""
-    return bool((_ZH_PRONOUN if is_chinese(question) else _EN_PRONOUN).search(question))
+    return bool((ZH_PRONOUN if is_chinese(question) else EN_PRONOUN).search(question))
 
 
 def topic_gate(threshold: float, margin: float, question: str) -> float:

@@ -342,8 +342,6 @@ def prepare(
     turns, skipped = collect(sources, settings, only_good)
     if not turns:
         reasons = ", ".join(f"{r}: {n}" for r, n in Counter(s.reason for s in skipped).items())
-        from ragbot.finetune.rewrite_data import is_rewrite_set
-
         hint = "".join(
             f"; {s} is a rewrite set: build a rewriter's training files with "
             f"`ragbot finetune rewrite-data {s} --out DIR`"
@@ -440,3 +438,19 @@ def _write_files(out: Path, examples: Sequence[Example], valid: set[str]) -> dic
                 path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
                 counts[path.name] = len(rows)
     return counts
+
+
+def is_rewrite_set(path: str | Path) -> bool:
+    """Whether the first row of a .jsonl file has a question and a rewrite but no answer."""
+    path = Path(path)
+    if path.suffix.lower() not in (".jsonl", ".ndjson", ".json") or not path.is_file():
+        return False
+    with open(path, encoding="utf-8-sig", errors="replace") as fh:
+        for text in fh:
+            if text.strip():
+                try:
+                    first = json.loads(text)
+                except json.JSONDecodeError:
+                    return False
+                return isinstance(first, dict) and {"question", "rewrite"} <= set(first) and "answer" not in first
+    return False

@@ -42,9 +42,9 @@ from ragbot.config import Settings
 from ragbot.conversation.history import recent_messages
 from ragbot.conversation.prompts import load_prompt
 from ragbot.conversation.rewrite import (
-    _SUBSTITUTABLE,
-    _ZH_FUNCTION_CHARS,
-    _ZH_PRONOUN,
+    SUBSTITUTABLE,
+    ZH_FUNCTION_CHARS,
+    ZH_PRONOUN,
     format_history,
     rewrite_question,
     substitute_referent,
@@ -53,7 +53,7 @@ from ragbot.errors import FinetuneError, TrainingFileError
 from ragbot.evaluation.metrics import exact_match
 from ragbot.evaluation.question_sets import history_messages
 from ragbot.finetune.data import Skipped, validation_groups
-from ragbot.models.chat import Message
+from ragbot.models.chat import ChatModel, Delta, GenerationSettings, Message
 from ragbot.text import is_chinese
 
 # the rewrite's history budget in the default settings: the prompt shows what the bot would show
@@ -155,22 +155,6 @@ def _row(data: dict[str, Any], origin: str) -> RewriteRow | Skipped:
     return RewriteRow(rid, origin, question.strip(), rewrite.strip(), tuple(history), tuple(roles), group, lang)
 
 
-def is_rewrite_set(path: str | Path) -> bool:
-    """Whether the first row of a .jsonl file has a question and a rewrite but no answer."""
-    path = Path(path)
-    if path.suffix.lower() not in (".jsonl", ".ndjson", ".json") or not path.is_file():
-        return False
-    with open(path, encoding="utf-8-sig", errors="replace") as fh:
-        for text in fh:
-            if text.strip():
-                try:
-                    first = json.loads(text)
-                except json.JSONDecodeError:
-                    return False
-                return isinstance(first, dict) and {"question", "rewrite"} <= set(first) and "answer" not in first
-    return False
-
-
 # --------------------------------------------------------------------------- the reasoning
 _EN_TOKEN = re.compile(r"\w+(?:'\w+)?|[^\w\s]")
 _EN_PRONOUNS = frozenset(
@@ -217,7 +201,7 @@ def _merged(changes, question: str):
 
 
 # what may stand before an omitted subject or after an omitted object: particles, punctuation, spaces
-_ZH_PARTICLES = _ZH_FUNCTION_CHARS | set("啊呀嘛哦哈嗯额呗哒")
+_ZH_PARTICLES = ZH_FUNCTION_CHARS | set("啊呀嘛哦哈嗯额呗哒")
 _ZH_EDGE = re.compile(r"[\s\W吗呢吧啊呀么了嘛哦哈那嗯额]+")
 
 
@@ -227,14 +211,14 @@ def _trim(span: str) -> str:
 
 
 def _zh_pronoun(span: str) -> bool:
-    return bool(span) and (span in _SUBSTITUTABLE or _ZH_PRONOUN.search(span) is not None)
+    return bool(span) and (span in SUBSTITUTABLE or ZH_PRONOUN.search(span) is not None)
 
 
 def _content_insert(span: str, chinese: bool) -> bool:
     if _BLANK.match(span):
         return False
     if chinese:
-        return not set(re.sub(r"[\s\W]", "", span)) <= _ZH_FUNCTION_CHARS
+        return not set(re.sub(r"[\s\W]", "", span)) <= ZH_FUNCTION_CHARS
     return True
 
 
@@ -366,17 +350,28 @@ def _quiet(name: str = "ragbot.conversation.rewrite") -> Iterator[None]:
         logger.setLevel(level)
 
 
+class _Answers(ChatModel):
+    """A model whose answer is ``text``: what the bot makes of an answer, without a model
+    (``ChatModel.stream`` cuts it where the bot's ``until`` would stop a real one)."""
+
+    name = "given"
+
+    def __init__(self, text: str):
+        self.text = text
+
+    def _stream(self, messages: Sequence[Message], generation: GenerationSettings) -> Iterator[Delta]:
+        yield Delta(text=self.text)
+
+
 def bot_standalone(row: RewriteRow, text: str, gate: bool = False) -> tuple[str, str]:
     """(standalone question, why) the bot makes of the model output ``text`` for ``row``:
     ``rewrite_question`` with a scripted model that answers ``text`` (and stops where the bot
     stops it). ``gate``: also apply the cheap check that skips the model."""
-    from ragbot.testing.fakes import ScriptedChatModel
-
     with _quiet():
         result = rewrite_question(
             row.question,
             row.messages,
-            ScriptedChatModel([text]),
+            _Answers(text),
             force=not gate,
             history_tokens=_BUDGET["rewrite_history_tokens"],
             message_tokens=_BUDGET["rewrite_message_tokens"],
