@@ -109,6 +109,11 @@ class Settings:
     warm_up: bool = True  # a local model computes the next turn's prompt prefixes while the user reads
     llm_threads: int | None = None  # local model threads; None: num_threads, else the cores free at each call
     lora_path: Path | None = None  # GGUF LoRA adapter applied to the local answer model
+    rewrite_lora_path: Path | None = None  # GGUF LoRA adapter applied to the local rewrite model
+    # the rewrite prompt files (prompts/NAME.zh.txt, .en.txt): `rewrite`, the chain-of-thought prompt with its
+    # instructions and examples; `rewrite_trained`, the history and the question only, for a model trained on
+    # `ragbot finetune rewrite-data` (`ragbot finetune use --role rewrite` sets it)
+    rewrite_prompt: str = "rewrite"
     models_dir: Path | None = None  # where built-in local models are assembled; None: data_home()/models
 
     # Conversation.
@@ -143,7 +148,10 @@ class Settings:
     def __post_init__(self) -> None:
         if isinstance(self.stop, (list, str)):
             object.__setattr__(self, "stop", (self.stop,) if isinstance(self.stop, str) else tuple(self.stop))
-        paths = ("index", "knowledge_dir", "lora_path", "prompt_dir", "sessions", "models_dir", "api_keys_file")
+        paths = (
+            "index", "knowledge_dir", "lora_path", "rewrite_lora_path", "prompt_dir", "sessions", "models_dir",
+            "api_keys_file",
+        )  # fmt: skip
         for name in paths:  # accept str
             value = getattr(self, name)
             if name in _URL_SETTINGS and is_url(value):

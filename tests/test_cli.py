@@ -84,6 +84,21 @@ def test_info_prints_the_manifest(corpus, tmp_path):
     info = json.loads(run_cli("info", "--index", index, env=HASH).stdout)
     assert info["embedder"] == "hash:char-bigrams-256" and info["chunks"] == 2
     assert info["chunk_tokens"] == 256 and info["index_type"] == "flat"
+    # the model each role would use, named without loading it (a local adapter shows as base+adapter)
+    (tmp_path / "rewriter.gguf").write_bytes(b"GGUF")
+    roles = {
+        **HASH,
+        "RAGBOT_LLM": "local",
+        "RAGBOT_REWRITE_MODEL": "qwen2.5-0.5b",
+        "RAGBOT_REWRITE_LORA_PATH": str(tmp_path / "rewriter.gguf"),
+        "RAGBOT_REWRITE_PROMPT": "rewrite_trained",
+    }
+    models = json.loads(run_cli("info", "--index", index, env=roles).stdout)["models"]
+    assert models == {
+        "answer": "qwen2.5-1.5b",
+        "rewrite": "qwen2.5-0.5b+rewriter.gguf",
+        "rewrite_prompt": "rewrite_trained",
+    }
 
 
 # --- smoke tests: the real command in a new interpreter -----------------------------------------------

@@ -62,6 +62,7 @@ def test_an_english_follow_up_is_answered_from_the_chinese_document_through_its_
     assert model.calls[1].messages[-1].content == "English question: How long is the Yangtze?"
     assert answer.models["translation"] == "scripted" and answer.usage["translation"].calls == 1
     assert "translated (zh):     长江有多长？ (the answer was found through it)" in format_why(answer)
+    assert "models:              rewrite scripted, translation scripted, answer scripted" in format_why(answer)
 
     # the same turn without the translation: the Nile passage is close but not about the Yangtze
     off, _ = make_bot(kb, [YANGTZE_REWRITE, "Not found; general answer."], translate=False)

@@ -134,12 +134,33 @@ def test_use_a_gguf_file_and_a_lora_adapter(tmp_path):
     assert settings.answer_model == str(model.absolute()) and settings.lora_path == adapter.absolute()
     # The local answer model is built from the file, with the adapter handed to llama.cpp.
     answer = make_chat_model(settings, "answer")
-    assert answer.name == "my-finetune.gguf" and answer.lora_path == str(adapter.absolute())
+    assert answer.name == "my-finetune.gguf+adapter.gguf" and answer.lora_path == str(adapter.absolute())
     assert make_chat_model(settings, "rewrite").lora_path is None
 
     back = use_model(None, role="answer", unset=True)
     assert sorted(back.removed) == ["answer_model", "lora_path"]
     assert load_settings().lora_path is None and load_settings().model == "smollm2-135m"
+
+
+def test_a_rewriter_adapter_takes_the_rewrite_role_with_its_short_prompt(tmp_path):
+    adapter = write_lora_adapter(tmp_path / "rewriter.gguf", scale=0.0)
+    (tmp_path / "ragbot.toml").write_text('model = "smollm2-135m"\n')
+    with pytest.raises(FinetuneError, match="is for llama models, but the local rewrite model qwen2.5-0.5b is qwen2"):
+        use_model("qwen2.5-0.5b", role="rewrite", lora=str(adapter))
+    change = use_model("smollm2-135m", role="rewrite", lora=str(adapter))
+    assert "applies to the local rewrite model, with the rewrite_trained prompt" in change.describe()
+    settings = load_settings()
+    assert (settings.rewrite_model, settings.rewrite_lora_path, settings.rewrite_prompt) == (
+        "smollm2-135m",
+        adapter.absolute(),
+        "rewrite_trained",
+    )
+    # each role names its own model and adapter; the answer role keeps the base model, without the adapter
+    assert make_chat_model(settings, "rewrite").name == "smollm2-135m+rewriter.gguf"
+    assert (make_chat_model(settings, "answer").name, settings.lora_path) == ("smollm2-135m", None)
+    back = use_model(None, role="rewrite", unset=True)
+    assert set(back.removed) == {"rewrite_model", "rewrite_lora_path", "rewrite_prompt"}
+    assert load_settings().rewrite_prompt == "rewrite"
 
 
 def test_bad_swaps_say_what_is_wrong(tmp_path):
@@ -148,7 +169,7 @@ def test_bad_swaps_say_what_is_wrong(tmp_path):
     cases = [
         (("finetune", "use", str(tmp_path / "missing.gguf")), "missing.gguf does not exist"),
         (("finetune", "use", str(not_gguf)), "is not a GGUF file"),
-        (("finetune", "use", "x", "--lora", str(not_gguf), "--role", "rewrite"), "answer model only"),
+        (("finetune", "use", "--lora", str(not_gguf), "--role", "rewrite"), "is not a GGUF file"),
         (("finetune", "use"), "give a job id, a model name or a .gguf file"),
         (("finetune", "use", "some-model", "--unset"), "--unset takes no model"),
     ]

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from ragbot import KnowledgeBase
 from ragbot.conversation.prompts import load_prompt
 from ragbot.conversation.rewrite import format_history, parse_rewrite
 from ragbot.errors import TrainingFileError
@@ -23,7 +24,7 @@ from ragbot.finetune.rewrite_data import (
 )
 from ragbot.models.chat import Message
 
-from helpers import run_cli, shared_file
+from helpers import make_bot, run_cli, shared_file
 
 NILE = ["尼罗河是什么？", "尼罗河是非洲的一条大河，全长约6650公里。"]
 ROWS = {
@@ -266,3 +267,15 @@ def test_english_names_are_given_whole(tmp_path):
     (r,), _ = read_rewrite_rows(write_jsonl(tmp_path / "name.jsonl", [data]))
     assert assistant_text(r).splitlines()[0] == 'Reasoning: "Trey" is Trey Songz.'
     assert bot_standalone(r, assistant_text(r))[0] == r.rewrite
+
+
+def test_a_bot_set_to_the_trained_prompt_sends_the_training_prompt_and_reads_the_answer(hash_settings, corpus, row_of):
+    kb = KnowledgeBase.open(hash_settings, create=True)
+    kb.ingest([corpus["md"].parent])
+    row = row_of("zh_pronoun")
+    record = sft_record(row)
+    bot, model = make_bot(kb, [record["messages"][-1]["content"]], rewrite_prompt="rewrite_trained")
+    turn = bot.prepare(row.question, row.messages)
+    sent = [m.to_dict() for m in model.calls[0].messages]
+    assert sent == record["messages"][:-1]  # the prompt the model was trained on, to the character
+    assert "示例" not in sent[0]["content"] and turn.standalone_question == "尼罗河流经哪些国家？"

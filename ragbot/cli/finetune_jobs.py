@@ -219,7 +219,11 @@ def cancel(ctx, job_id, base_url) -> None:
 @click.argument("job_or_model", required=False)
 @click.option("--role", type=click.Choice(["answer", "rewrite"]), default="answer", show_default=True)
 @click.option(
-    "--lora", "lora", type=click.Path(dir_okay=False), default=None, help="GGUF LoRA adapter (local answer model)."
+    "--lora",
+    "lora",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="GGUF LoRA adapter for the role's local model.",
 )
 @click.option("--unset", is_flag=True, help="Go back to the base model for this role.")
 @_BASE_URL

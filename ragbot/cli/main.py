@@ -96,10 +96,30 @@ def search(ctx, query, index, as_json, **flags) -> None:
 @click.pass_context
 def info(ctx, index, **flags) -> None:
     """Print the index manifest: embedder, threshold, counts, settings."""
-    kb = KnowledgeBase.open(_settings(ctx, index=index, **flags))
+    settings = _settings(ctx, index=index, **flags)
+    kb = KnowledgeBase.open(settings)
     from dataclasses import asdict
 
-    click.echo(json.dumps({"index": kb.location, **asdict(kb.manifest)}, ensure_ascii=False, indent=2))
+    click.echo(
+        json.dumps(
+            {"index": kb.location, **asdict(kb.manifest), "models": _models(settings)}, ensure_ascii=False, indent=2
+        )
+    )
+
+
+def _models(settings) -> dict[str, str]:
+    """The model each role would use (a local model with its adapter: ``base+adapter.gguf``) and the
+    rewrite prompt; nothing is loaded."""
+    from ragbot.models.chat import make_chat_model
+
+    models: dict[str, str] = {}
+    for role in ("answer", "rewrite"):
+        try:
+            models[role] = make_chat_model(settings, role).name
+        except RagbotError as exc:
+            models[role] = f"unavailable: {exc}"
+    models["rewrite_prompt"] = settings.rewrite_prompt
+    return models
 
 
 _MODEL_OPTIONS = [

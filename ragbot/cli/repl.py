@@ -92,6 +92,8 @@ def format_why(answer: Answer | None) -> str:
     for rank, h in enumerate(answer.hits, start=1):
         mark = "above" if h.above_threshold else "below"
         lines.append(f"  {rank}. {h.score:.3f} {mark}  {h.title} - {display_source(h.source)}")
+    if answer.models:
+        lines.append("models:              " + ", ".join(f"{stage} {name}" for stage, name in answer.models.items()))
     if answer.timings:
         lines.append("timings (s):         " + ", ".join(f"{k} {v:.2f}" for k, v in answer.timings.items()))
     if answer.usage:

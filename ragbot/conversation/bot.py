@@ -36,7 +36,7 @@ from ragbot.conversation.translation import LANGUAGE_NAMES, Translation, transla
 from ragbot.conversation.turn import Answer, Retrieval, Route, Turn
 from ragbot.conversation.warmup import WarmUp, start_warm_up
 from ragbot.knowledge.knowledge_base import Hit, KnowledgeBase
-from ragbot.models.chat import ChatModel, GenerationSettings, Message, Usage, make_chat_model
+from ragbot.models.chat import ChatModel, GenerationSettings, Message, Usage, make_chat_model, role_model
 from ragbot.storage.conversations import ConversationStore, open_conversation_store
 from ragbot.text import clean_question, is_chinese
 
@@ -72,7 +72,10 @@ class RagBot:
         store = open_conversation_store(settings.sessions, settings.postgres_pool_size) if url else None
         kb = KnowledgeBase.open(settings)
         answer = make_chat_model(settings, "answer")
-        same = (settings.rewrite_model or settings.model) == (settings.answer_model or settings.model)
+        same = (role_model(settings, "rewrite"), settings.rewrite_lora_path) == (
+            role_model(settings, "answer"),
+            settings.lora_path,
+        )
         rewrite = answer if same else make_chat_model(settings, "rewrite")
         return cls(kb, answer, rewrite, settings, store)
 
@@ -98,7 +101,7 @@ class RagBot:
             trim_history(history, self.settings.history_tokens),
             self.rewrite_model,
             self.settings.prompt_dir,
-            **self._rewrite_budget(),
+            **self._rewrite_options(),
         )
 
     def warm_up(self, history: Sequence[Message] | Sequence[dict] = (), sources: Sequence[Hit] = ()) -> WarmUp:
@@ -208,13 +211,18 @@ class RagBot:
         if not self.settings.rewrite:
             return RewriteResult(question, question, reason="skipped: rewrite disabled")
         return rewrite_question(
-            question, history, self.rewrite_model, self.settings.prompt_dir, **self._rewrite_budget()
+            question, history, self.rewrite_model, self.settings.prompt_dir, **self._rewrite_options()
         )
 
-    def _rewrite_budget(self) -> dict[str, int]:
-        """The rewrite sees the most recent messages within its own budget, each clipped."""
+    def _rewrite_options(self) -> dict[str, Any]:
+        """The rewrite sees the most recent messages within its own budget, each clipped, through the
+        prompt its model was made for (``rewrite_prompt``)."""
         s = self.settings
-        return {"history_tokens": s.rewrite_history_tokens, "message_tokens": s.rewrite_message_tokens}
+        return {
+            "history_tokens": s.rewrite_history_tokens,
+            "message_tokens": s.rewrite_message_tokens,
+            "prompt": s.rewrite_prompt,
+        }
 
     def cross_lingual_step(
         self, standalone: str, retrieval: Retrieval, k: int | None = None, *, fuse: bool = False

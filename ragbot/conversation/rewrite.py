@@ -265,8 +265,12 @@ def rewrite_question(
     history_tokens: int | None = None,
     message_tokens: int = 120,
     examples: Sequence[RewriteExample] | None = None,
+    prompt: str = "rewrite",
 ) -> RewriteResult:
     """The standalone form of ``question``; the original when no rewrite is needed or possible.
+
+    ``prompt``: the prompt files' name (``rewrite``: the chain-of-thought prompt; ``rewrite_trained``:
+    history and question only, for a model trained to write the same two parts).
 
     ``history_tokens``: the model sees only the most recent messages within this budget (each
     clipped to ``message_tokens``). ``examples``: the bank to pick similar few-shot examples
@@ -284,13 +288,13 @@ def rewrite_question(
     if history_tokens is not None:
         history = recent_messages(history, history_tokens, message_tokens) or list(history[-1:])
     chinese = is_chinese(question) or (not re.search(r"[A-Za-z]{3,}", question) and is_chinese(" ".join(texts)))
-    prompt = load_prompt("rewrite.zh" if chinese else "rewrite.en", prompt_dir)
+    template = load_prompt(f"{prompt}.{'zh' if chinese else 'en'}", prompt_dir)
     values = {"history": format_history(history, chinese), "question": question}
-    if "examples" in prompt.variables:
+    if "examples" in template.variables:
         bank = load_bank(prompt_dir) if examples is None else examples
         chosen = select_examples(question, [m.content for m in history], "zh" if chinese else "en", bank)
         values["examples"] = format_examples(chosen, chinese)
-    messages = prompt.render(**values)
+    messages = template.render(**values)
     generation = generation or GenerationSettings(temperature=0.0, max_tokens=160)
     # once the reasoning names a referent the substitution uses, the final line would be discarded:
     # not generating it saves about 20 tokens on those turns

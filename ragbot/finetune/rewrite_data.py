@@ -39,13 +39,10 @@ from pathlib import Path
 from typing import Any
 
 from ragbot.config import Settings
-from ragbot.conversation.history import recent_messages
-from ragbot.conversation.prompts import load_prompt
 from ragbot.conversation.rewrite import (
     SUBSTITUTABLE,
     ZH_FUNCTION_CHARS,
     ZH_PRONOUN,
-    format_history,
     rewrite_question,
     substitute_referent,
 )
@@ -60,7 +57,8 @@ from ragbot.text import is_chinese
 _BUDGET = {
     f.name: f.default for f in fields(Settings) if f.name in ("rewrite_history_tokens", "rewrite_message_tokens")
 }
-PROMPTS = {"zh": "rewrite_trained.zh", "en": "rewrite_trained.en"}
+TRAINED_PROMPT = "rewrite_trained"  # the prompt files of a trained rewriter (the rewrite_prompt setting)
+PROMPTS = {"zh": f"{TRAINED_PROMPT}.zh", "en": f"{TRAINED_PROMPT}.en"}
 MANIFEST = "rewrite_data.json"
 CONTEXT_ROLES = ("title", "section")  # CANARD: the Wikipedia title and section the dialog is about
 ZH_COMPLETE = "问题本身完整。"
@@ -316,25 +314,30 @@ def assistant_text(row: RewriteRow) -> str:
     )
 
 
-def prompt_messages(
-    question: str,
-    history: Sequence[Message],
-    chinese: bool,
-    prompt_dir=None,
-    history_tokens: int = _BUDGET["rewrite_history_tokens"],
-    message_tokens: int = _BUDGET["rewrite_message_tokens"],
-) -> list[Message]:
-    """The short prompt of a trained rewriter: one line of instructions, the history the rewrite
-    sees (the most recent messages within its budget, as ``rewrite_question`` cuts it with the
-    default settings) formatted as the CoT rewrite formats it, and the question."""
-    window = recent_messages(history, history_tokens, message_tokens) or list(history[-1:])
-    prompt = load_prompt(PROMPTS["zh" if chinese else "en"], prompt_dir)
-    return prompt.render(history=format_history(window, chinese), question=question)
+def prompt_messages(row: RewriteRow, prompt_dir=None) -> list[Message]:
+    """The short prompt the bot sends a trained rewriter for ``row`` (``rewrite_prompt =
+    "rewrite_trained"``, the default history budget): recorded from ``rewrite_question`` itself, so
+    the training prompt and the bot's are one rendering."""
+    model = _Answers("")
+    with _quiet():
+        rewrite_question(
+            row.question,
+            row.messages,
+            model,
+            prompt_dir,
+            force=True,
+            history_tokens=_BUDGET["rewrite_history_tokens"],
+            message_tokens=_BUDGET["rewrite_message_tokens"],
+            prompt=TRAINED_PROMPT,
+        )
+    if model.sent is None:
+        raise FinetuneError(f"{row.origin}: no history, so the bot would never ask the rewriter")
+    return model.sent
 
 
 def sft_record(row: RewriteRow, prompt_dir=None) -> dict[str, Any]:
     """``{"messages": [system, user, assistant]}``, the shape ``ragbot finetune prepare`` writes."""
-    messages = prompt_messages(row.question, row.messages, row.chinese, prompt_dir)
+    messages = prompt_messages(row, prompt_dir)
     return {"messages": [m.to_dict() for m in messages] + [{"role": "assistant", "content": assistant_text(row)}]}
 
 
@@ -358,8 +361,10 @@ class _Answers(ChatModel):
 
     def __init__(self, text: str):
         self.text = text
+        self.sent: list[Message] | None = None  # the messages of the last call
 
     def _stream(self, messages: Sequence[Message], generation: GenerationSettings) -> Iterator[Delta]:
+        self.sent = list(messages)
         yield Delta(text=self.text)
 
 

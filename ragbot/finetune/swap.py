@@ -1,7 +1,7 @@
 """Swap a fine-tuned model in: point the answer or rewrite role at it in the config file.
 
 The chat, ``ask``, the Python API and ``eval`` all build their models from the settings'
-``answer_model`` / ``rewrite_model`` (and ``lora_path`` for a local answer model), so writing
+``answer_model`` / ``rewrite_model`` (and ``lora_path`` / ``rewrite_lora_path`` for a local model), so writing
 those keys is the whole swap. The file is edited with tomlkit, keeping the user's other keys
 and comments, checked as settings before it replaces the old one, and written atomically.
 """
@@ -19,6 +19,9 @@ from ragbot.models.local import is_local_model
 from ragbot.models.local_files import DEFAULT_MODEL, MODELS
 
 ROLE_KEYS = {"answer": "answer_model", "rewrite": "rewrite_model"}
+LORA_KEYS = {"answer": "lora_path", "rewrite": "rewrite_lora_path"}
+# an adapter for the rewrite role is a trained rewriter (``ragbot finetune rewrite-data``): it reads the short prompt
+TRAINED_REWRITE_PROMPT = "rewrite_trained"
 
 
 @dataclass
@@ -42,8 +45,10 @@ class ModelChange:
             source = f" (from job {self.job_id})" if self.job_id else ""
             lines.append(f"The {self.role} role now uses {self.model}{source}; written to {self.config_file}.")
         if self.lora_path is not None:
+            prompt = f", with the {TRAINED_REWRITE_PROMPT} prompt" if self.role == "rewrite" else ""
             lines.append(
-                f"LoRA adapter {self.lora_path} applies to the local answer model; written to {self.config_file}."
+                f"LoRA adapter {self.lora_path} applies to the local {self.role} model{prompt}; "
+                f"written to {self.config_file}."
             )
         return "\n".join(lines)
 
@@ -60,8 +65,9 @@ def use_model(
 
     ``job_or_model``: a fine-tuning job id (its fine-tuned model; the job must have succeeded), a
     model name, a built-in local alias or the path of a ``.gguf`` file. ``lora``: a GGUF LoRA
-    adapter for the local answer model. ``unset``: remove the role's model (and, for the answer
-    role, the adapter) so the base model answers again.
+    adapter for the role's local model; for the rewrite role it is a trained rewriter, so its
+    short prompt (``rewrite_prompt = "rewrite_trained"``) is set too. ``unset``: remove the role's
+    model, adapter (and prompt) so the base model works again.
     """
     if role not in ROLE_KEYS:
         raise FinetuneError(f"unknown role {role!r}; choose answer or rewrite")
@@ -70,13 +76,11 @@ def use_model(
     if unset:
         if job_or_model or lora:
             raise FinetuneError("--unset takes no model or --lora: it goes back to the base model")
-        drop = [key] + (["lora_path"] if role == "answer" else [])
+        drop = [key, LORA_KEYS[role]] + (["rewrite_prompt"] if role == "rewrite" else [])
         removed = _edit_config(path, set_values={}, remove=drop)
         return ModelChange(path, role, None, removed=removed)
     if job_or_model is None and lora is None:
         raise FinetuneError("give a job id, a model name or a .gguf file (or --lora FILE.gguf, or --unset)")
-    if lora is not None and role != "answer":
-        raise FinetuneError("a LoRA adapter applies to the answer model only; use --role answer")
 
     change = ModelChange(path, role, None)
     values: dict[str, str] = {}
@@ -85,9 +89,11 @@ def use_model(
         values[key] = change.model
     if lora is not None:
         adapter = _existing_gguf(lora, "LoRA adapter")
-        _check_adapter(adapter, base=change.model if role == "answer" else None, config_file=path)
+        _check_adapter(adapter, base=change.model, role=role, config_file=path)
         change.lora_path = str(adapter)
-        values["lora_path"] = change.lora_path
+        values[LORA_KEYS[role]] = change.lora_path
+        if role == "rewrite":
+            values["rewrite_prompt"] = TRAINED_REWRITE_PROMPT
     _edit_config(path, set_values=values, remove=[])
     change.warnings = _warnings(change, jobs)
     return change
@@ -129,9 +135,9 @@ def _existing_gguf(path: str | Path, what: str) -> Path:
     return resolved
 
 
-def _check_adapter(adapter: Path, base: str | None, config_file: Path) -> None:
+def _check_adapter(adapter: Path, base: str | None, role: str, config_file: Path) -> None:
     """Refuse a GGUF that is not a LoRA adapter, or one made for another architecture than the
-    local answer model: llama-cpp-python 0.3.36 does not notice when llama.cpp rejects an
+    role's local model: llama-cpp-python 0.3.36 does not notice when llama.cpp rejects an
     adapter, and the process crashes at the first generation instead of reporting it."""
     meta = gguf_metadata(adapter, ("general.type", "adapter.type", "general.architecture"))
     if meta.get("general.type") != "adapter" or meta.get("adapter.type") != "lora":
@@ -145,14 +151,15 @@ def _check_adapter(adapter: Path, base: str | None, config_file: Path) -> None:
             settings = load_settings(config_file) if config_file.exists() else Settings()
         except ConfigError:
             return
-        base = settings.answer_model or settings.model or DEFAULT_MODEL
+        base = settings.rewrite_model if role == "rewrite" else settings.answer_model
+        base = base or settings.model or DEFAULT_MODEL
     base_arch = MODELS[base].architecture if base in MODELS else None
     if base_arch is None and base.lower().endswith(".gguf") and Path(base).expanduser().is_file():
         base_arch = gguf_metadata(Path(base).expanduser(), ("general.architecture",)).get("general.architecture")
     adapter_arch = meta.get("general.architecture")
     if base_arch and adapter_arch and adapter_arch != base_arch:
         raise FinetuneError(
-            f"LoRA adapter {adapter} is for {adapter_arch} models, but the local answer model {base} is "
+            f"LoRA adapter {adapter} is for {adapter_arch} models, but the local {role} model {base} is "
             f"{base_arch}; an adapter only fits the model it was trained on"
         )
 

@@ -347,7 +347,7 @@ class LlamaCppChatModel(ChatModel):
         if lora_path is not None and not Path(lora_path).expanduser().is_file():
             raise ModelError(f"LoRA adapter {lora_path} does not exist; give the path of a GGUF LoRA file")
         self.model = text
-        self.name = text if text in MODELS else Path(text).name
+        self.name = (text if text in MODELS else Path(text).name) + (f"+{Path(lora_path).name}" if lora_path else "")
         self.n_ctx = n_ctx
         self.n_threads = n_threads  # None: chosen per call
         self.lora_path = str(Path(lora_path).expanduser().resolve()) if lora_path is not None else None
@@ -520,6 +520,6 @@ def _local_chat_model(settings: Settings, role: str = "answer") -> LlamaCppChatM
         model or DEFAULT_MODEL,
         n_ctx=settings.n_ctx,
         n_threads=settings.llm_threads or settings.num_threads,
-        lora_path=settings.lora_path if role == "answer" else None,
+        lora_path=settings.lora_path if role == "answer" else settings.rewrite_lora_path,
         models_dir=settings.models_dir,
     )
