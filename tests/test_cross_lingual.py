@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from ragbot import KnowledgeBase, Route, registry
+from ragbot import KnowledgeBase, RagBot, Route, registry
 from ragbot.cli.repl import format_why
 from ragbot.conversation.translation import parse_translation, translate_question
 from ragbot.errors import ModelError
@@ -191,3 +191,14 @@ def test_the_default_local_model_finds_the_chinese_yangtze_document_for_an_engli
     # a question stays a question ("RLHF is divided into several stages." would not be searched)
     rlhf = translate_question("RLHF 分为哪几个阶段？", bot.rewrite_model)
     assert "RLHF" in rlhf.text and rlhf.text.endswith("?"), rlhf
+
+
+def test_a_trained_rewriter_rewrites_and_the_answer_model_translates(kb):
+    # a rewriter trained on its own short prompt knows no other task: the translation goes to the answer model
+    rewriter = ScriptedChatModel(["Reasoning: a comparison follow-up.\nRewrite: How long is the Yangtze?"], name="rw")
+    answerer = ScriptedChatModel(["长江有多长？", "The Yangtze is about 6,300 km long [1]."], name="ans")
+    bot = RagBot(kb, answerer, rewriter, settings=kb.settings.replace(rewrite_prompt="rewrite_trained"))
+    answer = bot.answer("And the Yangtze?", ASKED_NILE)
+    assert answer.route == "grounded" and answer.translation.text == "长江有多长？"
+    assert answer.models == {"rewrite": "rw", "translation": "ans", "answer": "ans"}
+    assert "Example" not in rewriter.calls[0].messages[0].content and len(rewriter.calls) == 1  # the short prompt

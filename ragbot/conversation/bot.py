@@ -214,6 +214,12 @@ class RagBot:
             question, history, self.rewrite_model, self.settings.prompt_dir, **self._rewrite_options()
         )
 
+    @property
+    def translation_model(self) -> ChatModel:
+        """The model that translates a question for the cross-lingual search: the rewrite model (a
+        short call), unless that one is a trained rewriter, which knows only its own prompt."""
+        return self.answer_model if self.settings.rewrite_prompt != "rewrite" else self.rewrite_model
+
     def _rewrite_options(self) -> dict[str, Any]:
         """The rewrite sees the most recent messages within its own budget, each clipped, through the
         prompt its model was made for (``rewrite_prompt``)."""
@@ -228,7 +234,7 @@ class RagBot:
         self, standalone: str, retrieval: Retrieval, k: int | None = None, *, fuse: bool = False
     ) -> tuple[Translation, Retrieval]:
         """A question with no confident passage about it, searched again with its standalone question
-        translated into the other language (zh <-> en) by the rewrite model: the knowledge base may
+        translated into the other language (zh <-> en) by ``translation_model``: the knowledge base may
         hold the answer only there (the Yangtze in Chinese for "How long is the Yangtze?"). Returns
         what happened to the translation and the retrieval the route is decided on: the
         translation's once it was searched. ``fuse`` ranks its hits fused with the question's
@@ -237,7 +243,7 @@ class RagBot:
             return Translation(reason="not needed: grounded without it"), retrieval
         if not self.settings.translate:
             return Translation(reason="not tried: setting translate is off"), retrieval
-        translation = translate_question(standalone, self.rewrite_model, self.settings.prompt_dir)
+        translation = translate_question(standalone, self.translation_model, self.settings.prompt_dir)
         if not translation.text:
             return translation, retrieval
         found = self.retriever.translated(translation.text, retrieval, k, fuse=fuse)
@@ -305,7 +311,7 @@ class RagBot:
             models["rewrite"] = self.rewrite_model.name
         if turn.translation is not None and turn.translation.called_model:
             usage["translation"] = turn.translation.usage
-            models["translation"] = self.rewrite_model.name
+            models["translation"] = self.translation_model.name
         if answer_usage is not None:
             usage["answer"] = answer_usage
             models["answer"] = self.answer_model.name
