@@ -168,9 +168,24 @@ def test_the_data_order_depends_on_the_seed_and_step_only():
 
 @pytest.fixture(scope="module")
 def smollm2(tmp_path_factory):
+    """The SmolLM2-135M file, loaded by transformers once for the module: each run trains a copy
+    (loading it takes ~15 s, most of it transformers reading the GGUF's tokenizer and header)."""
+    import copy
+
     from llama_server import smollm2_path
 
-    return smollm2_path(tmp_path_factory)
+    loaded = {}
+    real = trainer.load_base
+
+    def load_base(info):
+        if info.path not in loaded:
+            loaded[info.path] = real(info)
+        model, tokenizer = loaded[info.path]
+        return copy.deepcopy(model), tokenizer
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(trainer, "load_base", load_base)
+        yield smollm2_path(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
@@ -240,19 +255,22 @@ def test_llama_cpp_applies_the_trained_adapter_and_answers_differently(straight_
     assert tuned.strip() and tuned != base, (base, tuned)
 
 
+def crash_at(step_to_die: int, kind: type[BaseException] = RuntimeError):
+    """An ``on_step`` that dies after the given step."""
+
+    def on_step(step: int, loss: float) -> None:
+        if step == step_to_die:
+            raise kind("killed")
+
+    return on_step
+
+
 @pytest.mark.slow
 def test_a_run_killed_between_checkpoints_resumes_from_the_last_one(straight_run, smollm2, tmp_path):
     data = write_jsonl(tmp_path / "train.jsonl", chat_rows())
     valid = write_jsonl(tmp_path / "valid.jsonl", chat_rows([("What is the capital of Peru?", "Zorbleton.")]))
     out = tmp_path / "adapter.gguf"
     settings = TrainSettings(steps=4, checkpoint_every=2, **QUICK)
-
-    def crash_at(step_to_die: int, kind: type[BaseException]):
-        def on_step(step: int, loss: float) -> None:
-            if step == step_to_die:
-                raise kind("killed")
-
-        return on_step
 
     # Dies after step 3 with no chance to save (as kill -9 would): the checkpoint of step 2 is what is left.
     with pytest.raises(RuntimeError, match="killed"):
@@ -284,8 +302,8 @@ def test_resume_refuses_a_checkpoint_of_other_settings(straight_run, smollm2, tm
     data = write_jsonl(tmp_path / "train.jsonl", chat_rows())
     out = tmp_path / "adapter.gguf"
     settings = TrainSettings(steps=2, checkpoint_every=1, valid_share=0, **QUICK)
-    with pytest.raises(RuntimeError):
-        trainer.train(data, smollm2, out, settings, on_step=lambda step, loss: 1 / 0 if step == 2 else None)
+    with pytest.raises(RuntimeError, match="killed"):
+        trainer.train(data, smollm2, out, settings, on_step=crash_at(2))
     other = TrainSettings(steps=2, checkpoint_every=1, valid_share=0, **{**QUICK, "rank": 4})
     with pytest.raises(FinetuneError, match=r"--resume: the checkpoint .* is of another run: rank \(8 then, 4 now\)"):
         trainer.train(data, smollm2, out, other, resume=True)
@@ -293,7 +311,7 @@ def test_resume_refuses_a_checkpoint_of_other_settings(straight_run, smollm2, tm
 
 @pytest.mark.slow
 def test_only_the_assistant_tokens_are_trained(smollm2):
-    tokenizer = trainer.load_base_tokenizer(trainer.resolve_base(str(smollm2)))
+    _, tokenizer = trainer.load_base(trainer.resolve_base(str(smollm2)))
     messages = [
         {"role": "user", "content": "Hi"},
         {"role": "assistant", "content": "Old answer.", "weight": 0},

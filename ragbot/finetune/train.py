@@ -27,10 +27,12 @@ import datetime as dt
 import hashlib
 import json
 import math
+import mmap
 import os
 import random
 import resource
 import shutil
+import struct
 import sys
 import tempfile
 import time
@@ -154,8 +156,7 @@ class TrainResult:
     def summary(self) -> str:
         r = self.record
         losses = r["losses"]
-        first = losses[0][1] if losses else float("nan")
-        last = sum(v for _, v in losses[-5:]) / max(1, len(losses[-5:])) if losses else float("nan")
+        trained = f"loss {losses[0][1]:.3f} (step {losses[0][0]}) -> {losses[-1][1]:.3f}" if losses else "no step run"
         held = r["valid_losses"]
         held_text = f", held-out loss {held[0][1]:.3f} -> {held[-1][1]:.3f}" if len(held) >= 2 else ""
         state = (
@@ -165,7 +166,7 @@ class TrainResult:
         )
         return (
             f"Wrote {self.adapter} ({r['adapter']['bytes'] / MIB:.1f} MiB, {r['adapter']['tensors']} tensors) for "
-            f"{r['base_model']['name']}: {state}; {r['steps']} steps, loss {first:.3f} -> {last:.3f}{held_text}; "
+            f"{r['base_model']['name']}: {state}; {r['steps']} steps, {trained}{held_text}; "
             f"{r['examples_per_second']:.2f} examples/s, peak RSS {r['peak_rss_bytes'] / GIB:.2f} GiB; "
             f"record in {self.record_path}"
         )
@@ -180,6 +181,66 @@ def _gguf():
     return gguf
 
 
+_GGUF_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+
+
+def read_gguf_header(path: Path) -> tuple[dict[str, Any], dict[str, tuple[int, ...]]]:
+    """(scalar and string metadata, tensor name -> dims in GGUF order) of a GGUF file, without its
+    arrays (vocabularies) or weights: a fraction of a second where gguf's reader takes seconds."""
+    with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+        pos = 0
+
+        def take(fmt: str) -> Any:
+            nonlocal pos
+            (value,) = struct.unpack_from(fmt, buf, pos)
+            pos += struct.calcsize(fmt)
+            return value
+
+        def string() -> str:
+            nonlocal pos
+            size = take("<Q")
+            pos += size
+            return bytes(buf[pos - size : pos]).decode("utf-8", errors="replace")
+
+        def skip_array() -> None:
+            nonlocal pos
+            kind, count = take("<I"), take("<Q")
+            if kind in _GGUF_SCALARS:
+                pos += count * struct.calcsize(_GGUF_SCALARS[kind])
+            elif kind == 8:
+                for _ in range(count):
+                    pos += 8 + struct.unpack_from("<Q", buf, pos)[0]
+            else:
+                for _ in range(count):
+                    skip_array()
+
+        if bytes(buf[:4]) != b"GGUF":
+            raise ValueError("no GGUF magic")
+        pos = 4
+        version, n_tensors, n_kv = take("<I"), take("<Q"), take("<Q")
+        if version < 2:
+            raise ValueError(f"GGUF version {version} is too old")
+        kv: dict[str, Any] = {}
+        for _ in range(n_kv):
+            key, kind = string(), take("<I")
+            if kind == 8:
+                kv[key] = string()
+            elif kind == 9:
+                skip_array()
+            elif kind in _GGUF_SCALARS:
+                kv[key] = take(_GGUF_SCALARS[kind])
+            else:
+                raise ValueError(f"unknown GGUF value type {kind} for {key}")
+        tensors: dict[str, tuple[int, ...]] = {}
+        for _ in range(n_tensors):
+            name = string()
+            dims = tuple(take("<Q") for _ in range(take("<I")))
+            take("<I")  # type
+            take("<Q")  # offset
+            tensors[name] = dims
+    return kv, tensors
+
+
 def resolve_base(base: str | os.PathLike[str], models_dir: str | Path | None = None) -> BaseModelInfo:
     """The base model's file and header facts; one-line errors for a file that is not GGUF, an
     adapter given as the base, or an architecture the trainer cannot write adapters for."""
@@ -191,21 +252,11 @@ def resolve_base(base: str | os.PathLike[str], models_dir: str | Path | None = N
         path = resolve_model_path(text, models_dir)
     except ModelError as exc:
         raise FinetuneError(f"base model: {exc}") from None
-    gguf = _gguf()
     try:
-        reader = gguf.GGUFReader(str(path), "r")
-    except Exception as exc:  # gguf raises ValueError, struct errors, ... on damaged files
+        kv, tensors = read_gguf_header(path)
+    except (OSError, ValueError, struct.error) as exc:
         raise FinetuneError(f"base model {path} cannot be read as GGUF ({exc}); is the file complete?") from None
-
-    def value(key: str, default: Any = None) -> Any:
-        field_ = reader.fields.get(key)
-        if field_ is None:
-            return default
-        try:
-            return field_.contents()
-        except Exception:
-            return default
-
+    value = kv.get
     kind = value("general.type", "model")
     if kind != "model":
         raise FinetuneError(f"base model {path} is a GGUF {kind}, not a model; give the model the adapter is for")
@@ -215,8 +266,7 @@ def resolve_base(base: str | os.PathLike[str], models_dir: str | Path | None = N
             f"base model {path} is a {arch or 'unknown'} model; ragbot finetune train writes adapters for "
             f"{' and '.join(SUPPORTED_ARCHITECTURES)} models only"
         )
-    shapes = {t.name: tuple(int(d) for d in t.shape) for t in reader.tensors}
-    parameters = sum(int(t.n_elements) for t in reader.tensors)
+    parameters = sum(math.prod(dims) for dims in tensors.values())
     heads = int(value(f"{arch}.attention.head_count", 0))
     info = BaseModelInfo(
         name=text,
@@ -226,10 +276,10 @@ def resolve_base(base: str | os.PathLike[str], models_dir: str | Path | None = N
         layers=int(value(f"{arch}.block_count", 0)),
         hidden=int(value(f"{arch}.embedding_length", 0)),
         ffn=int(value(f"{arch}.feed_forward_length", 0)),
-        vocab=int(shapes.get("token_embd.weight", (0, 0))[-1]),
+        vocab=int(tensors.get("token_embd.weight", (0, 0))[-1]),
         heads=heads,
         kv_heads=int(value(f"{arch}.attention.head_count_kv", heads)),
-        tensor_shapes=shapes,
+        tensor_shapes=tensors,
         file_type=value("general.file_type"),
         sha256=MODELS[text].sha256 if text in MODELS else None,
     )
@@ -414,6 +464,7 @@ def _offline_transformers():
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     torch, transformers = _import_training_stack()
     transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()  # ragbot shows its own bar for the training
     return torch, transformers
 
 
@@ -760,8 +811,43 @@ def train(
 
     # 2. load, encode, add LoRA
     torch, _ = _import_training_stack()
+    threads_before = torch.get_num_threads()
     if settings.threads:
         torch.set_num_threads(settings.threads)
+    plan = _Plan(data, valid, out, settings, info, identity, resources, ckpt_dir, ckpt_path, resume, keep_checkpoints,
+                 train_records, valid_records, started)  # fmt: skip
+    try:
+        return _run(plan, progress, on_step)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+@dataclass
+class _Plan:
+    """A run that passed every check made before loading the model."""
+
+    data: Path
+    valid: Path | None
+    out: Path
+    settings: TrainSettings
+    info: BaseModelInfo
+    identity: dict[str, Any]
+    resources: dict[str, Any]
+    ckpt_dir: Path
+    ckpt_path: Path
+    resume: bool
+    keep_checkpoints: bool
+    train_records: list[dict[str, Any]]
+    valid_records: list[dict[str, Any]]
+    started: float
+
+
+def _run(plan: _Plan, progress: bool, on_step: Callable[[int, float], None] | None) -> TrainResult:
+    import torch
+
+    data, valid, out, settings, info = plan.data, plan.valid, plan.out, plan.settings, plan.info
+    identity, ckpt_dir, ckpt_path, resume = plan.identity, plan.ckpt_dir, plan.ckpt_path, plan.resume
+    train_records, valid_records, started = plan.train_records, plan.valid_records, plan.started
     load_start = time.monotonic()
     model, tokenizer = load_base(info)
     load_seconds = time.monotonic() - load_start
@@ -820,7 +906,7 @@ def train(
             for batch in micro:
                 loss, _ = _loss_sum(model, *_collate([train_set[i] for i in batch], pad_id))
                 (loss / step_tokens).backward()
-                total += float(loss)
+                total += float(loss.detach())
             updating = True  # a Ctrl-C inside the update would leave the weights half-stepped
             optimizer.step()
             state.step += 1
@@ -899,14 +985,14 @@ def train(
         "tokens_per_second": round(state.tokens_seen / max(state.train_seconds, 1e-9), 1),
         "runs": state.runs,
         "peak_rss_bytes": peak_rss(),
-        "memory": resources,
+        "memory": plan.resources,
         "threads": torch.get_num_threads(),
         "versions": _versions(),
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
     record_path = out.with_name(out.name + ".json")
     _write_json_atomic(record_path, record)
-    if finished and not keep_checkpoints:
+    if finished and not plan.keep_checkpoints:
         shutil.rmtree(ckpt_dir, ignore_errors=True)
     return TrainResult(out, record_path, record, finished)
 
