@@ -174,17 +174,22 @@ def smollm2(tmp_path_factory):
 
     from llama_server import smollm2_path
 
-    loaded = {}
-    real = trainer.load_base
+    models, tokenizers = {}, {}
+    load_weights, load_tokenizer = trainer.load_base_weights, trainer.load_base_tokenizer
 
-    def load_base(info):
-        if info.path not in loaded:
-            loaded[info.path] = real(info)
-        model, tokenizer = loaded[info.path]
-        return copy.deepcopy(model), tokenizer
+    def weights(info):
+        if info.path not in models:
+            models[info.path] = load_weights(info)
+        return copy.deepcopy(models[info.path])
+
+    def tokenizer(info):
+        if info.path not in tokenizers:
+            tokenizers[info.path] = load_tokenizer(info)
+        return tokenizers[info.path]
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(trainer, "load_base", load_base)
+        patch.setattr(trainer, "load_base_weights", weights)
+        patch.setattr(trainer, "load_base_tokenizer", tokenizer)
         yield smollm2_path(tmp_path_factory)
 
 
@@ -311,7 +316,7 @@ def test_resume_refuses_a_checkpoint_of_other_settings(straight_run, smollm2, tm
 
 @pytest.mark.slow
 def test_only_the_assistant_tokens_are_trained(smollm2):
-    _, tokenizer = trainer.load_base(trainer.resolve_base(str(smollm2)))
+    tokenizer = trainer.load_base_tokenizer(trainer.resolve_base(str(smollm2)))
     messages = [
         {"role": "user", "content": "Hi"},
         {"role": "assistant", "content": "Old answer.", "weight": 0},
