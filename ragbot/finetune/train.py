@@ -406,16 +406,18 @@ def estimate_memory(info: BaseModelInfo, settings: TrainSettings, longest: int) 
     """A rough upper estimate of the run's peak memory, in bytes, by part.
 
     weights: every parameter in float32 (dequantized), plus one float32 copy of the largest tensor
-    while loading. activations, kept for the backward pass of a batch of ``batch_size`` examples
-    padded to ``longest`` tokens: per token and layer 2 floats per model width and 1 per FFN width,
-    the float32 logits (and their softmax and gradient) of half the tokens, and per layer and head
-    the attention scores, 2 floats per pair of tokens. Fitted on SmolLM2-135M (batch 2 of 64, 512
-    and 1024 tokens: peak RSS 1.25, 2.3 and 4.9 GiB; the formula says 1.4, 3.0 and 6.7) and kept on
-    the high side. runtime: torch, transformers and the tokenizer.
+    while loading. activations, for a batch of ``batch_size`` examples padded to ``longest`` tokens:
+    per token, 3 x (per layer 2 floats per model width and 1 per FFN width, and the float32 logits,
+    softmax and gradient of half the tokens), the 3 for what the allocator keeps over many steps of
+    changing shapes; and per layer and head the attention scores, 2 floats per pair of tokens.
+    runtime: torch, transformers and the tokenizer. Against peaks measured on 2 cores: SmolLM2-135M,
+    1 step of 2 x 64, 2 x 512, 2 x 1024 tokens: 1.25, 2.3, 4.9 GiB (estimate 1.5, 4.1, 9.1); 20 steps
+    of the shipped question set (longest 331 tokens): 2.49 GiB (2.9); Qwen2.5-0.5B, 6 steps (longest
+    142): 3.98 GiB (4.9).
     """
     weights = 4 * info.parameters + 4 * max((math.prod(s) for s in info.tensor_shapes.values()), default=0)
     tokens = settings.batch_size * min(longest, settings.max_length)
-    per_token = 4 * info.layers * (2 * info.hidden + info.ffn) + 12 * info.vocab // 2
+    per_token = 3 * (4 * info.layers * (2 * info.hidden + info.ffn) + 12 * info.vocab // 2)
     attention = 8 * info.layers * info.heads * tokens * min(longest, settings.max_length)
     lora = 4 * 4 * lora_parameters(info, settings)  # weights, grads, two Adam moments
     return {"weights": weights, "activations": tokens * per_token + attention, "lora": lora, "runtime": 700 * MIB}
