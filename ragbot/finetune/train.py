@@ -939,9 +939,11 @@ def _run(plan: _Plan, progress: bool, on_step: Callable[[int, float], None] | No
         if state.step > last_saved and not updating:
             save_checkpoint(ckpt_path, model, optimizer, state, identity)
             last_saved = state.step
-        kept = f"the checkpoint in {ckpt_dir} keeps step {last_saved}" if last_saved else "no checkpoint was saved yet"
+        if not last_saved:
+            raise FinetuneError(f"stopped at step {state.step} of {total_steps}, before any checkpoint") from None
         raise FinetuneError(
-            f"stopped at step {state.step} of {total_steps}; {kept}: run the same command with --resume to go on"
+            f"stopped at step {state.step} of {total_steps}; the checkpoint in {ckpt_dir} keeps step {last_saved}: "
+            "run the same command with --resume to go on"
         ) from None
     finally:
         if bar is not None:
