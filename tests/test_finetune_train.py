@@ -327,3 +327,22 @@ def test_only_the_assistant_tokens_are_trained(smollm2):
     trained = tokenizer.decode([t for t in encoded.labels if t != -100])
     assert trained.startswith("New answer.") and "Old answer" not in trained and "Hi" not in trained
     assert "<|im_end|>" in trained  # the model learns to end its turn
+
+
+@pytest.mark.slow
+def test_a_time_budget_stops_with_an_adapter_and_a_checkpoint_to_resume(smollm2, tmp_path):
+    data = write_jsonl(tmp_path / "train.jsonl", chat_rows())
+    out = tmp_path / "adapter.gguf"
+    settings = TrainSettings(steps=3, checkpoint_every=10, valid_share=0, minutes=0.0001, **QUICK)
+    first = trainer.train(data, smollm2, out, settings)
+    assert not first.finished and first.record["stopped"] == "time budget" and first.record["steps"] == 1
+    assert out.exists() and "stopped by the time budget at step 1 of 3 (--resume goes on)" in first.summary()
+    assert (
+        trainer.read_checkpoint_meta(tmp_path / "adapter.gguf.checkpoints" / trainer.CHECKPOINT_NAME)["state"]["step"]
+        == 1
+    )
+    rest = trainer.train(
+        data, smollm2, out, TrainSettings(steps=3, checkpoint_every=10, valid_share=0, **QUICK), resume=True
+    )
+    assert rest.finished and rest.record["steps"] == 3 and rest.record["resumed_from_step"] == 1
+    assert not (tmp_path / "adapter.gguf.checkpoints").exists()
