@@ -23,7 +23,7 @@ def _targets(ctx, param, value: str) -> tuple[str, ...]:
     "--out",
     required=True,
     type=click.Path(dir_okay=False),
-    help="The GGUF LoRA adapter to write (.gguf); its record goes to OUT.json.",
+    help="The GGUF LoRA adapter to write (.gguf); its record goes beside it (adapter.gguf.json).",
 )
 @click.option(
     "--valid",

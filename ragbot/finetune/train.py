@@ -764,7 +764,7 @@ def train(
     on_step: Callable[[int, float], None] | None = None,
 ) -> TrainResult:
     """Train a LoRA adapter for ``base`` on the chat examples in ``data``; write it to ``out`` (a
-    ``.gguf`` file) with ``out.json`` beside it. ``valid``: held-out examples (else
+    ``.gguf`` file) with its JSON record beside it (``adapter.gguf.json``). ``valid``: held-out examples (else
     ``settings.valid_share`` of ``data``). ``on_step(step, loss)`` is called after each step."""
     settings = settings or TrainSettings()
     settings.check()
