@@ -3,7 +3,7 @@ a GGUF LoRA adapter that llama.cpp applies to the same base file.
 
 The base model is a built-in alias or a ``.gguf`` file; transformers loads its weights dequantized
 to float32 and its tokenizer and chat template from the same file, peft adds LoRA matrices to the
-chosen projections, and torch trains them (on the CPU, or a GPU when torch sees one). Examples are
+chosen projections, and torch trains them on the CPU (no GPU path yet). Examples are
 the chat SFT records ``ragbot finetune prepare`` writes, rendered with the model's own chat
 template; the loss is taken on the assistant tokens only (messages with ``"weight": 0`` are context).
 
