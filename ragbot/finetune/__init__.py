@@ -3,5 +3,6 @@
 Data flows one way: ``data`` builds training files from question sets, saved conversations
 and plain prompt/answer files; ``validate`` checks them and estimates tokens and cost;
 ``jobs`` runs them on any OpenAI-compatible fine-tuning API and keeps local job records (``ragbot.storage.jobs``);
-``swap`` points the answer or rewrite role at the resulting model.
+``train`` trains a LoRA adapter for a local GGUF model on this machine (torch, peft) and writes it as a
+GGUF adapter llama.cpp applies; ``swap`` points the answer or rewrite role at the resulting model.
 """
