@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from ragbot.errors import FinetuneError, TrainingFileError
+from ragbot.files import sha256_file
 
 from helpers import run_cli
 
@@ -221,9 +222,9 @@ def test_training_lowers_the_loss_and_writes_a_gguf_adapter_with_its_record(stra
     assert len(losses) == 4 and losses[-1] < losses[0], losses
     held = [loss for _, loss in record["valid_losses"]]
     assert [s for s, _ in record["valid_losses"]] == [0, 2, 4] and held[-1] < held[0], held
-    assert record["base_model"]["sha256"] == trainer.sha256_of(smollm2)
-    assert record["data"]["train_sha256"] == trainer.sha256_of(adapter.parent / "train.jsonl")
-    assert record["adapter"]["sha256"] == trainer.sha256_of(adapter) and record["finished"]
+    assert record["base_model"]["sha256"] == sha256_file(smollm2)
+    assert record["data"]["train_sha256"] == sha256_file(adapter.parent / "train.jsonl")
+    assert record["adapter"]["sha256"] == sha256_file(adapter) and record["finished"]
     assert record["settings"]["rank"] == 8 and record["threads"] == 2 and record["steps"] == 4
     assert record["examples_per_second"] > 0 and record["peak_rss_bytes"] > 100 << 20
     assert not (adapter.parent / "adapter.gguf.checkpoints").exists()  # a finished run needs no checkpoint

@@ -14,7 +14,15 @@ from helpers import MODULES, find_cycle, imports_of
 LAYERS = [
     (
         "core",
-        ["ragbot.errors", "ragbot.config", "ragbot.registry", "ragbot.tokens", "ragbot.migrations", "ragbot.text"],
+        [
+            "ragbot.errors",
+            "ragbot.config",
+            "ragbot.registry",
+            "ragbot.tokens",
+            "ragbot.migrations",
+            "ragbot.text",
+            "ragbot.files",
+        ],
     ),
     ("models", ["ragbot.models"]),
     ("storage", ["ragbot.storage"]),

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import difflib
-import hashlib
 import json
 import logging
 import random
@@ -49,6 +48,7 @@ from ragbot.conversation.rewrite import (
 from ragbot.errors import FinetuneError, TrainingFileError
 from ragbot.evaluation.metrics import exact_match
 from ragbot.evaluation.question_sets import history_messages
+from ragbot.files import sha256_file
 from ragbot.finetune.data import Skipped, validation_groups
 from ragbot.models.chat import ChatModel, Delta, GenerationSettings, Message
 from ragbot.text import is_chinese
@@ -507,14 +507,6 @@ def split_groups(rows: Sequence[RewriteRow], valid_share: float, seed: int) -> s
     return validation_groups([r.group for r in rows], valid_share, seed)
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def write_rewrite_data(
     source: str | Path,
     out: str | Path,
@@ -571,7 +563,7 @@ def write_rewrite_data(
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "task": "rewrite",
         "source": str(source),
-        "source_sha256": sha256(source),
+        "source_sha256": sha256_file(source),
         "prompts": [f"{name}.txt" for name in PROMPTS.values()],
         "rows_read": len(rows),
         "rows_skipped": len(skipped),

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import hashlib
 import json
 import math
 import mmap
@@ -42,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from ragbot.errors import FinetuneError, TrainingFileError
+from ragbot.files import sha256_file
 
 INSTALL_HINT = "pip install 'ragbot[train]'"
 SUPPORTED_ARCHITECTURES = ("llama", "qwen2")
@@ -317,14 +317,6 @@ def read_chat_file(path: str | Path) -> list[dict[str, Any]]:
         if text.strip():
             examples.append(json.loads(text))
     return examples
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(8 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass
@@ -792,8 +784,8 @@ def train(
     info = resolve_base(base, models_dir)
     identity = {
         "base_sha256": None,  # filled below (hashing a big file is left until the cheap checks pass)
-        "data_sha256": sha256_of(data),
-        "valid_sha256": sha256_of(valid) if valid is not None else None,
+        "data_sha256": sha256_file(data),
+        "valid_sha256": sha256_file(valid) if valid is not None else None,
         "settings": {k: _jsonable(getattr(settings, k)) for k in TrainSettings.RUN_DEFINING},
     }
     if ckpt_path.exists() and not resume:
@@ -806,7 +798,7 @@ def train(
         raise FinetuneError(f"--resume: there is no checkpoint in {ckpt_dir}; run without --resume to start")
     check_resources(info, settings, 0, out, ckpt_dir)  # the weights alone; the examples once tokenized
     if info.sha256 is None:
-        info.sha256 = sha256_of(info.path)
+        info.sha256 = sha256_file(info.path)
     identity["base_sha256"] = info.sha256
     if resume:
         _check_same_run(read_checkpoint_meta(ckpt_path)["identity"], identity, ckpt_dir)
@@ -958,7 +950,7 @@ def _run(plan: _Plan, progress: bool, on_step: Callable[[int, float], None] | No
     tensors = lora_tensors(model, info, settings)
     size = write_adapter(out, tensors, info, settings.alpha)
     record = {
-        "adapter": {"path": str(out.resolve()), "sha256": sha256_of(out), "bytes": size, "tensors": len(tensors)},
+        "adapter": {"path": str(out.resolve()), "sha256": sha256_file(out), "bytes": size, "tensors": len(tensors)},
         "base_model": {
             "name": info.name,
             "path": str(info.path.resolve()),

@@ -10,7 +10,6 @@ by reciprocal rank fusion, but the threshold is still judged on each hit's cosin
 
 from __future__ import annotations
 
-import hashlib
 import os
 import sys
 import time
@@ -29,6 +28,7 @@ from ragbot.errors import (
     IngestError,
     QueryError,
 )
+from ragbot.files import sha256_file
 from ragbot.knowledge import index as index_files
 from ragbot.knowledge.chunking import Chunk, chunk_document
 from ragbot.knowledge.documents import find_files, iter_documents
@@ -90,14 +90,6 @@ def display_source(source: str) -> str:
     except (ValueError, IngestError):
         return source
     return source if rel.startswith("..") else rel
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def bundled_copies(stored: index_files.StoredIndex, folder: Path, digests: dict[str, str]) -> list[str]:
@@ -193,7 +185,7 @@ class KnowledgeBase:
         if known != {str(f) for f in files}:
             return True
         try:
-            digests = {str(f): _sha256(f) for f in files}
+            digests = {str(f): sha256_file(f) for f in files}
         except OSError:
             return True  # an unreadable file: ingest reports it
         return any(stored.sources[f].sha256 != d for f, d in digests.items()) or bool(
@@ -399,7 +391,7 @@ class KnowledgeBase:
                     report.failed.append(DocumentError(shown, "its name is not valid UTF-8 text; rename it"))
                     continue
                 try:
-                    digest = _sha256(path)
+                    digest = sha256_file(path)
                 except OSError as exc:  # e.g. no read permission: skipped like any bad file
                     report.failed.append(DocumentError(path, f"cannot be read ({exc.strerror}); check its permissions"))
                     continue

@@ -16,6 +16,7 @@ from typing import Any
 
 from ragbot.config import data_home
 from ragbot.errors import ModelError
+from ragbot.files import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +162,7 @@ def _verified_package_file(spec: LocalModel, models_dir: Path) -> Path:
         )
     sidecar = models_dir / f"{spec.alias}.gguf.sha256"
     if not _sidecar_says_verified(sidecar, path, spec.sha256):
-        digest = _sha256_of(path)
+        digest = sha256_file(path)
         if digest != spec.sha256:
             raise ModelError(
                 f"checksum mismatch for {path}: sha256 {digest}, expected {spec.sha256}; the package is "
@@ -191,7 +192,7 @@ def _assembled_file(spec: LocalModel, models_dir: Path) -> Path:
         if _sidecar_says_verified(sidecar, target, spec.sha256):
             return target
         if target.is_file() and target.stat().st_size == spec.size:
-            digest = _sha256_of(target)
+            digest = sha256_file(target)
             if digest == spec.sha256:
                 _write_sidecar(sidecar, target, digest)
                 return target
@@ -257,14 +258,6 @@ def _join_parts(spec: LocalModel, target: Path) -> str:
     finally:
         tmp.unlink(missing_ok=True)
     return digest
-
-
-def _sha256_of(path: Path) -> str:
-    hasher = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(_CHUNK):
-            hasher.update(block)
-    return hasher.hexdigest()
 
 
 def _file_key(path: Path) -> dict[str, Any]:
