@@ -327,6 +327,8 @@ def _coerce(key: str, value: Any, where: str, env: bool) -> Any:
         known = ", ".join(sorted(_FIELDS))
         raise ConfigError(f"unknown setting {shown!r} in {where}{hint}; known settings: {known}")
     base, optional = _field_type(key)
+    if value is None and optional:  # Settings.replace(lora_path=None): back to "not set"
+        return None
     if isinstance(value, str) and env and optional and value.strip().lower() in ("", "none"):
         return None
     try:

@@ -79,3 +79,11 @@ def test_generation_settings_take_their_defaults_and_values_from_the_settings():
     }
     mine = GenerationSettings.from_settings(Settings(temperature=0.7, max_tokens=64, stop=["\n\n"]), top_p=0.5)
     assert (mine.temperature, mine.top_p, mine.max_tokens, mine.stop) == (0.7, 0.5, 64, ("\n\n",))
+
+
+def test_an_optional_setting_can_be_unset_from_python():
+    settings = Settings().replace(rewrite_lora_path="adapter.gguf", rewrite_model="qwen2.5-0.5b")
+    back = settings.replace(rewrite_lora_path=None, rewrite_model=None)
+    assert back.rewrite_lora_path is None and back.rewrite_model is None
+    with pytest.raises(ConfigError, match="top_k"):
+        Settings().replace(top_k=None)  # not optional: still refused

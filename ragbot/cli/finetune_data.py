@@ -91,7 +91,12 @@ def validate(file, fix, model, prices, epochs, min_examples, as_json) -> None:
 @click.option(
     "--drop-inconsistent", is_flag=True, help="Leave out rows whose gold rewrite the bot's guards would reject."
 )
-def rewrite_data(source, out, sample, seed, valid_share, drop_inconsistent) -> None:
+@click.option(
+    "--gated",
+    is_flag=True,
+    help="Only rows the cheap check sends to the model (the questions a trained rewriter is asked in a chat).",
+)
+def rewrite_data(source, out, sample, seed, valid_share, drop_inconsistent, gated) -> None:
     """Build a rewriter's training files from a rewrite set (rows with question, rewrite, history).
 
     Each example is the short prompt (prompts/rewrite_trained.*) and the two lines the bot
@@ -101,7 +106,7 @@ def rewrite_data(source, out, sample, seed, valid_share, drop_inconsistent) -> N
     from ragbot.finetune.rewrite_data import write_rewrite_data
 
     report = write_rewrite_data(
-        source, out, sample=sample, seed=seed, valid_share=valid_share, drop_inconsistent=drop_inconsistent
+        source, out, sample=sample, seed=seed, valid_share=valid_share, drop_inconsistent=drop_inconsistent, gated=gated
     )
     click.echo(report.summary())
     for skipped in report.skipped[:20]:

@@ -101,7 +101,11 @@ def _targets(ctx, param, value: str) -> tuple[str, ...]:
     help="Where checkpoints go (default: OUT.checkpoints).",
 )
 @click.option("--resume", is_flag=True, help="Continue from the last checkpoint of the same run.")
-@click.option("--keep-checkpoints", is_flag=True, help="Keep the last checkpoint after a finished run.")
+@click.option(
+    "--keep-checkpoints",
+    is_flag=True,
+    help="Keep the final checkpoint of a finished run: --resume with a larger --steps goes on from it.",
+)
 @click.pass_context
 def train(ctx, data, base, out, valid, checkpoint_dir, resume, keep_checkpoints, **options) -> None:
     """Fine-tune a local model with LoRA on DATA (chat SFT JSONL, as `finetune prepare` writes) and

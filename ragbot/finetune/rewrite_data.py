@@ -42,6 +42,8 @@ from ragbot.conversation.rewrite import (
     SUBSTITUTABLE,
     ZH_FUNCTION_CHARS,
     ZH_PRONOUN,
+    RewriteDecision,
+    needs_rewrite,
     rewrite_question,
     substitute_referent,
 )
@@ -494,6 +496,11 @@ class RewriteDataReport:
         return line
 
 
+def gate_decision(row: RewriteRow) -> RewriteDecision:
+    """The cheap check's decision for ``row``, on the history as the bot holds it."""
+    return needs_rewrite(row.question, [m.content for m in row.messages])
+
+
 def sample_rows(rows: Sequence[RewriteRow], sample: int | None, seed: int) -> list[RewriteRow]:
     """A seeded sample of ``sample`` rows, kept in file order (all rows when None or larger)."""
     if sample is None or sample >= len(rows):
@@ -515,12 +522,16 @@ def write_rewrite_data(
     seed: int = 0,
     valid_share: float = 0.1,
     drop_inconsistent: bool = False,
+    gated: bool = False,
     prompt_dir=None,
 ) -> RewriteDataReport:
     """Write ``sft.train.jsonl`` and ``sft.valid.jsonl`` for a trained rewriter from a rewrite set,
     and ``rewrite_data.json``: the source's sha256, the counts, the rows skipped and the
     self-consistency of the sample (measured before ``drop_inconsistent`` leaves out the rows
-    whose gold rewrite the bot's guards would not give back)."""
+    whose gold rewrite the bot's guards would not give back). ``gated`` keeps only the rows the
+    cheap check sends to the model: those are the only questions a trained rewriter is asked in
+    a chat. Without it, half of the Su et al. rows are complete questions that the check already
+    keeps, and a model trained on them learns to answer that the question is complete."""
     if not 0 <= valid_share < 1:
         raise FinetuneError(f"valid_share must be at least 0 and below 1; got {valid_share}")
     if sample is not None and sample < 1:
@@ -542,12 +553,17 @@ def write_rewrite_data(
         chosen.append(row)
         records[row.origin] = record
     consistency = self_consistency(chosen)
-    gated = self_consistency(chosen, gate=True)
+    with_gate = self_consistency(chosen, gate=True)
     if drop_inconsistent:
         for row in chosen:
             if row.origin in consistency.inconsistent:
                 skipped.append(Skipped(row.origin, "the bot would not give back its gold rewrite"))
         chosen = [r for r in chosen if r.origin not in consistency.inconsistent]
+    if gated:
+        for row in chosen:
+            if not (decision := gate_decision(row)).needed:
+                skipped.append(Skipped(row.origin, f"the cheap check skips the model ({decision.reason})"))
+        chosen = [r for r in chosen if gate_decision(r).needed]
     valid = split_groups(chosen, valid_share, seed)
     out = Path(out).expanduser()
     out.mkdir(parents=True, exist_ok=True)
@@ -571,6 +587,7 @@ def write_rewrite_data(
         "seed": seed,
         "valid_share": valid_share,
         "drop_inconsistent": drop_inconsistent,
+        "gated": gated,
         "split": {
             "by": "dialog (conv_id; else the row, with its -neg twin)",
             "train_dialogs": len({r.group for r in chosen} - valid),
@@ -583,7 +600,7 @@ def write_rewrite_data(
         },
         "files": files,
         "self_consistency": consistency.to_dict(),
-        "self_consistency_with_gate": gated.to_dict(),
+        "self_consistency_with_gate": with_gate.to_dict(),
         "not_given_back": consistency.examples,  # a few rows of each failure class: question, gold, bot
         "skipped": [{"origin": s.origin, "reason": s.reason} for s in skipped],
     }

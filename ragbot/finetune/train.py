@@ -943,7 +943,7 @@ def _run(plan: _Plan, progress: bool, on_step: Callable[[int, float], None] | No
     if valid_set and (not state.valid_losses or state.valid_losses[-1][0] != state.step):
         state.valid_losses.append([state.step, evaluate(model, valid_set, settings.batch_size, pad_id)])
     finished = state.step >= total_steps
-    if not finished:
+    if not finished or plan.keep_checkpoints:  # kept: a larger --steps with --resume goes on from here
         save_checkpoint(ckpt_path, model, optimizer, state, identity)
 
     # 4. the adapter and its record
