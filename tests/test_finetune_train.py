@@ -304,6 +304,28 @@ def test_a_run_killed_between_checkpoints_resumes_from_the_last_one(straight_run
 
 
 @pytest.mark.slow
+def test_a_finished_run_with_kept_checkpoints_goes_on_to_more_steps(straight_run, smollm2, tmp_path):
+    """Training in stages (an adapter at 2 steps, then at 4, for a curve of quality against
+    examples) ends with the weights of one unbroken 4-step run."""
+    data = write_jsonl(tmp_path / "train.jsonl", chat_rows())
+    valid = write_jsonl(tmp_path / "valid.jsonl", chat_rows([("What is the capital of Peru?", "Zorbleton.")]))
+    first = trainer.train(
+        data, smollm2, tmp_path / "two.gguf", TrainSettings(steps=2, checkpoint_every=2, **QUICK), valid=valid,
+        keep_checkpoints=True, checkpoint_dir=tmp_path / "ckpt",
+    )  # fmt: skip
+    assert first.finished and first.record["steps"] == 2 and (tmp_path / "two.gguf").exists()
+    assert trainer.read_checkpoint_meta(tmp_path / "ckpt" / trainer.CHECKPOINT_NAME)["state"]["step"] == 2
+    more = trainer.train(
+        data, smollm2, tmp_path / "four.gguf", TrainSettings(steps=4, checkpoint_every=2, **QUICK), valid=valid,
+        resume=True, checkpoint_dir=tmp_path / "ckpt",
+    )  # fmt: skip
+    assert more.finished and more.record["resumed_from_step"] == 2 and more.record["steps"] == 4
+    straight, staged = adapter_arrays(straight_run[0]), adapter_arrays(tmp_path / "four.gguf")
+    for name in straight:
+        np.testing.assert_allclose(staged[name], straight[name], rtol=1e-4, atol=1e-6, err_msg=name)
+
+
+@pytest.mark.slow
 def test_resume_refuses_a_checkpoint_of_other_settings(straight_run, smollm2, tmp_path):
     data = write_jsonl(tmp_path / "train.jsonl", chat_rows())
     out = tmp_path / "adapter.gguf"

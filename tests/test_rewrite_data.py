@@ -198,6 +198,24 @@ def test_sample_and_drop_inconsistent(tmp_path):
     assert sampled.manifest["examples"]["total"] == 2
 
 
+def test_gated_keeps_only_the_rows_the_cheap_check_sends_to_the_model(tmp_path):
+    """A trained rewriter is only ever asked what the cheap check lets through: a complete question
+    that names its subject is left out, one with a pronoun (even if complete) is kept."""
+    kept_negative = {**ROWS["zh_negative"], "id": "z4-neg", "question": "它是尼罗河吗？", "rewrite": "它是尼罗河吗？"}
+    rows = [ROWS["zh_pronoun"], ROWS["zh_negative"], kept_negative]
+    path = write_jsonl(tmp_path / "rw.jsonl", rows)
+    report = write_rewrite_data(path, tmp_path / "out", valid_share=0, gated=True)
+    written = [json.loads(line) for line in (tmp_path / "out" / "sft.train.jsonl").read_text().splitlines()]
+    assert [r["messages"][-1]["content"].splitlines()[-1] for r in written] == ["改写：尼罗河流经哪些国家？", "改写：它是尼罗河吗？"]
+    assert [(s.origin, s.reason) for s in report.skipped] == [
+        ("rw.jsonl, line 2", "the cheap check skips the model (names its subject)")
+    ]
+    assert report.manifest["gated"] is True and report.manifest["examples"] == {"total": 2, "positives": 1, "negatives": 1}
+    cli = run_cli("finetune", "rewrite-data", str(path), "--out", str(tmp_path / "cli"), "--valid-share", "0", "--gated")
+    assert cli.returncode == 0, cli.stderr
+    assert (tmp_path / "cli" / "sft.train.jsonl").read_bytes() == (tmp_path / "out" / "sft.train.jsonl").read_bytes()
+
+
 def test_duplicate_examples_are_written_once(tmp_path):
     """A positive whose question is already its rewrite makes the same example as its negative twin."""
     same = {**ROWS["zh_negative"], "id": "z1"}
