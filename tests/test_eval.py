@@ -82,6 +82,19 @@ def results_lines(out):
     return [json.loads(line) for line in (out / "results.jsonl").read_text(encoding="utf-8").splitlines()]
 
 
+def test_rewrite_exact_match_is_also_given_on_positives_plus_as_many_negatives(kb, questions, tmp_path):
+    """The file holds one row needing a rewrite and two already standalone: a wrong rewrite scores
+    2/3 over the file, 1/2 scored as published rewriters on the Su et al. corpus are."""
+    wrong = ScriptedChatModel(default=lambda messages: "思考：它指英雄。\n改写：英雄是哪年上映的？")
+    run = evaluate(questions, RagBot(kb, wrong), out=tmp_path / "run", generate=False)
+    rw = run.summary["rewrite"]
+    assert rw["exact_match"] == pytest.approx(2 / 3) and rw["needed"]["exact_match"] == 0
+    assert rw["balanced_exact_match"] == pytest.approx(0.5)
+    assert "plus as many already-standalone ones (as published rewriters on the Su et al. corpus are scored): 50.0%" in (
+        tmp_path / "run" / "report.md"
+    ).read_text(encoding="utf-8")
+
+
 def test_rewrite_retrieval_and_routing_figures_match_hand_computed_values(kb, questions, tmp_path):
     out = tmp_path / "run"
     run = evaluate(questions, RagBot(kb, scripted()), out=out, generate=False)
@@ -91,7 +104,7 @@ def test_rewrite_retrieval_and_routing_figures_match_hand_computed_values(kb, qu
     assert rw["n"] == 3 and rw["exact_match"] == 1.0 and rw["bleu4"] == pytest.approx(100)
     assert rw["typed_baseline"]["exact_match"] == pytest.approx(2 / 3)
     assert (rw["model_calls"], rw["skipped_calls"], rw["skipped_share"]) == (1, 3, 0.75)
-    assert (rw["standalone_rows"], rw["standalone_unchanged"]) == (2, 1.0)
+    assert (rw["standalone_rows"], rw["standalone_unchanged"], rw["balanced_exact_match"]) == (2, 1.0, 1.0)
     assert rw["check"] == {"n": 2, "accuracy": 1.0, "recall_of_needed": 1.0, "precision_of_called": 1.0}
 
     rt = s["retrieval"]  # gold film-1 is 3rd for the typed follow-up, 1st everywhere else

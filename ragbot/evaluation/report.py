@@ -118,6 +118,11 @@ def _rewrite_section(rows, rw) -> list[str]:
                 f"- already-standalone questions left unchanged: {_pct(rw['standalone_unchanged'])} "
                 f"of {rw['standalone_rows']}"
             )
+        if "balanced_exact_match" in rw:
+            lines.append(
+                f"- exact match on the rows needing a rewrite plus as many already-standalone ones (as "
+                f"published rewriters on the Su et al. corpus are scored): {_pct(rw['balanced_exact_match'])}"
+            )
     lines.append(
         f"- rewrite model calls: {rw['model_calls']} of {rw['rows']} rows; the cheap check skips "
         f"{rw['skipped_calls']} ({_pct(rw['skipped_share'])})"

@@ -99,6 +99,11 @@ def format_summary(summary: Mapping[str, Any]) -> str:
                 f"already-standalone questions left unchanged: {_pct(rw['standalone_unchanged'])} "
                 f"of {rw['standalone_rows']}"
             )
+        if "balanced_exact_match" in rw:
+            lines.append(
+                "exact match, rows needing a rewrite plus as many standalone ones: "
+                f"{_pct(rw['balanced_exact_match'])}"
+            )
     if rw.get("rows"):
         lines.append(
             f"rewrite model calls: {rw['model_calls']} of {rw['rows']} rows; the cheap check skips "
