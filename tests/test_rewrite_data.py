@@ -206,12 +206,14 @@ def test_gated_keeps_only_the_rows_the_cheap_check_sends_to_the_model(tmp_path):
     path = write_jsonl(tmp_path / "rw.jsonl", rows)
     report = write_rewrite_data(path, tmp_path / "out", valid_share=0, gated=True)
     written = [json.loads(line) for line in (tmp_path / "out" / "sft.train.jsonl").read_text().splitlines()]
-    assert [r["messages"][-1]["content"].splitlines()[-1] for r in written] == ["改写：尼罗河流经哪些国家？", "改写：它是尼罗河吗？"]
+    finals = [r["messages"][-1]["content"].splitlines()[-1] for r in written]
+    assert finals == ["改写：尼罗河流经哪些国家？", "改写：它是尼罗河吗？"]
     assert [(s.origin, s.reason) for s in report.skipped] == [
         ("rw.jsonl, line 2", "the cheap check skips the model (names its subject)")
     ]
-    assert report.manifest["gated"] is True and report.manifest["examples"] == {"total": 2, "positives": 1, "negatives": 1}
-    cli = run_cli("finetune", "rewrite-data", str(path), "--out", str(tmp_path / "cli"), "--valid-share", "0", "--gated")
+    assert report.manifest["gated"] is True
+    assert report.manifest["examples"] == {"total": 2, "positives": 1, "negatives": 1}
+    cli = run_cli("finetune", "rewrite-data", str(path), "--out", str(tmp_path / "cli"), "--valid-share=0", "--gated")
     assert cli.returncode == 0, cli.stderr
     assert (tmp_path / "cli" / "sft.train.jsonl").read_bytes() == (tmp_path / "out" / "sft.train.jsonl").read_bytes()
 

@@ -101,8 +101,7 @@ def format_summary(summary: Mapping[str, Any]) -> str:
             )
         if "balanced_exact_match" in rw:
             lines.append(
-                "exact match, rows needing a rewrite plus as many standalone ones: "
-                f"{_pct(rw['balanced_exact_match'])}"
+                f"exact match, rows needing a rewrite plus as many standalone ones: {_pct(rw['balanced_exact_match'])}"
             )
     if rw.get("rows"):
         lines.append(
