@@ -16,6 +16,7 @@ from ragbot.finetune.rewrite_data import (
     RewriteRow,
     assistant_text,
     bot_standalone,
+    is_rewriter_data,
     read_rewrite_rows,
     sample_rows,
     self_consistency,
@@ -216,6 +217,16 @@ def test_gated_keeps_only_the_rows_the_cheap_check_sends_to_the_model(tmp_path):
     cli = run_cli("finetune", "rewrite-data", str(path), "--out", str(tmp_path / "cli"), "--valid-share=0", "--gated")
     assert cli.returncode == 0, cli.stderr
     assert (tmp_path / "cli" / "sft.train.jsonl").read_bytes() == (tmp_path / "out" / "sft.train.jsonl").read_bytes()
+
+
+def test_rewriter_data_is_recognised_for_the_hint_to_use_it_for_the_rewrite_role(tmp_path):
+    path = write_jsonl(tmp_path / "rw.jsonl", [ROWS["zh_pronoun"], ROWS["zh_omission"]])
+    write_rewrite_data(path, tmp_path / "out", valid_share=0)
+    assert is_rewriter_data(tmp_path / "out" / "sft.train.jsonl")
+    answers = [{"messages": [{"role": "system", "content": "你是助手。"}, {"role": "user", "content": "你好"},
+                             {"role": "assistant", "content": "你好！"}]}]  # fmt: skip
+    assert not is_rewriter_data(write_jsonl(tmp_path / "answers.jsonl", answers))
+    assert not is_rewriter_data(tmp_path / "missing.jsonl")
 
 
 def test_duplicate_examples_are_written_once(tmp_path):

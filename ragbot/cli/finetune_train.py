@@ -129,4 +129,7 @@ def train(ctx, data, base, out, valid, checkpoint_dir, resume, keep_checkpoints,
         progress=True,
     )
     click.echo(result.summary())
-    click.echo(f"Use it with: ragbot finetune use {base} --lora {result.adapter}")
+    from ragbot.finetune.rewrite_data import is_rewriter_data
+
+    role = " --role rewrite" if is_rewriter_data(data) else ""  # made by `finetune rewrite-data`
+    click.echo(f"Use it with: ragbot finetune use {base}{role} --lora {result.adapter}")

@@ -337,6 +337,22 @@ def prompt_messages(row: RewriteRow, prompt_dir=None) -> list[Message]:
     return model.sent
 
 
+def is_rewriter_data(path: str | Path, prompt_dir=None) -> bool:
+    """Whether the chat SFT file ``path`` trains a rewriter: its first example's system message is
+    the trained rewrite prompt's (what ``write_rewrite_data`` writes), in either language."""
+    try:
+        with Path(path).open(encoding="utf-8") as lines:
+            first = json.loads(next((line for line in lines if line.strip()), "{}"))
+        system = first["messages"][0]["content"]
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return False
+    samples = (
+        RewriteRow("zh", "", "它呢？", "甲呢？", ("甲是什么？", "一种东西。"), lang="zh"),
+        RewriteRow("en", "", "And it?", "And Alpha?", ("What is Alpha?", "A thing."), lang="en"),
+    )
+    return any(prompt_messages(row, prompt_dir)[0].content == system for row in samples)
+
+
 def sft_record(row: RewriteRow, prompt_dir=None) -> dict[str, Any]:
     """``{"messages": [system, user, assistant]}``, the shape ``ragbot finetune prepare`` writes."""
     messages = prompt_messages(row, prompt_dir)
