@@ -155,12 +155,13 @@ def test_a_rewriter_adapter_takes_the_rewrite_role_with_its_short_prompt(tmp_pat
         adapter.absolute(),
         "rewrite_trained",
     )
+    assert settings.rewrite_history_tokens == 300
     # each role names its own model and adapter; the answer role keeps the base model, without the adapter
     assert make_chat_model(settings, "rewrite").name == "smollm2-135m+rewriter.gguf"
     assert (make_chat_model(settings, "answer").name, settings.lora_path) == ("smollm2-135m", None)
     back = use_model(None, role="rewrite", unset=True)
-    assert set(back.removed) == {"rewrite_model", "rewrite_lora_path", "rewrite_prompt"}
-    assert load_settings().rewrite_prompt == "rewrite"
+    assert set(back.removed) == {"rewrite_model", "rewrite_lora_path", "rewrite_prompt", "rewrite_history_tokens"}
+    assert (load_settings().rewrite_prompt, load_settings().rewrite_history_tokens) == ("rewrite", 600)
 
 
 def test_bad_swaps_say_what_is_wrong(tmp_path):

@@ -22,6 +22,10 @@ ROLE_KEYS = {"answer": "answer_model", "rewrite": "rewrite_model"}
 LORA_KEYS = {"answer": "lora_path", "rewrite": "rewrite_lora_path"}
 # an adapter for the rewrite role is a trained rewriter (``ragbot finetune rewrite-data``): it reads the short prompt
 TRAINED_REWRITE_PROMPT = "rewrite_trained"
+# A trained rewriter's history budget: Su et al.'s histories are two utterances, and with 300 tokens
+# a cold rewrite of a KdConv follow-up evaluates ~225 prompt tokens (600: ~300;
+# bench/rewrite_prompt_tokens.py).
+TRAINED_REWRITE_HISTORY_TOKENS = 300
 
 
 @dataclass
@@ -45,7 +49,11 @@ class ModelChange:
             source = f" (from job {self.job_id})" if self.job_id else ""
             lines.append(f"The {self.role} role now uses {self.model}{source}; written to {self.config_file}.")
         if self.lora_path is not None:
-            prompt = f", with the {TRAINED_REWRITE_PROMPT} prompt" if self.role == "rewrite" else ""
+            prompt = (
+                f", with the {TRAINED_REWRITE_PROMPT} prompt and a {TRAINED_REWRITE_HISTORY_TOKENS}-token history"
+                if self.role == "rewrite"
+                else ""
+            )
             lines.append(
                 f"LoRA adapter {self.lora_path} applies to the local {self.role} model{prompt}; "
                 f"written to {self.config_file}."
@@ -66,8 +74,8 @@ def use_model(
     ``job_or_model``: a fine-tuning job id (its fine-tuned model; the job must have succeeded), a
     model name, a built-in local alias or the path of a ``.gguf`` file. ``lora``: a GGUF LoRA
     adapter for the role's local model; for the rewrite role it is a trained rewriter, so its
-    short prompt (``rewrite_prompt = "rewrite_trained"``) is set too. ``unset``: remove the role's
-    model, adapter (and prompt) so the base model works again.
+    short prompt (``rewrite_prompt = "rewrite_trained"``) and its history budget are set too.
+    ``unset``: remove the role's model, adapter (and prompt, budget) so the base model works again.
     """
     if role not in ROLE_KEYS:
         raise FinetuneError(f"unknown role {role!r}; choose answer or rewrite")
@@ -76,14 +84,14 @@ def use_model(
     if unset:
         if job_or_model or lora:
             raise FinetuneError("--unset takes no model or --lora: it goes back to the base model")
-        drop = [key, LORA_KEYS[role]] + (["rewrite_prompt"] if role == "rewrite" else [])
+        drop = [key, LORA_KEYS[role]] + (["rewrite_prompt", "rewrite_history_tokens"] if role == "rewrite" else [])
         removed = _edit_config(path, set_values={}, remove=drop)
         return ModelChange(path, role, None, removed=removed)
     if job_or_model is None and lora is None:
         raise FinetuneError("give a job id, a model name or a .gguf file (or --lora FILE.gguf, or --unset)")
 
     change = ModelChange(path, role, None)
-    values: dict[str, str] = {}
+    values: dict[str, str | int] = {}
     if job_or_model is not None:
         change.model, change.job_id = _resolve(job_or_model, jobs)
         values[key] = change.model
@@ -94,6 +102,7 @@ def use_model(
         values[LORA_KEYS[role]] = change.lora_path
         if role == "rewrite":
             values["rewrite_prompt"] = TRAINED_REWRITE_PROMPT
+            values["rewrite_history_tokens"] = TRAINED_REWRITE_HISTORY_TOKENS
     _edit_config(path, set_values=values, remove=[])
     change.warnings = _warnings(change, jobs)
     return change
@@ -208,7 +217,7 @@ def gguf_metadata(path: Path, keys: tuple[str, ...]) -> dict[str, object]:
     return found
 
 
-def _edit_config(path: Path, set_values: dict[str, str], remove: list[str]) -> list[str]:
+def _edit_config(path: Path, set_values: dict[str, str | int], remove: list[str]) -> list[str]:
     """Set and remove top-level keys, keeping everything else; returns the keys removed."""
     import tomlkit
     from tomlkit.exceptions import TOMLKitError
