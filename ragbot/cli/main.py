@@ -111,7 +111,9 @@ def _models(settings) -> dict[str, str]:
     """The model each role would use (a local model with its adapter: ``base+adapter.gguf``) and the
     rewrite prompt; nothing is loaded."""
     from ragbot.models.chat import make_chat_model
+    from ragbot.models.rewriter import with_local_rewriter
 
+    settings = with_local_rewriter(settings)
     models: dict[str, str] = {}
     for role in ("answer", "rewrite"):
         try:

@@ -37,6 +37,7 @@ from ragbot.conversation.turn import Answer, Retrieval, Route, Turn
 from ragbot.conversation.warmup import WarmUp, start_warm_up
 from ragbot.knowledge.knowledge_base import Hit, KnowledgeBase
 from ragbot.models.chat import ChatModel, GenerationSettings, Message, Usage, make_chat_model, role_model
+from ragbot.models.rewriter import with_local_rewriter
 from ragbot.storage.conversations import ConversationStore, open_conversation_store
 from ragbot.text import clean_question, is_chinese
 
@@ -67,6 +68,7 @@ class RagBot:
     def load(cls, settings: Settings | None = None, **overrides: Any) -> RagBot:
         """A bot from settings (defaults < ragbot.toml < RAGBOT_* < ``overrides``)."""
         settings = settings.replace(**overrides) if settings else load_settings(overrides=overrides)
+        settings = with_local_rewriter(settings)  # the bundled trained rewriter, unless the role is configured
         # a database is opened now, so one that cannot be reached fails at start (a SQLite file when first used)
         url = isinstance(settings.sessions, str)
         store = open_conversation_store(settings.sessions, settings.postgres_pool_size) if url else None

@@ -267,9 +267,14 @@ def make_chat_model(settings: Settings, role: str = "answer") -> ChatModel:
     is set, else the local model. With "auto" or "openai", a model only one backend can run
     (a ``.gguf`` file, a built-in local alias) goes to that backend.
     """
+    return chat_models.create(chat_backend(settings, role), settings, role=role)
+
+
+def chat_backend(settings: Settings, role: str = "answer") -> str:
+    """The registered chat backend that runs ``role`` under these settings ("local", "openai", ...)."""
     backend = settings.llm
     if backend in ("auto", "openai"):
         backend = chat_models.claimant(role_model(settings, role)) or backend
     if backend == "auto":
         backend = "openai" if settings.base_url or openai_api.api_key() else "local"
-    return chat_models.create(backend, settings, role=role)
+    return backend

