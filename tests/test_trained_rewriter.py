@@ -5,8 +5,8 @@ import json
 import pytest
 
 from ragbot.config import Settings
-from ragbot.files import sha256_file
 from ragbot.conversation.rewrite import rewrite_question
+from ragbot.files import sha256_file
 from ragbot.models import rewriter
 from ragbot.models.chat import Message
 from ragbot.models.local_files import MODELS
