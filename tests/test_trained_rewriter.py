@@ -98,6 +98,10 @@ def trained(local_models_dir):  # noqa: F811
     ("question", "history", "named"),
     [
         ("它流经哪些国家？", ["尼罗河是什么？", "尼罗河是非洲东北部的一条河流，全长约6650公里。"], "尼罗河"),
+        # the entity being discussed, not the last one named (the places of the answer)
+        ("它有多大？", ["故宫是什么时候建的？", "故宫建于1406年，明成祖朱棣下令修建，位于天安门广场北侧。"], "故宫"),
+        ("门票多少钱？", ["西湖在哪里？", "西湖在杭州市西部，靠近灵隐寺。"], "西湖"),
+        ("建成多少年了？", ["你去过埃菲尔铁塔吗？", "去过，它在巴黎的战神广场上，旁边是塞纳河。"], "埃菲尔铁塔"),
         ("How does it reduce the number of trainable parameters?",
          ["What is LoRA?", "LoRA adds small low-rank matrices to a frozen model."], "LoRA"),
         # an attribute asked about without saying whose: the cheap check sends it, the model names the owner
@@ -107,5 +111,7 @@ def trained(local_models_dir):  # noqa: F811
 def test_the_trained_rewriter_names_what_the_follow_up_is_about(trained, question, history, named):
     result = trained(question, history)
     assert result.called_model and named in result.question, (result.question, result.raw_output)
+    others = {"朱棣", "天安门", "灵隐寺", "战神广场", "塞纳河", "巴黎", "杭州"} - {named}
+    assert not any(other in result.question for other in others), result.question
     # the history is never returned as the question
     assert all(result.question.strip("？?") != turn.strip("？?") for turn in history)
