@@ -81,12 +81,14 @@ def bare_speeds(model: str, lora: str | None, threads: int, prompt_tokens: int, 
         started = time.perf_counter()
         llm.eval(tokens)
         prompt.append(len(tokens) / (time.perf_counter() - started))
-        started, n = time.perf_counter(), 0
-        for _token in llm.generate(tokens, temp=0.0, reset=False):
-            n += 1
+        llm.reset()
+        tokens_out = llm.generate(tokens, temp=0.0)  # evaluates the prompt, then yields one token per step
+        next(tokens_out)
+        started = time.perf_counter()
+        for n, _token in enumerate(tokens_out, 1):
             if n == 32:
                 break
-        gen.append(n / (time.perf_counter() - started))
+        gen.append(32 / (time.perf_counter() - started))
     llm.close()
     return {
         "prompt_tokens": len(tokens),
@@ -175,6 +177,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--bare-prompt-tokens", type=int, default=256)
     parser.add_argument("--out", default=None)
+    parser.add_argument("--bare-only", action="store_true", help="only the bare library's speeds")
     args = parser.parse_args()
 
     base = load_settings().replace(temperature=0.0)
@@ -201,6 +204,9 @@ def main() -> None:
             args.bare_prompt_tokens,
             settings.models_dir,
         )
+    if args.bare_only:
+        print(json.dumps(result["bare"], indent=2))
+        return
     for name, settings in configs.items():
         result["configs"][name] = run_config(name, settings, turns, args.threads)
     for run in result["configs"].values():
