@@ -323,3 +323,17 @@ def test_a_broken_gguf_file_is_a_model_error(tmp_path):
     assert model.name == "broken.gguf"
     with pytest.raises(ModelError, match="cannot load"):
         model.complete(QUESTION, GREEDY)
+
+
+def test_a_model_loading_in_another_thread_does_not_swallow_what_this_thread_prints(local_models_dir, capsys):  # noqa: F811
+    """The warm-up loads the rewrite model in a thread while a notebook cell or the chat prints:
+    llama-cpp-python used to swap sys.stdout for /dev/null during a load, for every thread."""
+    model = LlamaCppChatModel("smollm2-135m", n_threads=1, n_ctx=640, models_dir=local_models_dir)  # a new copy
+    loading = threading.Thread(target=lambda: model.llama)
+    loading.start()
+    printed = 0
+    while loading.is_alive() or printed < 10:
+        print(f"line {printed}")
+        printed += 1
+    loading.join()
+    assert capsys.readouterr().out.count("line ") == printed

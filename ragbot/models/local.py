@@ -114,6 +114,37 @@ def _close_models() -> None:
             llama.close()
 
 
+class _QuietStderr:
+    """Process file descriptor 2 to /dev/null while llama.cpp loads (its C code writes there);
+    ``sys.stdout``/``sys.stderr`` are left alone. Nested and concurrent loads share one redirect."""
+
+    _lock = threading.Lock()
+    _depth = 0
+    _saved: int | None = None
+
+    def __init__(self, disable: bool = False):
+        self.disable = disable
+
+    def __enter__(self) -> _QuietStderr:
+        if not self.disable:
+            with _QuietStderr._lock:
+                if _QuietStderr._depth == 0:
+                    _QuietStderr._saved = os.dup(2)
+                    with open(os.devnull, "wb") as null:
+                        os.dup2(null.fileno(), 2)
+                _QuietStderr._depth += 1
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if not self.disable:
+            with _QuietStderr._lock:
+                _QuietStderr._depth -= 1
+                if _QuietStderr._depth == 0 and _QuietStderr._saved is not None:
+                    os.dup2(_QuietStderr._saved, 2)
+                    os.close(_QuietStderr._saved)
+                    _QuietStderr._saved = None
+
+
 def _llama_class() -> type:
     """``Llama`` with two changes: it records the token counts of its last completion, and its
     saved prompt states leave out the unused logits buffer.
@@ -130,7 +161,15 @@ def _llama_class() -> type:
     global _Llama
     if _Llama is None:
         import llama_cpp
+        import llama_cpp._internals
+        import llama_cpp.llama
         from llama_cpp import Llama
+
+        # llama-cpp-python quiets a load by swapping sys.stdout/sys.stderr for /dev/null, in every
+        # thread at once: a model loaded by the warm-up thread swallowed what the main thread printed
+        # meanwhile (a notebook cell's whole output). Only llama.cpp's own stderr lines are quieted.
+        llama_cpp.llama.suppress_stdout_stderr = _QuietStderr
+        llama_cpp._internals.suppress_stdout_stderr = _QuietStderr
 
         class RagbotLlama(Llama):
             last_prompt_tokens = 0
