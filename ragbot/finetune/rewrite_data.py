@@ -576,10 +576,11 @@ def write_rewrite_data(
                 skipped.append(Skipped(row.origin, "the bot would not give back its gold rewrite"))
         chosen = [r for r in chosen if r.origin not in consistency.inconsistent]
     if gated:
+        decisions = {row.origin: gate_decision(row) for row in chosen}
         for row in chosen:
-            if not (decision := gate_decision(row)).needed:
-                skipped.append(Skipped(row.origin, f"the cheap check skips the model ({decision.reason})"))
-        chosen = [r for r in chosen if gate_decision(r).needed]
+            if not decisions[row.origin].needed:
+                skipped.append(Skipped(row.origin, f"the cheap check skips the model ({decisions[row.origin].reason})"))
+        chosen = [r for r in chosen if decisions[r.origin].needed]
     valid = split_groups(chosen, valid_share, seed)
     out = Path(out).expanduser()
     out.mkdir(parents=True, exist_ok=True)

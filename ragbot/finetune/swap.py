@@ -15,17 +15,16 @@ from pathlib import Path
 
 from ragbot.config import CONFIG_FILE_NAME, Settings, load_settings
 from ragbot.errors import ConfigError, FinetuneError
+from ragbot.models import rewriter
 from ragbot.models.local import is_local_model
 from ragbot.models.local_files import DEFAULT_MODEL, MODELS
 
 ROLE_KEYS = {"answer": "answer_model", "rewrite": "rewrite_model"}
 LORA_KEYS = {"answer": "lora_path", "rewrite": "rewrite_lora_path"}
 # an adapter for the rewrite role is a trained rewriter (``ragbot finetune rewrite-data``): it reads the short prompt
-TRAINED_REWRITE_PROMPT = "rewrite_trained"
-# A trained rewriter's history budget: Su et al.'s histories are two utterances, and with 300 tokens
-# a cold rewrite of a KdConv follow-up evaluates ~225 prompt tokens (600: ~300;
-# bench/rewrite_prompt_tokens.py).
-TRAINED_REWRITE_HISTORY_TOKENS = 300
+# A trained rewriter's prompt and history budget: those of the bundled one (ragbot/models/rewriter.py)
+TRAINED_REWRITE_PROMPT = rewriter.PROMPT
+TRAINED_REWRITE_HISTORY_TOKENS = rewriter.HISTORY_TOKENS
 
 
 @dataclass
