@@ -269,6 +269,7 @@ def test_guard_in_the_chat_a_new_subject_after_the_nile_is_searched_as_typed(tmp
         ("主演是谁？", ["看过《我是山姆》吗？", "看过"]),
         ("出品公司是Les Films Corona，知道影片编剧是谁吗？", ["看过《虎口脱险》吗？", "看过"]),
         ("是克里斯托弗·诺兰，说的我都想再看一遍了，你还记得女主是谁演的吗？", ["《星际穿越》谁导演的？", "诺兰"]),
+        ("嗯，也是大手笔，两地制作的，晓得不？", ["《荒蛮故事》不错，2014年上映的。", "演员也都不错。"]),
         # other domains than film: places and songs, asked about without naming them
         ("建成多少年了？", ["故宫在哪里？", "故宫在北京市中心。"]),
         ("票价贵吗？", ["故宫在哪里？", "故宫在北京市中心。"]),
