@@ -131,10 +131,13 @@ class ChatModel(ABC):
     name: str = ""
     warms_prefixes = False  # whether ``warm`` can compute a prompt prefix ahead of time (local models)
 
-    def warm(self, variants: Sequence[Sequence[Message]], stop: Callable[[], bool] | None = None) -> int:
+    def warm(
+        self, variants: Sequence[Sequence[Message]], stop: Callable[[], bool] | None = None, persist: bool = False
+    ) -> int:
         """Compute ahead of time the prefix that ``variants`` (one prompt filled with different values)
         share, so a later prompt starting with it does not pay for it; the number of tokens computed
-        (``stop()`` true: give up early). Nothing to do for a remote endpoint: it caches on its side."""
+        (``stop()`` true: give up early; ``persist``: a prefix that is the same in every process, kept
+        for the next one where the model can). Nothing to do for a remote endpoint: it caches on its side."""
         return 0
 
     @abstractmethod

@@ -15,9 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from ragbot.config import Settings
-from ragbot.errors import ModelError
+from ragbot.errors import ConfigError, ModelError
+from ragbot.files import sha256_file
 from ragbot.models.chat import ChatModel, Delta, GenerationSettings, Message, Usage, role_model
 from ragbot.models.local_files import DEFAULT_MODEL, INSTALL_HINT, MODELS, resolve_model_path
+from ragbot.models.prompt_states import ModelIdentity, PromptStates, model_fingerprint
 from ragbot.registry import chat_models
 
 log = logging.getLogger(__name__)
@@ -205,16 +207,23 @@ def _llama_class() -> type:
                     self._capturing = False
                 raise ModelError("llama-cpp-python's chat handler did not go through create_completion")
 
-            def prefill(self, tokens: list[int], stop: Callable[[], bool], step: int) -> int:
+            def prefill(
+                self, tokens: list[int], stop: Callable[[], bool], step: int, states: PromptStates | None = None
+            ) -> int:
                 """Evaluate ``tokens`` as a prompt prefix and save its state in the RAM cache, where a
                 later prompt that starts with them finds it; ``stop()`` is checked every ``step`` tokens.
-                Returns the tokens evaluated (0 when a saved state already covers them)."""
+                With ``states``, a state an earlier process saved there is loaded instead, and one
+                evaluated here is saved there. Returns the tokens evaluated (0 when a saved state
+                already covers them)."""
                 if self.cache is None or self._is_recurrent or self._is_hybrid or not tokens:
                     return 0
                 key = tuple(tokens)
                 if any(saved[: len(key)] == key for saved in self.cache.cache_state):
                     return 0
                 live = Llama.longest_token_prefix(self._input_ids.tolist(), tokens)
+                if states is not None and live < len(tokens) and self._restore(states, tokens):
+                    return 0
+                live = Llama.longest_token_prefix(self._input_ids.tolist(), tokens)  # 0 after a failed restore
                 with contextlib.suppress(KeyError):
                     saved = self.cache[tokens]
                     if Llama.longest_token_prefix(saved.input_ids.tolist(), tokens) > live:
@@ -229,7 +238,24 @@ def _llama_class() -> type:
                     evaluated += min(step, len(tokens) - start)
                 self._requires_eval = True  # the last logits are not a sampling step's: refresh them
                 self.cache[tokens] = self.save_state()
+                if states is not None:
+                    self._ctx.kv_cache_seq_rm(-1, len(tokens), -1)  # a longer live prompt's tail is not saved
+                    states.save(self._ctx.ctx, tokens)
                 return evaluated
+
+            def _restore(self, states: PromptStates, tokens: list[int]) -> bool:
+                """Load the state of ``tokens`` an earlier process saved, if a sound one is there."""
+                path = states.find(tokens)
+                if path is None:
+                    return False
+                if not states.restore(self._ctx.ctx, path, tokens):
+                    self.n_tokens = 0  # llama.cpp may have overwritten the live context in part
+                    return False
+                self.input_ids[: len(tokens)] = tokens
+                self.n_tokens = len(tokens)
+                self._requires_eval = True
+                self.cache[tokens] = self.save_state()
+                return True
 
             def generate(self, tokens, *args, **kwargs):  # type: ignore[override]
                 vocab = self._model.vocab
@@ -272,6 +298,12 @@ def _llama_class() -> type:
 
 
 _Llama: type | None = None
+
+
+def _llama_cpp_version() -> str:
+    import llama_cpp
+
+    return llama_cpp.__version__
 
 
 class _Captured(Exception):  # noqa: N818 - a signal, not an error: carries the prompt's tokens
@@ -394,6 +426,8 @@ class LlamaCppChatModel(ChatModel):
         self.models_dir = models_dir
         self.cache_bytes = cache_bytes
         self._key: tuple[str, int, str | None] | None = None
+        self._identity: ModelIdentity | None = None
+        self._states_off = False  # set when its prompt states cannot be used
 
     @property
     def llama(self) -> Any:
@@ -478,10 +512,14 @@ class LlamaCppChatModel(ChatModel):
 
     warms_prefixes = True
 
-    def warm(self, variants: Sequence[Sequence[Message]], stop: Callable[[], bool] | None = None) -> int:
+    def warm(
+        self, variants: Sequence[Sequence[Message]], stop: Callable[[], bool] | None = None, persist: bool = False
+    ) -> int:
         """Evaluate the tokens the prompts ``variants`` share (the prompt up to its first filled-in
         value) and save that state, unless a saved state covers them already; a generation that
-        asks for the model meanwhile waits at most ``WARM_STEP`` tokens. Returns the tokens evaluated."""
+        asks for the model meanwhile waits at most ``WARM_STEP`` tokens. ``persist``: the state is
+        also looked for in, and saved to, ``data_home()/prompt-states`` (``PromptStates``), for
+        the next process. Returns the tokens evaluated."""
         loaded = self._loaded()
 
         def wanted() -> bool:
@@ -497,11 +535,31 @@ class LlamaCppChatModel(ChatModel):
                 shared = shared[: llama.longest_token_prefix(shared, other)]
             try:
                 self._use_threads(llama)
-                return llama.prefill(shared, wanted, WARM_STEP)
+                return llama.prefill(shared, wanted, WARM_STEP, self._prompt_states() if persist else None)
             except RuntimeError as exc:  # a failed decode: the turn that needs it reports it
                 log.warning("warm-up of %s failed: %s", self.name, exc)
                 llama.reset()
                 return 0
+
+    def _prompt_states(self) -> PromptStates | None:
+        """This model's saved prompt states; None (warned once) if its files cannot be identified."""
+        if self._states_off:
+            return None
+        try:
+            if self._identity is None:
+                spec = MODELS.get(self.model)
+                path = self._key[0] if self._key else resolve_model_path(self.model, self.models_dir)
+                self._identity = ModelIdentity(
+                    model=f"sha256:{spec.sha256}" if spec is not None else model_fingerprint(path),
+                    lora=sha256_file(self.lora_path) if self.lora_path else None,  # a few MB
+                    n_ctx=self.n_ctx,
+                    llama_cpp=_llama_cpp_version(),
+                )
+            return PromptStates(self._identity)
+        except (OSError, ConfigError) as exc:
+            log.warning("prompt states of %s are not saved or loaded: %s", self.name, exc)
+            self._states_off = True
+            return None
 
     def _generate(self, llama: Any, messages: Sequence[Message], generation: GenerationSettings) -> Iterator[Delta]:
         kwargs: dict[str, Any] = dict(
