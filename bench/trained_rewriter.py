@@ -124,9 +124,9 @@ def run_config(name: str, settings, turns: list[dict], threads: int) -> dict:
     _ = llm.llama  # loaded before timing
     bot = RagBot(None, llm, settings=settings)  # type: ignore[arg-type]  # the rewrite step alone: nothing is searched
     # the static prefixes a chat that has made a rewrite before keeps in its cache
-    for prompt, model, variants in warm_up_prompts(bot, []):
-        if prompt.startswith("rewrite"):
-            model.warm(variants)
+    for prompt in warm_up_prompts(bot, []):
+        if prompt.name.startswith("rewrite"):
+            prompt.model.warm(prompt.variants)
     static = set(llm.llama.cache.cache_state)
     rows = []
     for i, row in enumerate(turns, 1):
@@ -135,9 +135,9 @@ def run_config(name: str, settings, turns: list[dict], threads: int) -> dict:
         for mode in ("cold", "warm"):
             keep_only(llm, set() if mode == "cold" else static)
             if mode == "warm":
-                for prompt, model, variants in warm_up_prompts(bot, history):
-                    if prompt.startswith("rewrite"):
-                        model.warm(variants)
+                for prompt in warm_up_prompts(bot, history):
+                    if prompt.name.startswith("rewrite"):
+                        prompt.model.warm(prompt.variants)
                         break
             result = bot.rewrite_step(row["question"], history)
             entry[mode] = {

@@ -81,9 +81,9 @@ def kdconv(args) -> dict:
     llm = load_model(args.model, args.threads, settings)
     bot = RagBot(kb, llm, settings=settings)
     # the static prefixes a chat that has made a rewrite before has in its cache
-    for name, model, variants in warm_up_prompts(bot, []):
-        if name.startswith("rewrite"):
-            model.warm(variants)
+    for prompt in warm_up_prompts(bot, []):
+        if prompt.name.startswith("rewrite"):
+            prompt.model.warm(prompt.variants)
     static = set(llm.llama.cache.cache_state)
     rows = []
     for i, row in enumerate(sample_turns(args.sample, args.seed), 1):

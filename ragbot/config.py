@@ -107,6 +107,8 @@ class Settings:
     max_retries: int = 3
     n_ctx: int = 4096  # local model context window
     warm_up: bool = True  # a local model computes the next turn's prompt prefixes while the user reads
+    # the warm-up saves the prompts' static prefixes under data_home()/prompt-states: a new process loads them
+    prompt_states: bool = True
     llm_threads: int | None = None  # local model threads; None: num_threads, else the cores free at each call
     lora_path: Path | None = None  # GGUF LoRA adapter applied to the local answer model
     rewrite_lora_path: Path | None = None  # GGUF LoRA adapter applied to the local rewrite model

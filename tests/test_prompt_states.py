@@ -11,12 +11,16 @@ from pathlib import Path
 
 import pytest
 
+from ragbot import KnowledgeBase
+from ragbot.config import load_settings
 from ragbot.files import sha256_file
 from ragbot.models import prompt_states
 from ragbot.models.chat import GenerationSettings, Message
 from ragbot.models.local import LlamaCppChatModel, unload_models
 from ragbot.models.local_files import resolve_model_path
+from ragbot.testing.fakes import ScriptedChatModel
 
+from helpers import make_bot
 from llama_server import local_models_dir  # noqa: F401
 
 SYSTEM = (
@@ -176,3 +180,36 @@ def test_over_the_size_cap_the_least_recently_used_entries_go_first(new_process,
     assert fresh.warm(variants(systems[0]), persist=True) == 0
     fresh.reset_cache()
     assert fresh.warm(variants(systems[1]), persist=True) > 0  # the least recently used: removed
+
+
+# --- which prompts the warm-up keeps on disk (no model) --------------------------------------------
+
+
+class WarmRecorder(ScriptedChatModel):
+    """A model that can warm, recording which prompts it was asked to keep for the next process."""
+
+    warms_prefixes = True
+
+    def __init__(self):
+        super().__init__([], default="默认回答")
+        self.kept: list[bool] = []
+
+    def warm(self, variants, stop=None, persist=False) -> int:
+        self.kept.append(persist)
+        return 0
+
+
+@pytest.mark.parametrize("setting", ["true", "false"])
+def test_only_prompts_without_the_conversations_history_are_kept_on_disk(hash_settings, corpus, monkeypatch, setting):
+    monkeypatch.setenv("RAGBOT_PROMPT_STATES", setting)
+    kb = KnowledgeBase.open(hash_settings.replace(threshold=0.35), create=True)
+    kb.ingest([corpus["md"].parent])
+    bot = make_bot(kb, prompt_states=load_settings().prompt_states)[0]
+    bot.answer_model = bot.rewrite_model = model = WarmRecorder()
+    history = [Message("user", "How long is the Nile?"), Message("assistant", "About 6,650 km.")]
+    handle = bot.warm_up(history)
+    assert handle.wait(30)
+    names = [name for name, _ in handle.computed]
+    assert names == ["rewrite.en", "grounded.en", "general.en", "rewrite.zh", "grounded.zh", "general.zh"]
+    on = setting == "true"
+    assert model.kept == [False, False, False, on, on, on]  # the other language's static prefixes only

@@ -8,7 +8,9 @@ prompts up to this turn's passages are evaluated here, in the conversation's lan
 static prefixes of the other language. Each prefix is found by rendering a prompt with two different
 sentinel values and keeping the tokens the renderings share, so it is exactly what the bot's own
 steps (``RagBot.rewrite_step``, ``answer_messages``) send. The states go to llama.cpp's RAM prompt
-cache, which a later prompt sharing the prefix restores.
+cache, which a later prompt sharing the prefix restores. The static prefixes (rendered with sentinel
+histories, the same in every process) are also kept on disk when the setting ``prompt_states`` is on
+(``ragbot.models.prompt_states``), so a new process loads them instead of evaluating them again.
 
 A turn that asks for the model meanwhile waits for the step in progress (``WARM_STEP`` tokens) and
 the warm-up stops; what it evaluated so far stays usable. Models that cannot warm (an
@@ -22,7 +24,7 @@ import logging
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from ragbot.config import Settings
 from ragbot.conversation.answer_prompt import answer_messages
@@ -54,6 +56,16 @@ _HISTORIES = {
     "en": (("What is Alpha?", "Alpha is a thing."), ("Where is Beta?", "Beta is up north.")),
 }
 _PASSAGES = (("甲", "甲是一种东西。"), ("Beta", "Beta is up north."))
+
+
+class WarmPrompt(NamedTuple):
+    """One prompt to warm: two renderings of it; ``static``: rendered with sentinel histories only, so
+    its shared prefix is the same in every process (worth keeping on disk)."""
+
+    name: str
+    model: ChatModel
+    variants: list[list[Message]]
+    static: bool
 
 
 @dataclass
@@ -118,10 +130,8 @@ def _hit(title: str, text: str) -> Hit:
     return Hit(id=title, text=text, source=f"{title}.md", title=title, score=1.0, above_threshold=True)
 
 
-def warm_up_prompts(
-    bot: Steps, history: Sequence[Message], sources: Sequence[Hit] = ()
-) -> list[tuple[str, ChatModel, list[list[Message]]]]:
-    """The prompts to warm, most useful first: (name, model, two renderings of the prompt).
+def warm_up_prompts(bot: Steps, history: Sequence[Message], sources: Sequence[Hit] = ()) -> list[WarmPrompt]:
+    """The prompts to warm, most useful first.
 
     With a history, the next turn's prompts in the language of its last question (rewrite, grounded
     and general answer, each with that history); then the static prefixes of the other language.
@@ -134,14 +144,14 @@ def warm_up_prompts(
     last = next((m.content for m in reversed(history) if m.role == "user"), None)
     first = "en" if last is not None and not is_chinese(last) else "zh"
     languages = [first, "en" if first == "zh" else "zh"]
-    prompts: list[tuple[str, ChatModel, list[list[Message]]]] = []
+    prompts: list[WarmPrompt] = []
 
-    def rewrite(lang: str, histories: Sequence[Sequence[Message]]) -> None:
+    def rewrite(lang: str, histories: Sequence[Sequence[Message]], static: bool) -> None:
         if not bot.rewrite_model.warms_prefixes:
             return
         variants = [rewrite_messages(bot, q, h) for q, h in zip(_QUESTIONS[lang], histories, strict=True)]
         if all(variants):
-            prompts.append((f"rewrite.{lang}", bot.rewrite_model, variants))  # type: ignore[arg-type]
+            prompts.append(WarmPrompt(f"rewrite.{lang}", bot.rewrite_model, variants, static))  # type: ignore[arg-type]
 
     def answer(lang: str, turns: Sequence[Message], last: Sequence[Hit] = ()) -> None:
         if not bot.answer_model.warms_prefixes:
@@ -162,19 +172,20 @@ def warm_up_prompts(
                 )
                 for q, hits in zip(_QUESTIONS[lang], passages, strict=True)
             ]
-            prompts.append((f"{name}.{lang}", bot.answer_model, variants))
+            # no history: the prompt up to the question (or the sentinel passages) is the same in every process
+            prompts.append(WarmPrompt(f"{name}.{lang}", bot.answer_model, variants, static=not turns))
 
     sentinel_histories = {lang: [_pairs([pair]) for pair in _HISTORIES[lang]] for lang in languages}
     if history:
-        rewrite(first, [history, history])
+        rewrite(first, [history, history], static=False)
         answer(first, history, sources)
-        rewrite(languages[1], sentinel_histories[languages[1]])
+        rewrite(languages[1], sentinel_histories[languages[1]], static=True)
         answer(languages[1], [])
     else:
         for lang in languages:
             answer(lang, [])
         for lang in languages:
-            rewrite(lang, sentinel_histories[lang])
+            rewrite(lang, sentinel_histories[lang], static=True)
     return prompts
 
 
@@ -186,10 +197,12 @@ def start_warm_up(bot: Steps, history: Sequence[Message], sources: Sequence[Hit]
 
     def run() -> None:
         try:
-            for name, model, variants in warm_up_prompts(bot, history, sources):
+            for prompt in warm_up_prompts(bot, history, sources):
                 if handle.cancelled:
                     return
-                handle.computed.append((name, model.warm(variants, stop=lambda: handle.cancelled)))
+                persist = prompt.static and bot.settings.prompt_states
+                evaluated = prompt.model.warm(prompt.variants, stop=lambda: handle.cancelled, persist=persist)
+                handle.computed.append((prompt.name, evaluated))
         except Exception as exc:  # best effort: the turn computes whatever is missing
             log.warning("prompt warm-up stopped: %s", exc)
 
