@@ -108,8 +108,8 @@ def kdconv(args) -> dict:
                 "completion_tokens": usage.completion_tokens if usage else 0,
                 "standalone": turn.standalone_question,
             }
-            if mode == "warm_up" and bot._warming is not None:
-                bot._warming.wait()
+            if mode == "warm_up":
+                handle.wait()
         rows.append(entry)
         log(
             f"{i}/{args.sample} {row['question']}: {entry['no_warm_up']['rewrite_retrieval_s']:.2f}s -> "

@@ -18,8 +18,9 @@
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Hashable, Iterator, Sequence
 from typing import Any
 
 from ragbot.config import Settings, load_settings
@@ -62,7 +63,8 @@ class RagBot:
         self.settings = settings or kb.settings
         self._store = store
         self.retriever = Retriever(kb, self.settings)  # the retrieval step: search, topic, evidence
-        self._warming: WarmUp | None = None
+        self._warmings: dict[Hashable, WarmUp] = {}  # by whose they are: a conversation, None for calls
+        self._warmings_lock = threading.Lock()
 
     @classmethod
     def load(cls, settings: Settings | None = None, **overrides: Any) -> RagBot:
@@ -106,15 +108,30 @@ class RagBot:
             **self._rewrite_options(),
         )
 
-    def warm_up(self, history: Sequence[Message] | Sequence[dict] = (), sources: Sequence[Hit] = ()) -> WarmUp:
+    def warm_up(
+        self, history: Sequence[Message] | Sequence[dict] = (), sources: Sequence[Hit] = (), *, key: Hashable = None
+    ) -> WarmUp:
         """Start computing the next turn's prompt prefixes in the background (a local model only;
-        ``sources``: the last answer's passages; see ``ragbot.conversation.warmup``); the next turn
-        stops it. Returns the handle."""
-        if self._warming is not None:
-            self._warming.cancel()
+        ``sources``: the last answer's passages; see ``ragbot.conversation.warmup``). Returns the handle.
+
+        ``key`` says whose next turn it is (a conversation's; None: this bot's own calls, whose next
+        turn stops it): it replaces that key's earlier warm-up only. Warm-ups of other keys go on,
+        and only give way to a turn's model call for one small step (``WARM_STEP``), so in ``serve``
+        one conversation's warm-up never holds up another's turn."""
         history = as_messages(history)
-        self._warming = start_warm_up(self, history, sources) if self.settings.warm_up else WarmUp()
-        return self._warming
+        with self._warmings_lock:
+            self.stop_warm_up(key)
+            for done in [k for k, w in self._warmings.items() if w.done]:
+                del self._warmings[done]
+            handle = start_warm_up(self, history, sources) if self.settings.warm_up else WarmUp()
+            self._warmings[key] = handle
+        return handle
+
+    def stop_warm_up(self, key: Hashable = None) -> None:
+        """Stop ``key``'s warm-up after its step in progress (its turn is about to use the model)."""
+        warming = self._warmings.get(key)
+        if warming is not None:
+            warming.cancel()
 
     def as_runnable(self):
         """This bot as a LangChain Runnable (see ``ragbot.conversation.runnables``)."""
@@ -165,8 +182,7 @@ class RagBot:
         deeper); the answer still sees the same passages. ``last_sources``, the previous answer's
         passages, are shown first again when this turn repeats them (``in_prompt_order``)."""
         started = time.perf_counter()
-        if self._warming is not None:  # this turn needs the model: the warm-up stops after its step
-            self._warming.cancel()
+        self.stop_warm_up()  # this turn needs the model (a conversation stops its own before it asks)
         question = clean_question(question)
         history = as_messages(history)
         language = "zh" if is_chinese(question) else "en"

@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Hashable, Iterator, Mapping, Sequence
 from typing import Protocol
 
 from ragbot.conversation.topic import Topic, TopicDocument, topic_from_turns
@@ -38,7 +38,9 @@ class Engine(Protocol):
 
     def titles(self) -> Mapping[str, TopicDocument]: ...
 
-    def warm_up(self, history: Sequence[Message], sources: Sequence[Hit]) -> WarmUp: ...
+    def warm_up(self, history: Sequence[Message], sources: Sequence[Hit], *, key: Hashable) -> WarmUp: ...
+
+    def stop_warm_up(self, key: Hashable) -> None: ...
 
 
 class Conversation:
@@ -84,6 +86,7 @@ class Conversation:
         ``generation``: this answer's settings (``RagBot.generate``)."""
         with self._lock:
             self.check_storage()
+            self.bot.stop_warm_up(self._warm_key)  # this conversation's own; others' go on
             shown = self.last.sources if self.last else ()
             steps = self.bot.stream_answer(
                 question, self.history, state=self.topic, last_sources=shown, generation=generation
@@ -95,9 +98,15 @@ class Conversation:
                 yield item
 
     def warm_up(self) -> WarmUp:
-        """Start computing the next turn's prompt prefixes in the background (``RagBot.warm_up``)."""
-        self.warming = self.bot.warm_up(self.history, self.last.sources if self.last else ())
+        """Start computing the next turn's prompt prefixes in the background (``RagBot.warm_up``);
+        it replaces this conversation's earlier warm-up, even one a previous object of the same named
+        conversation started (``serve`` opens one per request)."""
+        self.warming = self.bot.warm_up(self.history, self.last.sources if self.last else (), key=self._warm_key)
         return self.warming
+
+    @property
+    def _warm_key(self) -> Hashable:
+        return ("conversation", self.name) if self.name else ("unnamed", id(self))
 
     def feedback(self, rating: str, correction: str | None = None, turn: int = -1) -> Feedback:
         """Mark an answer "good" or "bad" (optionally with the answer it should have been), the

@@ -207,22 +207,25 @@ def _llama_class() -> type:
                     self._capturing = False
                 raise ModelError("llama-cpp-python's chat handler did not go through create_completion")
 
+            _partial: set[tuple[int, ...]] | None = None  # prefixes saved by a stopped prefill
+
             def prefill(
                 self, tokens: list[int], stop: Callable[[], bool], step: int, states: PromptStates | None = None
-            ) -> int:
+            ) -> tuple[int, bool]:
                 """Evaluate ``tokens`` as a prompt prefix and save its state in the RAM cache, where a
                 later prompt that starts with them finds it; ``stop()`` is checked every ``step`` tokens.
                 With ``states``, a state an earlier process saved there is loaded instead, and one
                 evaluated here is saved there. Returns the tokens evaluated (0 when a saved state
-                already covers them)."""
+                already covers them) and whether the prefix is complete: a stopped one keeps what
+                it evaluated in the RAM cache, where the next prefill of it goes on."""
                 if self.cache is None or self._is_recurrent or self._is_hybrid or not tokens:
-                    return 0
+                    return 0, True
                 key = tuple(tokens)
                 if any(saved[: len(key)] == key for saved in self.cache.cache_state):
-                    return 0
+                    return 0, True
                 live = Llama.longest_token_prefix(self._input_ids.tolist(), tokens)
                 if states is not None and live < len(tokens) and self._restore(states, tokens):
-                    return 0
+                    return 0, True
                 live = Llama.longest_token_prefix(self._input_ids.tolist(), tokens)  # 0 after a failed restore
                 with contextlib.suppress(KeyError):
                     saved = self.cache[tokens]
@@ -231,17 +234,26 @@ def _llama_class() -> type:
                         live = Llama.longest_token_prefix(self._input_ids.tolist(), tokens)
                 self.n_tokens = live  # eval() drops the live context beyond this point
                 evaluated = 0
+                partial = self._partial if self._partial is not None else set()
+                self._partial = partial
                 for start in range(live, len(tokens), step):
                     if stop():
-                        return evaluated  # what was evaluated stays live for the next prompt
+                        if evaluated:  # kept where the next prefill of this prefix (or a turn) finds it
+                            self._requires_eval = True
+                            self.cache[tokens[:start]] = self.save_state()
+                            partial.add(tuple(tokens[:start]))
+                        return evaluated, False
                     self.eval(tokens[start : start + step])
                     evaluated += min(step, len(tokens) - start)
                 self._requires_eval = True  # the last logits are not a sampling step's: refresh them
                 self.cache[tokens] = self.save_state()
+                for done in [p for p in partial if key[: len(p)] == p]:  # superseded by the whole prefix
+                    partial.discard(done)
+                    self.cache.cache_state.pop(done, None)
                 if states is not None:
                     self._ctx.kv_cache_seq_rm(-1, len(tokens), -1)  # a longer live prompt's tail is not saved
                     states.save(self._ctx.ctx, tokens)
-                return evaluated
+                return evaluated, True
 
             def _restore(self, states: PromptStates, tokens: list[int]) -> bool:
                 """Load the state of ``tokens`` an earlier process saved, if a sound one is there."""
@@ -517,29 +529,42 @@ class LlamaCppChatModel(ChatModel):
     ) -> int:
         """Evaluate the tokens the prompts ``variants`` share (the prompt up to its first filled-in
         value) and save that state, unless a saved state covers them already; a generation that
-        asks for the model meanwhile waits at most ``WARM_STEP`` tokens. ``persist``: the state is
-        also looked for in, and saved to, ``data_home()/prompt-states`` (``PromptStates``), for
-        the next process. Returns the tokens evaluated."""
+        asks for the model meanwhile waits at most ``WARM_STEP`` tokens, then the warm-up goes on
+        where it stopped (``stop()`` true: it gives up instead). ``persist``: the state is also
+        looked for in, and saved to, ``data_home()/prompt-states`` (``PromptStates``), for the next
+        process. Returns the tokens evaluated."""
         loaded = self._loaded()
 
-        def wanted() -> bool:
-            return loaded.wanted() or (stop is not None and stop())
+        def stopped() -> bool:
+            return _CLOSING.is_set() or (stop is not None and stop())
 
-        with loaded.lock:
-            if wanted():
-                return 0
-            llama = loaded.llama
-            rendered = [llama.prompt_tokens([m.to_dict() for m in v]) for v in variants]
-            shared = rendered[0][: min(map(len, rendered))]
-            for other in rendered[1:]:
-                shared = shared[: llama.longest_token_prefix(shared, other)]
-            try:
-                self._use_threads(llama)
-                return llama.prefill(shared, wanted, WARM_STEP, self._prompt_states() if persist else None)
-            except RuntimeError as exc:  # a failed decode: the turn that needs it reports it
-                log.warning("warm-up of %s failed: %s", self.name, exc)
-                llama.reset()
-                return 0
+        def wanted() -> bool:
+            return loaded.wanted() or stopped()
+
+        shared: list[int] | None = None
+        evaluated = 0
+        while not stopped():
+            with loaded.lock:
+                if not wanted():
+                    llama = loaded.llama
+                    if shared is None:
+                        rendered = [llama.prompt_tokens([m.to_dict() for m in v]) for v in variants]
+                        shared = rendered[0][: min(map(len, rendered))]
+                        for other in rendered[1:]:
+                            shared = shared[: llama.longest_token_prefix(shared, other)]
+                    try:
+                        self._use_threads(llama)
+                        states = self._prompt_states() if persist else None
+                        done, complete = llama.prefill(shared, wanted, WARM_STEP, states)
+                    except RuntimeError as exc:  # a failed decode: the turn that needs it reports it
+                        log.warning("warm-up of %s failed: %s", self.name, exc)
+                        llama.reset()
+                        return evaluated
+                    evaluated += done
+                    if complete:
+                        return evaluated
+            time.sleep(0.01)  # a generation wants the model: it takes the lock, this waits for it
+        return evaluated
 
     def _prompt_states(self) -> PromptStates | None:
         """This model's saved prompt states; None (warned once) if its files cannot be identified."""
