@@ -1,4 +1,5 @@
-"""Small helpers shared by the benchmark scripts: tables, percentiles, JSON output, machine info.
+"""Small helpers shared by the benchmark scripts: tables, percentiles, JSON output, machine info,
+the bare llama.cpp speeds a local model's times are read against.
 
 Not a benchmark itself. The scripts import it as ``_common`` (``python bench/X.py`` puts
 ``bench/`` on ``sys.path``).
@@ -185,3 +186,50 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def bare_speeds(
+    model: str, lora: str | None, threads: int, prompt_tokens: int, models_dir, repeats: int = 3
+) -> dict[str, float]:
+    """Prompt and generation tokens/s of the bare library (``llama_cpp.Llama``, no ragbot code) for
+    this model file (and LoRA adapter): ``prompt_tokens`` of the bundled knowledge base evaluated from
+    an empty context, then 32 greedy tokens generated after that prompt; the median of ``repeats``."""
+    import llama_cpp
+
+    from ragbot.models.local import keep_weights_off_amx
+    from ragbot.models.local_files import resolve_model_path
+
+    keep_weights_off_amx()  # the weights placed as ragbot places them (off AMX, which crashed)
+    llm = llama_cpp.Llama(
+        model_path=str(resolve_model_path(model, models_dir)),
+        lora_path=str(lora) if lora else None,
+        n_ctx=2048,
+        n_threads=threads,
+        n_threads_batch=threads,  # as ragbot loads it; the library's default is every core
+        n_batch=512,
+        seed=1,
+        verbose=False,
+    )
+    text = "\n".join(p.read_text(encoding="utf-8") for p in sorted(KNOWLEDGE_DIR.rglob("*.md")))
+    tokens = llm.tokenize(text.encode("utf-8"))[:prompt_tokens]
+    prompt, gen = [], []
+    for _ in range(repeats):
+        llm.reset()
+        started = time.perf_counter()
+        llm.eval(tokens)
+        prompt.append(len(tokens) / (time.perf_counter() - started))
+        tokens_out = llm.generate(tokens, temp=0.0)  # the prompt is live: samples from its logits at once
+        next(tokens_out)
+        started = time.perf_counter()
+        for n, _token in enumerate(tokens_out, 1):
+            if n == 32:
+                break
+        gen.append(32 / (time.perf_counter() - started))
+    llm.close()
+    return {
+        "prompt_tokens": len(tokens),
+        "threads": threads,
+        "repeats": repeats,
+        "prompt_tokens_per_s": round(statistics.median(prompt), 2),
+        "generated_tokens_per_s": round(statistics.median(gen), 2),
+    }

@@ -32,13 +32,12 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import statistics
 import sys
-import time
 from pathlib import Path
 
 from _common import (
     KDCONV_QUESTIONS,
+    bare_speeds,
     cpu_snapshot,
     log,
     machine_info,
@@ -56,45 +55,7 @@ from ragbot.conversation.bot import RagBot  # noqa: E402
 from ragbot.conversation.warmup import warm_up_prompts  # noqa: E402
 from ragbot.evaluation.question_sets import history_messages  # noqa: E402
 from ragbot.models.local import LlamaCppChatModel, unload_models  # noqa: E402
-from ragbot.models.local_files import DEFAULT_MODEL, resolve_model_path  # noqa: E402
-
-
-def bare_speeds(model: str, lora: str | None, threads: int, prompt_tokens: int, models_dir) -> dict:
-    """Prompt and generation tokens/s of the bare library for this file (and adapter)."""
-    import llama_cpp
-
-    path = str(resolve_model_path(model, models_dir))
-    llm = llama_cpp.Llama(
-        model_path=path,
-        lora_path=str(lora) if lora else None,
-        n_ctx=2048,
-        n_threads=threads,
-        n_batch=512,
-        seed=1,
-        verbose=False,
-    )
-    text = "\n".join(p.read_text(encoding="utf-8") for p in sorted((REPO / "knowledge").rglob("*.md")))
-    tokens = llm.tokenize(text.encode("utf-8"))[:prompt_tokens]
-    prompt, gen = [], []
-    for _ in range(3):
-        llm.reset()
-        started = time.perf_counter()
-        llm.eval(tokens)
-        prompt.append(len(tokens) / (time.perf_counter() - started))
-        llm.reset()
-        tokens_out = llm.generate(tokens, temp=0.0)  # evaluates the prompt, then yields one token per step
-        next(tokens_out)
-        started = time.perf_counter()
-        for n, _token in enumerate(tokens_out, 1):
-            if n == 32:
-                break
-        gen.append(32 / (time.perf_counter() - started))
-    llm.close()
-    return {
-        "prompt_tokens": len(tokens),
-        "prompt_tokens_per_s": round(statistics.median(prompt), 2),
-        "generated_tokens_per_s": round(statistics.median(gen), 2),
-    }
+from ragbot.models.local_files import DEFAULT_MODEL  # noqa: E402
 
 
 def sample_turns(n: int, seed: int) -> list[dict]:

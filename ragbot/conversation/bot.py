@@ -292,14 +292,7 @@ class RagBot:
             return
         if turn.prefix:
             yield turn.prefix
-        messages = answer_messages(
-            turn.standalone_question,
-            turn.sources,
-            turn.history,
-            chinese=turn.language == "zh",
-            prompt_dir=self.settings.prompt_dir,
-            passage_tokens=self.passage_tokens(),
-        )
+        messages = self.answer_prompt(turn)
         begun = time.perf_counter()
         cited = CitationFilter(len(turn.sources))  # drops [n] markers that name no passage shown
         first_token = None
@@ -316,6 +309,18 @@ class RagBot:
         done = time.perf_counter()
         timings = {"first_token": (first_token or done) - begun, "generation": done - begun}
         yield self._finish(turn, turn.prefix + cited.text.strip(), usage, timings)
+
+    def answer_prompt(self, turn: Turn) -> list[Message]:
+        """What the answer model is sent for a prepared ``turn`` (``generate`` sends it; benchmarks
+        count its tokens)."""
+        return answer_messages(
+            turn.standalone_question,
+            turn.sources,
+            turn.history,
+            chinese=turn.language == "zh",
+            prompt_dir=self.settings.prompt_dir,
+            passage_tokens=self.passage_tokens(),
+        )
 
     def _finish(
         self, turn: Turn, text: str, answer_usage: Usage | None = None, timings: dict[str, float] | None = None

@@ -21,7 +21,7 @@ from typing import Any
 
 from ragbot.conversation.prompts import load_prompt
 from ragbot.errors import ModelError
-from ragbot.models.chat import ChatModel, GenerationSettings, Usage
+from ragbot.models.chat import ChatModel, GenerationSettings, Message, Usage
 from ragbot.text import is_chinese
 
 log = logging.getLogger("ragbot.conversation.translation")
@@ -82,6 +82,12 @@ def parse_translation(text: str) -> str:
     return ""
 
 
+def translation_messages(question: str, prompt_dir: Path | None = None) -> list[Message]:
+    """What the model is asked to translate ``question`` with: the prompt of the question's language."""
+    prompt = "translate.zh" if target_language(question) == "en" else "translate.en"
+    return load_prompt(prompt, prompt_dir).render(question=question)
+
+
 def translate_question(
     question: str, model: ChatModel, prompt_dir: Path | None = None, generation: GenerationSettings | None = None
 ) -> Translation:
@@ -89,7 +95,7 @@ def translate_question(
     model fails or its reply is not a translation into that language."""
     started = time.perf_counter()
     language = target_language(question)
-    messages = load_prompt("translate.zh" if language == "en" else "translate.en", prompt_dir).render(question=question)
+    messages = translation_messages(question, prompt_dir)
     try:
         completion = model.complete(messages, generation or GenerationSettings(temperature=0.0, max_tokens=80))
     except ModelError as exc:
