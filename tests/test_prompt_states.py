@@ -213,3 +213,32 @@ def test_only_prompts_without_the_conversations_history_are_kept_on_disk(hash_se
     assert names == ["rewrite.en", "grounded.en", "general.en", "rewrite.zh", "grounded.zh", "general.zh"]
     on = setting == "true"
     assert model.kept == [False, False, False, on, on, on]  # the other language's static prefixes only
+
+
+@pytest.mark.slow
+def test_a_one_question_process_starts_from_the_prefixes_a_chat_saved(hash_settings, corpus, new_process):
+    """``ragbot ask`` runs one turn and exits: it restores the saved prefixes of its question's
+    language, evaluates none, and its answer evaluates only what follows them."""
+    kb = KnowledgeBase.open(hash_settings.replace(threshold=0.35), create=True)
+    kb.ingest([corpus["md"].parent])
+
+    def bot_of(model):
+        bot = make_bot(kb, max_tokens=4, temperature=0.0, prompt_states=True, translate=False)[0]
+        bot.answer_model = bot.rewrite_model = model
+        return bot
+
+    assert bot_of(new_process()).restore_prompt_states("What is the Nile?") == []  # nothing saved yet
+    chat = bot_of(new_process())
+    assert chat.conversation().warm_up().wait(240)  # a chat's start-up warm-up saves them
+    cold = bot_of(new_process())
+    cold.settings = cold.settings.replace(prompt_states=False)
+    assert cold.restore_prompt_states("What is the Nile?") == []  # the setting turns it off
+    said_cold = cold.answer("What is the Nile?").usage["answer"]
+
+    ask = bot_of(new_process())
+    restored = ask.restore_prompt_states("What is the Nile?")
+    assert set(restored) == {"grounded.en", "general.en", "rewrite.en"}
+    said = ask.answer("What is the Nile?").usage["answer"]
+    assert said.prompt_tokens == said_cold.prompt_tokens and said_cold.cached_tokens == 0
+    # the answer prompt's system text came from the file: only the question and what follows it are new
+    assert said.prompt_tokens - said.cached_tokens <= ask.answer_model.count_tokens("What is the Nile?") + 12

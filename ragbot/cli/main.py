@@ -165,7 +165,9 @@ def ask(ctx, question, session, as_json, **flags) -> None:
     from ragbot.cli.repl import format_sources
     from ragbot.conversation.turn import Answer
 
-    conversation = _load_bot(ctx, **flags).conversation(session)
+    bot = _load_bot(ctx, **flags)
+    bot.restore_prompt_states(question)  # the prompts' static parts, if a chat or ask saved them before
+    conversation = bot.conversation(session)
     if as_json:
         answer = conversation.ask(question)
         click.echo(json.dumps(answer.to_dict(), ensure_ascii=False, indent=2))

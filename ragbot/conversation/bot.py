@@ -35,7 +35,7 @@ from ragbot.conversation.session import Conversation
 from ragbot.conversation.topic import Topic, TopicDocument, topic_from_history, update_topic
 from ragbot.conversation.translation import LANGUAGE_NAMES, Translation, translate_question
 from ragbot.conversation.turn import Answer, Retrieval, Route, Turn
-from ragbot.conversation.warmup import WarmUp, start_warm_up
+from ragbot.conversation.warmup import WarmUp, restore_saved, start_warm_up
 from ragbot.knowledge.knowledge_base import Hit, KnowledgeBase
 from ragbot.models.chat import ChatModel, GenerationSettings, Message, Usage, make_chat_model, role_model
 from ragbot.models.rewriter import with_local_rewriter
@@ -126,6 +126,12 @@ class RagBot:
             handle = start_warm_up(self, history, sources) if self.settings.warm_up else WarmUp()
             self._warmings[key] = handle
         return handle
+
+    def restore_prompt_states(self, question: str) -> list[str]:
+        """Load the static prompt prefixes an earlier process saved for a turn in ``question``'s
+        language (nothing is evaluated; see ``warmup.restore_saved``): for a process that answers
+        one question and exits. The names of the prompts restored."""
+        return restore_saved(self, question)
 
     def stop_warm_up(self, key: Hashable = None) -> None:
         """Stop ``key``'s warm-up after its step in progress (its turn is about to use the model)."""

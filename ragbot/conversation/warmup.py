@@ -189,6 +189,17 @@ def warm_up_prompts(bot: Steps, history: Sequence[Message], sources: Sequence[Hi
     return prompts
 
 
+def restore_saved(bot: Steps, question: str) -> list[str]:
+    """Load the static prompt prefixes an earlier process saved for a turn in ``question``'s language,
+    evaluating nothing (``ragbot ask``: a process for one question starts from them); the names of
+    the prompts now ready."""
+    if not bot.settings.prompt_states:
+        return []
+    lang = "zh" if is_chinese(question) else "en"
+    mine = [p for p in warm_up_prompts(bot, []) if p.static and p.name.endswith(f".{lang}")]
+    return [p.name for p in mine if p.model.restore(p.variants)]
+
+
 def start_warm_up(bot: Steps, history: Sequence[Message], sources: Sequence[Hit]) -> WarmUp:
     """Warm the next turn's prompt prefixes in a background thread (none if no model can warm)."""
     handle = WarmUp()

@@ -140,6 +140,11 @@ class ChatModel(ABC):
         for the next one where the model can). Nothing to do for a remote endpoint: it caches on its side."""
         return 0
 
+    def restore(self, variants: Sequence[Sequence[Message]]) -> bool:
+        """Load the prefix ``variants`` share from a state an earlier process saved (``warm`` with
+        ``persist``), evaluating nothing; whether it is ready. Only a local model keeps states."""
+        return False
+
     @abstractmethod
     def _stream(self, messages: Sequence[Message], generation: GenerationSettings) -> Iterator[Delta]:
         """Text deltas of the reply to ``messages``, then (if the backend knows it) the ``Usage``."""

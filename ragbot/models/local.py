@@ -548,10 +548,7 @@ class LlamaCppChatModel(ChatModel):
                 if not wanted():
                     llama = loaded.llama
                     if shared is None:
-                        rendered = [llama.prompt_tokens([m.to_dict() for m in v]) for v in variants]
-                        shared = rendered[0][: min(map(len, rendered))]
-                        for other in rendered[1:]:
-                            shared = shared[: llama.longest_token_prefix(shared, other)]
+                        shared = _shared_tokens(llama, variants)
                     try:
                         self._use_threads(llama)
                         states = self._prompt_states() if persist else None
@@ -565,6 +562,20 @@ class LlamaCppChatModel(ChatModel):
                         return evaluated
             time.sleep(0.01)  # a generation wants the model: it takes the lock, this waits for it
         return evaluated
+
+    def restore(self, variants: Sequence[Sequence[Message]]) -> bool:
+        """Load the state of the prefix ``variants`` share if an earlier process saved it (``warm``
+        with ``persist``); nothing is evaluated. Whether the prefix is ready now."""
+        loaded = self._loaded()
+        states = self._prompt_states()
+        with loaded.lock:
+            llama = loaded.llama
+            shared = _shared_tokens(llama, variants)
+            if llama.cache is None or not shared:
+                return False
+            if any(saved[: len(shared)] == tuple(shared) for saved in llama.cache.cache_state):
+                return True
+            return states is not None and llama._restore(states, shared)
 
     def _prompt_states(self) -> PromptStates | None:
         """This model's saved prompt states; None (warned once) if its files cannot be identified."""
@@ -631,6 +642,15 @@ class LlamaCppChatModel(ChatModel):
 
 
 @chat_models.register("local", claims=is_local_model)
+def _shared_tokens(llama: Any, variants: Sequence[Sequence[Message]]) -> list[int]:
+    """The prompt tokens all ``variants`` (one prompt filled in differently) start with."""
+    rendered = [llama.prompt_tokens([m.to_dict() for m in v]) for v in variants]
+    shared = rendered[0][: min(map(len, rendered))]
+    for other in rendered[1:]:
+        shared = shared[: llama.longest_token_prefix(shared, other)]
+    return shared
+
+
 def _local_chat_model(settings: Settings, role: str = "answer") -> LlamaCppChatModel:
     model = role_model(settings, role)
     if model is not None and not is_local_model(model):

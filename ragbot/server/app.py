@@ -269,9 +269,16 @@ def _settings_from_environment() -> Settings:
     return Settings(**values)
 
 
+# The static prompt prefixes, restored from what an earlier process saved or evaluated and saved, while
+# the first requests come in; under a key of its own, so no conversation's turn stops it.
+STARTUP = "serve start-up"
+
+
 def app_from_environment() -> FastAPI:
     """The application of one worker process (uvicorn's factory for ``--workers`` > 1)."""
-    return create_app(RagBot.load(_settings_from_environment()))
+    bot = RagBot.load(_settings_from_environment())
+    bot.warm_up(key=STARTUP)
+    return create_app(bot)
 
 
 def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8000, workers: int = 1) -> None:
@@ -282,6 +289,7 @@ def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8000, workers
     app = create_app(bot)
     bot.store.check()
     if workers == 1:
+        bot.warm_up(key=STARTUP)
         uvicorn.run(app, host=host, port=port, log_level="info")
         return
     del app, bot  # each worker loads its own
