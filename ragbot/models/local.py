@@ -641,7 +641,6 @@ class LlamaCppChatModel(ChatModel):
         yield Delta(usage=Usage(llama.last_prompt_tokens, llama.last_completion_tokens, 1, cached_tokens=cached))
 
 
-@chat_models.register("local", claims=is_local_model)
 def _shared_tokens(llama: Any, variants: Sequence[Sequence[Message]]) -> list[int]:
     """The prompt tokens all ``variants`` (one prompt filled in differently) start with."""
     rendered = [llama.prompt_tokens([m.to_dict() for m in v]) for v in variants]
@@ -651,6 +650,7 @@ def _shared_tokens(llama: Any, variants: Sequence[Sequence[Message]]) -> list[in
     return shared
 
 
+@chat_models.register("local", claims=is_local_model)
 def _local_chat_model(settings: Settings, role: str = "answer") -> LlamaCppChatModel:
     model = role_model(settings, role)
     if model is not None and not is_local_model(model):
