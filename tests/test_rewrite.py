@@ -120,6 +120,20 @@ def test_the_referent_the_reasoning_found_replaces_the_pronoun():
     assert rewrite_question("那你知道他的作品吗？", history, so).question == "那你知道林伟彬的作品吗？"
 
 
+def test_an_owner_named_in_the_reasoning_but_left_out_of_the_final_line_is_put_in():
+    """The trained rewriter sometimes finds who an ownerless follow-up is about, then copies the
+    question unchanged (KdConv: "出生地呢？"): the referent from the history goes in front."""
+    history = [Message("user", "你知道斯科特·埃德希特吗？"), Message("assistant", "知道，他是一位演员。")]
+    copied = ScriptedChatModel(["思考：“他”指前面说的斯科特·埃德希特。\n改写：出生地呢？"])
+    result = rewrite_question("出生地呢？", history, copied)
+    assert result.question == "斯科特·埃德希特的出生地呢？" and "斯科特·埃德希特" in result.reason
+    # a referent found nowhere in the history is not put in; a rewrite the model made is kept as it is
+    invented = ScriptedChatModel(["思考：“他”指前面说的周杰伦。\n改写：出生地呢？"])
+    assert rewrite_question("出生地呢？", history, invented).question == "出生地呢？"
+    made = ScriptedChatModel(["思考：“他”指前面说的斯科特·埃德希特。\n改写：斯科特·埃德希特出生在哪里？"])
+    assert rewrite_question("出生地呢？", history, made).question == "斯科特·埃德希特出生在哪里？"
+
+
 def test_generation_stops_once_the_reasoning_has_named_the_referent():
     """The final line would be replaced by the substitution, so it is not generated (the tokens
     it costs are most of a rewrite's time on the local model)."""

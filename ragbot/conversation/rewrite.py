@@ -177,6 +177,21 @@ def substitute_referent(question: str, reasoning: str, history: Sequence[str]) -
     return substituted, f"{pronoun!r} -> {referent!r}, as the reasoning resolved it"
 
 
+def owner_prefixed(question: str, candidate: str, reasoning: str, history: Sequence[str]) -> tuple[str, str] | None:
+    """(the referent the reasoning resolved + "的" + the question, how) when the model named the owner
+    of a Chinese question without a pronoun ("出生地呢？", "后来呢？") in its reasoning, then copied
+    the question as its final line; else None. Only a referent copied from the history counts."""
+    if candidate.strip() != question.strip() or not is_chinese(question) or ZH_PRONOUN.search(question):
+        return None
+    m = _REFERENT.search(reasoning)
+    if m is None:
+        return None
+    referent = m.group("referent").strip().strip("“”\"'「」 ")
+    if not referent or len(referent) > 20 or referent in question or referent not in "\n".join(history):
+        return None
+    return f"{referent}的{question.strip()}", f"its owner {referent!r} from the reasoning, left out of the final line"
+
+
 _REASONING_END = re.compile(r"[。，,；;！!？?\n]")
 
 
@@ -333,7 +348,9 @@ def checked_candidate(
     """(the standalone question, why) for the model's final line ``candidate``: the referent
     substitution, then the guards; a rejected rewrite, or one that adds nothing, gives the
     question as typed. ``why``: why the model was asked. ``bench/rewrite_replay.py`` reuses this."""
-    if substituted := substitute_referent(question, reasoning, history):
+    if substituted := substitute_referent(question, reasoning, history) or owner_prefixed(
+        question, candidate, reasoning, history
+    ):
         candidate, how = substituted
         why = f"{why}; {how}"
     if name := introduced_name(candidate, question, history):
