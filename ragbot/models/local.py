@@ -221,7 +221,7 @@ def _llama_class() -> type:
                 if self.cache is None or self._is_recurrent or self._is_hybrid or not tokens:
                     return 0, True
                 key = tuple(tokens)
-                if any(saved[: len(key)] == key for saved in self.cache.cache_state):
+                if self.has_saved(tokens):
                     return 0, True
                 live = Llama.longest_token_prefix(self._input_ids.tolist(), tokens)
                 if states is not None and live < len(tokens) and self._restore(states, tokens):
@@ -234,8 +234,9 @@ def _llama_class() -> type:
                         live = Llama.longest_token_prefix(self._input_ids.tolist(), tokens)
                 self.n_tokens = live  # eval() drops the live context beyond this point
                 evaluated = 0
-                partial = self._partial if self._partial is not None else set()
-                self._partial = partial
+                if self._partial is None:
+                    self._partial = set()
+                partial = self._partial
                 for start in range(live, len(tokens), step):
                     if stop():
                         if evaluated:  # kept where the next prefill of this prefix (or a turn) finds it
@@ -254,6 +255,11 @@ def _llama_class() -> type:
                     self._ctx.kv_cache_seq_rm(-1, len(tokens), -1)  # a longer live prompt's tail is not saved
                     states.save(self._ctx.ctx, tokens)
                 return evaluated, True
+
+            def has_saved(self, tokens: list[int]) -> bool:
+                """Whether a state in the RAM cache covers ``tokens`` (a prompt that starts with them)."""
+                key = tuple(tokens)
+                return self.cache is not None and any(saved[: len(key)] == key for saved in self.cache.cache_state)
 
             def _restore(self, states: PromptStates, tokens: list[int]) -> bool:
                 """Load the state of ``tokens`` an earlier process saved, if a sound one is there."""
@@ -573,7 +579,7 @@ class LlamaCppChatModel(ChatModel):
             shared = _shared_tokens(llama, variants)
             if llama.cache is None or not shared:
                 return False
-            if any(saved[: len(shared)] == tuple(shared) for saved in llama.cache.cache_state):
+            if llama.has_saved(shared):
                 return True
             return states is not None and llama._restore(states, shared)
 
